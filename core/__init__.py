@@ -1,0 +1,1 @@
+"""Torch-free core: CIFAR-100 metadata, expert subsets, routing, cost model and threshold sweep."""

@@ -1,0 +1,255 @@
+"""Exact threshold sweep, curve summaries and operating points (DESIGN section 6).
+
+A sample is offloaded when its confidence c < tau. Because the expert choice does not depend on tau,
+one pass of G and of the chosen expert gives, per sample, whether the local answer and the offloaded
+answer are correct; every threshold's accuracy then follows from cumulative sums over sorted confidences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .costs import COST_KEYS, Profile, mean_costs_for_offload_count
+from .errors import RoutingError
+
+OPERATING_RULES = ("within_gap", "latency_budget", "energy_budget")
+# Absolute slack for comparisons of derived floats (accuracies are k/N, costs are affine in k/N);
+# far below any meaningful difference, it only absorbs rounding in e.g. 0.99 * acc.
+_EPS = 1e-12
+
+
+def _check_inputs(
+    confidence: np.ndarray, correct_local: np.ndarray, correct_offload: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    c = np.asarray(confidence)
+    n = c.shape[0] if c.ndim == 1 else -1
+    if c.ndim != 1 or n == 0 or c.dtype.kind not in "fiu":
+        raise RoutingError(
+            f"confidence must be a non-empty 1-D numeric array, got shape {c.shape} and dtype {c.dtype}. "
+            "Pass one confidence per evaluated sample."
+        )
+    if not np.all(np.isfinite(c)):
+        raise RoutingError(
+            f"confidence holds {int(np.sum(~np.isfinite(c)))} NaN/inf values; check the logits (NaN usually "
+            "means a diverged model) before sweeping thresholds."
+        )
+    out = []
+    for name, x in (("correct_local", correct_local), ("correct_offload", correct_offload)):
+        x = np.asarray(x)
+        if (
+            x.shape != (n,)
+            or x.dtype.kind not in "biu"
+            or (x.dtype.kind != "b" and np.any((x != 0) & (x != 1)))
+        ):
+            raise RoutingError(
+                f"{name} must be a boolean (or 0/1) array of shape ({n},), matching confidence; got shape "
+                f"{x.shape} and dtype {x.dtype}. Pass prediction == label per sample."
+            )
+        out.append(x.astype(bool))
+    return c.astype(np.float64), out[0], out[1]
+
+
+def sweep_thresholds(
+    confidence: np.ndarray, correct_local: np.ndarray, correct_offload: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Accuracy at every distinct threshold, exactly, in O(N log N).
+
+    Returns ascending `tau` with one entry per distinct confidence value u (offload the samples with
+    c < u; the first entry, min(c), offloads none) plus a last tau = nextafter(max(c), +inf) that
+    offloads all. Samples with equal confidence therefore always switch together. Also returns
+    offload_ratio, accuracy, num_offloaded and num_correct (same length as tau).
+    """
+    c, loc, off = _check_inputs(confidence, correct_local, correct_offload)
+    n = c.shape[0]
+    order = np.argsort(c, kind="stable")
+    cs = c[order]
+    cum_loc = np.concatenate(([0], np.cumsum(loc[order], dtype=np.int64)))
+    cum_off = np.concatenate(([0], np.cumsum(off[order], dtype=np.int64)))
+    # First sorted position of each distinct value = number of samples strictly below it.
+    starts = np.flatnonzero(np.concatenate(([True], cs[1:] != cs[:-1])))
+    counts = np.concatenate((starts, [n])).astype(np.int64)
+    tau = np.concatenate((cs[starts], [np.nextafter(cs[-1], np.inf)]))
+    num_correct = cum_off[counts] + (cum_loc[n] - cum_loc[counts])
+    return {
+        "tau": tau,
+        "offload_ratio": counts / n,
+        "accuracy": num_correct / n,
+        "num_offloaded": counts,
+        "num_correct": num_correct,
+    }
+
+
+def policy_curve(
+    confidence: np.ndarray,
+    correct_local: np.ndarray,
+    correct_offload: np.ndarray,
+    profile: Profile | None = None,
+    near_model: str = "expert",
+    edge_model: str = "generalist",
+) -> dict[str, np.ndarray]:
+    """sweep_thresholds() plus, when a profile is given, mean latency_ms, edge_energy_mj and
+    system_energy_mj per sample at each threshold (near_model is the near-edge role offloads run)."""
+    curve = sweep_thresholds(confidence, correct_local, correct_offload)
+    if profile is not None:
+        curve.update(mean_costs_for_offload_count(profile, curve["offload_ratio"], edge_model, near_model))
+    return curve
+
+
+def _curve_arrays(curve: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        x = np.asarray(curve["offload_ratio"], dtype=np.float64)
+        y = np.asarray(curve["accuracy"], dtype=np.float64)
+    except KeyError as exc:
+        raise RoutingError(
+            f"The curve has no {exc.args[0]!r} entry; build it with sweep_thresholds() or policy_curve()."
+        ) from None
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0 or np.any(np.diff(x) < 0):
+        raise RoutingError(
+            "A curve needs equal-length 1-D offload_ratio (non-decreasing) and accuracy arrays; build it "
+            "with sweep_thresholds() or policy_curve()."
+        )
+    return x, y
+
+
+def accuracy_at_offload(curve: Mapping[str, np.ndarray], ratio: float) -> float:
+    """Accuracy of the curve point with the largest offload ratio <= ratio (never exceeds the budget)."""
+    x, y = _curve_arrays(curve)
+    idx = int(np.searchsorted(x, ratio + _EPS, side="right")) - 1
+    if idx < 0:
+        raise RoutingError(f"No curve point has offload ratio <= {ratio!r}; the smallest is {x[0]:g}.")
+    return float(y[idx])
+
+
+def normalised_auc(curve: Mapping[str, np.ndarray]) -> float:
+    """Area under accuracy vs offload ratio over [0, 1], rescaled so local-only = 0 and all-offloaded = 1.
+
+    Trapezoids between the exact points (linear interpolation = offloading a random part of a tie block).
+    Value = (AUC - acc_local_only) / (acc_all_offloaded - acc_local_only): random offload scores about
+    0.5, a router that sends exactly the samples the offload target fixes scores > 1 when mixing beats
+    both ends. NaN when both end accuracies are equal (nothing to normalise by).
+    """
+    x, y = _curve_arrays(curve)
+    if abs(x[0]) > _EPS or abs(x[-1] - 1.0) > _EPS:
+        raise RoutingError(
+            f"normalised_auc needs a curve from offload ratio 0 to 1, got {x[0]:g}..{x[-1]:g}; use the full "
+            "sweep_thresholds() output."
+        )
+    auc = float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+    lo, hi = float(y[0]), float(y[-1])
+    if hi == lo:
+        return math.nan
+    return (auc - lo) / (hi - lo)
+
+
+def offload_to_reach(curve: Mapping[str, np.ndarray], fraction: float = 0.99) -> float:
+    """Smallest offload ratio whose accuracy >= fraction * all-offloaded accuracy (NaN if none)."""
+    x, y = _curve_arrays(curve)
+    ok = np.flatnonzero(y >= fraction * y[-1] - _EPS)
+    return float(x[ok[0]]) if ok.size else math.nan
+
+
+def _pct(value: float) -> str:
+    return f"{round(value * 100.0, 6):g}%"
+
+
+def summarise_curve(
+    curve: Mapping[str, np.ndarray], ratios: Sequence[float] = (0.1, 0.2, 0.3, 0.5), fraction: float = 0.99
+) -> dict[str, float]:
+    """Scalars of one curve: "acc@10%"..., "auc_norm", "offload_for_99%", "acc_local_only",
+    "acc_all_offloaded"."""
+    _, y = _curve_arrays(curve)
+    out = {f"acc@{_pct(r)}": accuracy_at_offload(curve, r) for r in ratios}
+    out["auc_norm"] = normalised_auc(curve)
+    out[f"offload_for_{_pct(fraction)}"] = offload_to_reach(curve, fraction)
+    out["acc_local_only"] = float(y[0])
+    out["acc_all_offloaded"] = float(y[-1])
+    return out
+
+
+def _point(curve: Mapping[str, np.ndarray], idx: int) -> dict[str, float]:
+    out = {"tau": float(curve["tau"][idx]) if "tau" in curve else math.nan}
+    for key in ("offload_ratio", "accuracy", *COST_KEYS):
+        out[key] = float(curve[key][idx]) if key in curve else math.nan
+    return out
+
+
+def choose_operating_point(
+    curve: Mapping[str, np.ndarray], rule: str = "within_gap", gap: float = 0.005, budget: float | None = None
+) -> dict[str, float]:
+    """Pick one threshold on a (val) curve.
+
+    - "within_gap": the smallest offload ratio whose accuracy >= all-offloaded accuracy - gap
+      (gap in accuracy units, 0.005 = 0.5 points).
+    - "latency_budget": the best accuracy with mean latency_ms <= budget (ms).
+    - "energy_budget": the best accuracy with mean system_energy_mj <= budget (mJ).
+    Accuracy ties go to the smaller offload ratio (the cheaper point). Returns tau, offload_ratio,
+    accuracy, latency_ms, edge_energy_mj, system_energy_mj (costs NaN when the curve has none).
+    """
+    _, y = _curve_arrays(curve)
+    if rule == "within_gap":
+        if not gap >= 0:
+            raise RoutingError(f"gap must be >= 0 (accuracy units, 0.005 = 0.5 points), got {gap!r}.")
+        idx = int(np.flatnonzero(y >= y[-1] - gap - _EPS)[0])
+        return _point(curve, idx)
+    if rule not in OPERATING_RULES:
+        raise RoutingError(f"Unknown operating-point rule {rule!r}. Use one of {', '.join(OPERATING_RULES)}.")
+    key, unit = ("latency_ms", "ms") if rule == "latency_budget" else ("system_energy_mj", "mJ")
+    if budget is None:
+        raise RoutingError(f"Rule {rule!r} needs a budget in {unit}; set budget to the allowed mean {key}.")
+    if key not in curve:
+        raise RoutingError(
+            f"Rule {rule!r} needs costs on the curve ({key} is missing); build it with policy_curve(..., "
+            "profile=load_profile(...))."
+        )
+    cost = np.asarray(curve[key], dtype=np.float64)
+    feasible = cost <= budget + _EPS * max(1.0, abs(budget))
+    if not feasible.any():
+        raise RoutingError(
+            f"No threshold meets the {key} budget of {budget:g} {unit}; the cheapest point costs "
+            f"{cost.min():g} {unit}. Raise the budget or use a faster/cheaper profile."
+        )
+    idx = int(np.argmax(np.where(feasible, y, -np.inf)))  # first maximum = smallest offload ratio
+    return _point(curve, idx)
+
+
+def apply_threshold(
+    confidence: np.ndarray,
+    correct_local: np.ndarray,
+    correct_offload: np.ndarray,
+    tau: float,
+    profile: Profile | None = None,
+    near_model: str = "expert",
+    edge_model: str = "generalist",
+) -> dict[str, float]:
+    """Apply a fixed tau (chosen on val) unchanged to other data; same keys as choose_operating_point()."""
+    c, loc, off = _check_inputs(confidence, correct_local, correct_offload)
+    offloaded = c < tau
+    ratio = float(np.mean(offloaded))
+    out = {
+        "tau": float(tau),
+        "offload_ratio": ratio,
+        "accuracy": float(np.mean(np.where(offloaded, off, loc))),
+    }
+    if profile is not None:
+        # Costs are linear in the offload flag, so the mean cost is the cost at the mean flag.
+        costs = mean_costs_for_offload_count(profile, np.asarray(ratio), edge_model, near_model)
+        out.update({k: float(v) for k, v in costs.items()})
+    else:
+        out.update({k: math.nan for k in COST_KEYS})
+    return out
+
+
+def reductions(
+    point: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Relative reductions 1 - point/baseline per baseline and cost (positive = cheaper than baseline)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, base in baselines.items():
+        out[name] = {}
+        for key in COST_KEYS:
+            b, p = float(base.get(key, math.nan)), float(point.get(key, math.nan))
+            out[name][key] = 1.0 - p / b if b != 0 and math.isfinite(b) else math.nan
+    return out

@@ -1,0 +1,182 @@
+"""All-class ViT classifier: the edge generalist, and (with ``arch: vit_small``) the stage-0 base expert."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassStatScores
+
+from core.cifar100 import FINE_TO_COARSE, SUPERCLASSES
+from core.errors import SuiteError
+from lightning_modules.vit_factory import Preset, create_vit
+
+# Init arguments that fix the network's shape: a checkpoint must agree on them to load.
+ARCHITECTURE_KEYS = ("arch", "preset", "num_classes", "embed_dim", "depth", "num_heads")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear warm-up from ~0 to 1, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class GeneralistModule(LightningModule):
+    """A 100-way ViT trained on all CIFAR-100 classes.
+
+    Args:
+        arch: ``vit_tiny`` (generalist), ``vit_small`` (base/experts) or ``vit_base``.
+        preset: ``scratch32`` (32x32, patch 4, random init) or ``pretrained224`` (DeiT ImageNet weights, 224).
+        pretrained_path: local weights file for ``pretrained224`` instead of the hub.
+        embed_dim, depth, num_heads: override the arch's shape.
+        role: what this model is in the collaboration (``generalist``, ``base`` or ``expert``); recorded in
+            checkpoints so tools can refuse the wrong kind.
+        lr, weight_decay, warmup_epochs: AdamW with linear warm-up then cosine decay, stepped per batch.
+        label_smoothing, mixup_alpha, cutmix_alpha: regularisation; mixup/cutmix are off at 0.
+        compile, compile_backend: ``torch.compile`` the network in place when a Trainer sets the model up
+            (``nn.Module.compile``: parameter names, hence checkpoints, stay those of the eager model).
+            ``inductor`` generates fused kernels; ``aot_eager`` only traces (the CPU tests use it).
+
+    Channels-last memory format is not offered: the ViT's only convolution is the patch embedding, under 0.2%
+    of the FLOPs of ``scratch32`` models (about 2% at ``pretrained224``), so its layout cannot matter.
+    """
+
+    def __init__(
+        self,
+        arch: str = "vit_tiny",
+        preset: Preset = "scratch32",
+        pretrained_path: str | None = None,
+        num_classes: int = 100,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        drop_path_rate: float = 0.1,
+        role: Literal["generalist", "base", "expert"] = "generalist",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 5.0,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        compile: bool = False,
+        compile_backend: str = "inductor",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_vit(arch, preset, num_classes, pretrained_path, drop_path_rate, embed_dim, depth, num_heads)
+        self.mixup = (
+            Mixup(mixup_alpha, cutmix_alpha, label_smoothing=label_smoothing, num_classes=num_classes)
+            if mixup_alpha > 0 or cutmix_alpha > 0
+            else None
+        )
+        self.register_buffer("fine_to_coarse", torch.as_tensor(FINE_TO_COARSE), persistent=False)
+        self._compiled = False
+        self.val_metrics = self._eval_metrics("val/")
+        self.test_metrics = self._eval_metrics("test/")
+
+    def _eval_metrics(self, prefix: str) -> MetricCollection:
+        n = self.hparams.num_classes
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(n, average="micro"),
+                "acc_top5": MulticlassAccuracy(n, top_k=min(5, n), average="micro"),
+                "ece": MulticlassCalibrationError(n, n_bins=15),
+                # Per class (tp, fp, tn, fn, support): a class absent from the split has support 0, where
+                # MulticlassAccuracy(average="none") would report an accuracy of 0.
+                "class_stats": MulticlassStatScores(n, average="none"),
+            },
+            prefix=prefix,
+        )
+
+    def configure_model(self) -> None:
+        # Here rather than in __init__: only trainer runs compile; tools that load the module stay eager.
+        if self.hparams.get("compile") and not self._compiled:
+            self.model.compile(backend=self.hparams.get("compile_backend", "inductor"))
+            self._compiled = True
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.ndim == 2:  # soft targets from mixup/cutmix
+            return SoftTargetCrossEntropy()(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        loss = self.training_loss(self(images), targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: tuple, metrics: MetricCollection, prefix: str) -> None:
+        images, labels = batch[0], batch[1]
+        logits = self(images)
+        self.log(f"{prefix}loss", F.cross_entropy(logits, labels), sync_dist=True)
+        metrics.update(logits.float().softmax(-1), labels)
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val/")
+
+    def test_step(self, batch: tuple, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test/")
+
+    def _log_eval_metrics(self, metrics: MetricCollection, prefix: str) -> None:
+        values = metrics.compute()
+        metrics.reset()
+        stats = values.pop(f"{prefix}class_stats")
+        self.log_dict(values, prog_bar=True)
+        # Superclass accuracy as the mean recall of its fine classes (exact on class-balanced splits).
+        support = stats[:, 4]
+        recall = stats[:, 0] / support.clamp(min=1)
+        for j, name in enumerate(SUPERCLASSES):
+            members = (self.fine_to_coarse == j) & (support > 0)
+            if members.any():
+                self.log(f"{prefix}superclass_acc/{name}", recall[members].float().mean())
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics(self.val_metrics, "val/")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics(self.test_metrics, "test/")
+
+    def predict_step(self, batch: tuple, batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"logits": self(batch[0]), "labels": batch[1], "indices": batch[2]}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                # No weight decay on norms, biases, tokens and position embeddings (the timm/DeiT convention).
+                (no_decay if param.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = max(1, round(self.hparams.warmup_epochs * total / epochs))
+        scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        found = checkpoint.get("hyper_parameters", {})
+        pairs = {key: (self.hparams.get(key), found.get(key)) for key in ARCHITECTURE_KEYS}
+        mismatched = {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
+        if mismatched:
+            details = "; ".join(f"{k}: config {want!r}, checkpoint {got!r}" for k, (want, got) in mismatched.items())
+            raise SuiteError(
+                f"The checkpoint does not match the model config ({details}). Use the config the checkpoint was "
+                f"trained with, or set those --model.* values to the checkpoint's."
+            )

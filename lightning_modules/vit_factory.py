@@ -1,0 +1,93 @@
+"""ViT model factory over timm for the presets of DESIGN section 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import SuiteError
+
+Preset = Literal["scratch32", "pretrained224"]
+
+# arch -> (timm name for training from scratch, timm name of the ImageNet-pretrained weights)
+ARCHS: dict[str, tuple[str, str]] = {
+    "vit_tiny": ("vit_tiny_patch16_224", "deit_tiny_patch16_224"),
+    "vit_small": ("vit_small_patch16_224", "deit_small_patch16_224"),
+    "vit_base": ("vit_base_patch16_224", "deit_base_patch16_224"),
+}
+# preset -> (input size the ViT sees, patch size)
+PRESETS: dict[str, tuple[int, int]] = {"scratch32": (32, 4), "pretrained224": (224, 16)}
+
+
+class ViTClassifier(nn.Module):
+    """A timm ViT plus the resize from the 32x32 data to the ViT's input size (a no-op for ``scratch32``).
+
+    Resizing inside the model keeps the data pipeline at 32x32 and makes exported graphs take raw-size images.
+    """
+
+    def __init__(self, vit: nn.Module, input_size: int) -> None:
+        super().__init__()
+        self.vit = vit
+        self.input_size = input_size
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.vit.blocks
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.input_size:
+            images = F.interpolate(images, size=self.input_size, mode="bilinear", align_corners=False)
+        return self.vit(images)
+
+
+def create_vit(
+    arch: str = "vit_tiny",
+    preset: Preset = "scratch32",
+    num_classes: int = 100,
+    pretrained_path: str | None = None,
+    drop_path_rate: float = 0.1,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+) -> ViTClassifier:
+    """Build a ViT classifier.
+
+    ``scratch32`` trains from random init at 32x32 with 4x4 patches. ``pretrained224`` loads timm's DeiT ImageNet
+    weights, from ``pretrained_path`` when given (a ``.safetensors``/``.pth`` state dict) or else from the hub, and
+    resizes inputs to 224. ``embed_dim``/``depth``/``num_heads`` override the arch's shape (tests use tiny models).
+    """
+    if arch not in ARCHS:
+        raise SuiteError(f"unknown --model.arch '{arch}'; choose one of {sorted(ARCHS)}.")
+    if preset not in PRESETS:
+        raise SuiteError(f"unknown --model.preset '{preset}'; choose one of {sorted(PRESETS)}.")
+    input_size, patch_size = PRESETS[preset]
+    pretrained = preset == "pretrained224"
+    name = ARCHS[arch][1 if pretrained else 0]
+    overrides = {k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v}
+    kwargs = dict(
+        num_classes=num_classes, img_size=input_size, patch_size=patch_size, drop_path_rate=drop_path_rate, **overrides
+    )
+    if not pretrained:
+        return ViTClassifier(timm.create_model(name, pretrained=False, **kwargs), input_size)
+    if pretrained_path is not None:
+        if not Path(pretrained_path).is_file():
+            raise SuiteError(
+                f"--model.pretrained_path '{pretrained_path}' does not exist. Provide the weights file of timm's "
+                f"'{name}' (model.safetensors from the hub repo timm/{name}.fb_in1k)."
+            )
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_path))
+    try:
+        vit = timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError, ConnectionError) as err:
+        source = f"'{pretrained_path}'" if pretrained_path else f"the Hugging Face hub (timm/{name}.fb_in1k)"
+        raise SuiteError(
+            f"Could not load the ImageNet weights of '{name}' from {source} ({type(err).__name__}: {err}). "
+            f"Without internet, download 'model.safetensors' of timm/{name}.fb_in1k on a connected machine and "
+            f"pass it as --model.pretrained_path; or use --model.preset scratch32."
+        ) from None
+    return ViTClassifier(vit, input_size)

@@ -1,0 +1,204 @@
+"""Threshold sweep: brute-force equality with ties, curve scalars, operating points, speed."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from core.costs import EdgeDevice, Link, NearEdgeDevice, Profile, baseline_costs, mean_costs_for_offload_count
+from core.errors import RoutingError
+from core.routing import random_confidence, select_experts, softmax, top_k
+from core.subsets import class_to_expert, superclass_partition
+from core.sweep import (
+    accuracy_at_offload,
+    apply_threshold,
+    choose_operating_point,
+    normalised_auc,
+    offload_to_reach,
+    policy_curve,
+    reductions,
+    summarise_curve,
+    sweep_thresholds,
+)
+
+PROFILE = Profile(
+    name="hand",
+    description="",
+    edge=EdgeDevice(
+        latency_ms={"generalist": 10.0, "medium": 40.0},
+        power_active_w=5.0,
+        power_idle_w=2.0,
+        power_radio_w=3.0,
+    ),
+    near_edge=NearEdgeDevice(latency_ms={"expert": 4.0, "medium": 6.0}, power_active_w=50.0),
+    link=Link(uplink_mbps=8.0, downlink_mbps=1.0, rtt_ms=2.0, bytes_up=3000, bytes_down=125),
+)
+# Per sample with this profile: latency 10 + o * 10 ms, system energy 50 + o * 223 mJ.
+
+
+def _random_case(n, seed):
+    rng = np.random.default_rng(seed)
+    conf = np.round(rng.random(n), 2)  # many ties
+    return conf, rng.random(n) < 0.6, rng.random(n) < 0.8
+
+
+def test_sweep_matches_brute_force_with_ties():
+    for seed, n in ((0, 1), (1, 7), (2, 300), (3, 2000)):
+        conf, loc, off = _random_case(n, seed)
+        curve = sweep_thresholds(conf, loc, off)
+        taus = curve["tau"]
+        assert np.all(np.diff(taus) > 0)
+        assert len(taus) == len(np.unique(conf)) + 1
+        assert taus[0] == conf.min() and taus[-1] > conf.max()
+        for i, tau in enumerate(taus):
+            sent = conf < tau
+            acc = np.mean(np.where(sent, off, loc))
+            assert curve["offload_ratio"][i] == pytest.approx(sent.mean(), abs=1e-15)
+            assert curve["accuracy"][i] == pytest.approx(acc, abs=1e-15)
+            assert curve["num_offloaded"][i] == sent.sum()
+        assert curve["offload_ratio"][0] == 0.0 and curve["offload_ratio"][-1] == 1.0
+
+
+def test_sweep_hand_made():
+    conf = np.array([0.9, 0.2, 0.5, 0.5])
+    loc = np.array([True, False, False, True])
+    off = np.array([True, True, True, False])
+    curve = sweep_thresholds(conf, loc, off)
+    # tau 0.2: none sent -> local 2/4; tau 0.5: sample 1 sent -> 3/4;
+    # tau 0.9: samples 1, 2, 3 sent (the tie at 0.5 switches together) -> 1 + 1 + 0 + local 1 = 3/4;
+    # tau > 0.9: all sent -> 3/4
+    assert curve["tau"][:3].tolist() == [0.2, 0.5, 0.9]
+    assert curve["offload_ratio"].tolist() == [0.0, 0.25, 0.75, 1.0]
+    assert curve["accuracy"].tolist() == [0.5, 0.75, 0.75, 0.75]
+
+
+def test_sweep_bad_input():
+    with pytest.raises(RoutingError):
+        sweep_thresholds(np.array([]), np.array([], bool), np.array([], bool))
+    with pytest.raises(RoutingError):
+        sweep_thresholds(np.array([0.1, np.nan]), np.ones(2, bool), np.ones(2, bool))
+    with pytest.raises(RoutingError):
+        sweep_thresholds(np.array([0.1, 0.2]), np.ones(3, bool), np.ones(2, bool))
+    with pytest.raises(RoutingError):
+        sweep_thresholds(np.array([0.1, 0.2]), np.array([0.5, 1.0]), np.ones(2, bool))
+
+
+def test_policy_curve_costs():
+    conf = np.array([0.9, 0.2, 0.5, 0.5])
+    curve = policy_curve(conf, np.ones(4, bool), np.ones(4, bool), profile=PROFILE)
+    assert np.allclose(curve["latency_ms"], [10.0, 12.5, 17.5, 20.0])
+    assert np.allclose(curve["system_energy_mj"], 50 + curve["offload_ratio"] * 223)
+    assert "latency_ms" not in policy_curve(conf, np.ones(4, bool), np.ones(4, bool))
+
+
+def _hand_curve():
+    """Offload ratios 0..1 in steps of 0.1 with a hand-made accuracy profile and the PROFILE's costs."""
+    ratio = np.linspace(0.0, 1.0, 11)
+    acc = np.array([0.60, 0.66, 0.71, 0.74, 0.76, 0.78, 0.79, 0.795, 0.80, 0.80, 0.79])
+    curve = {"tau": np.linspace(0.05, 1.05, 11), "offload_ratio": ratio, "accuracy": acc}
+    curve.update(mean_costs_for_offload_count(PROFILE, ratio))
+    return curve
+
+
+def test_curve_scalars_on_hand_made_curve():
+    curve = _hand_curve()
+    assert accuracy_at_offload(curve, 0.3) == 0.74
+    assert accuracy_at_offload(curve, 0.35) == 0.74  # largest ratio <= 0.35 is 0.3
+    assert accuracy_at_offload(curve, 1.0) == 0.79
+    # trapezoids of width 0.1: 0.1 * (sum(acc) - (acc[0] + acc[-1]) / 2)
+    auc = 0.1 * (curve["accuracy"].sum() - (0.60 + 0.79) / 2)
+    assert normalised_auc(curve) == pytest.approx((auc - 0.60) / (0.79 - 0.60))
+    # 99 % of 0.79 = 0.7821 -> first point >= it is 0.79 at ratio 0.6
+    assert offload_to_reach(curve) == pytest.approx(0.6)
+    s = summarise_curve(curve)
+    assert s["acc@10%"] == 0.66 and s["acc@20%"] == 0.71 and s["acc@30%"] == 0.74 and s["acc@50%"] == 0.78
+    assert s["offload_for_99%"] == pytest.approx(0.6)
+    assert s["acc_local_only"] == 0.60 and s["acc_all_offloaded"] == 0.79
+    assert s["auc_norm"] == normalised_auc(curve)
+
+
+def test_auc_equal_ends_is_nan_and_random_line_is_half():
+    flat = {"offload_ratio": np.array([0.0, 1.0]), "accuracy": np.array([0.5, 0.5])}
+    assert math.isnan(normalised_auc(flat))
+    line = {"offload_ratio": np.linspace(0, 1, 5), "accuracy": np.linspace(0.6, 0.8, 5)}
+    assert normalised_auc(line) == pytest.approx(0.5)
+
+
+def test_operating_point_rules():
+    curve = _hand_curve()
+    # within 0.005 of 0.79 -> accuracy >= 0.785 -> first at ratio 0.6 (0.79)
+    p = choose_operating_point(curve, "within_gap", gap=0.005)
+    assert p["offload_ratio"] == pytest.approx(0.6) and p["accuracy"] == 0.79
+    assert p["latency_ms"] == pytest.approx(16.0) and p["system_energy_mj"] == pytest.approx(50 + 0.6 * 223)
+    assert p["tau"] == pytest.approx(0.65)
+    # gap 0.03 -> accuracy >= 0.76 -> ratio 0.4
+    assert choose_operating_point(curve, gap=0.03)["offload_ratio"] == pytest.approx(0.4)
+    # latency <= 13.5 ms -> ratio <= 0.35 -> best accuracy at 0.3 (0.74)
+    p = choose_operating_point(curve, "latency_budget", budget=13.5)
+    assert p["offload_ratio"] == pytest.approx(0.3) and p["accuracy"] == 0.74
+    # generous budget: best accuracy 0.80 first reached at 0.8 (ties -> cheaper point)
+    p = choose_operating_point(curve, "latency_budget", budget=100.0)
+    assert p["offload_ratio"] == pytest.approx(0.8) and p["accuracy"] == 0.80
+    # energy <= 50 + 0.5 * 223 = 161.5 mJ -> ratio <= 0.5 -> 0.78
+    p = choose_operating_point(curve, "energy_budget", budget=161.5)
+    assert p["offload_ratio"] == pytest.approx(0.5) and p["accuracy"] == 0.78
+    with pytest.raises(RoutingError, match="cheapest point costs 10"):
+        choose_operating_point(curve, "latency_budget", budget=5.0)
+    with pytest.raises(RoutingError, match="needs a budget"):
+        choose_operating_point(curve, "energy_budget")
+    with pytest.raises(RoutingError, match="within_gap, latency_budget, energy_budget"):
+        choose_operating_point(curve, "cheapest")
+    no_costs = {k: curve[k] for k in ("tau", "offload_ratio", "accuracy")}
+    with pytest.raises(RoutingError, match="profile"):
+        choose_operating_point(no_costs, "latency_budget", budget=20.0)
+    assert math.isnan(choose_operating_point(no_costs)["latency_ms"])
+
+
+def test_apply_threshold_reproduces_sweep_points():
+    conf, loc, off = _random_case(500, 7)
+    curve = policy_curve(conf, loc, off, profile=PROFILE)
+    for i in (0, 5, len(curve["tau"]) // 2, len(curve["tau"]) - 1):
+        applied = apply_threshold(conf, loc, off, curve["tau"][i], profile=PROFILE)
+        for key in ("offload_ratio", "accuracy", "latency_ms", "edge_energy_mj", "system_energy_mj"):
+            assert applied[key] == pytest.approx(curve[key][i], abs=1e-12), key
+    point = choose_operating_point(curve, gap=0.01)
+    again = apply_threshold(conf, loc, off, point["tau"], profile=PROFILE)
+    assert again["accuracy"] == pytest.approx(point["accuracy"])
+    assert math.isnan(apply_threshold(conf, loc, off, 0.5)["latency_ms"])
+
+
+def test_reductions():
+    point = {"latency_ms": 15.0, "edge_energy_mj": 60.0, "system_energy_mj": 150.0}
+    base = baseline_costs(PROFILE)
+    red = reductions(point, base)
+    # vs edge medium: latency 1 - 15/40 = 0.625; energy 1 - 60/200 = 0.7; system 1 - 150/200 = 0.25
+    assert red["edge_medium"] == pytest.approx(
+        {"latency_ms": 0.625, "edge_energy_mj": 0.7, "system_energy_mj": 0.25}
+    )
+    assert red["edge_generalist"]["latency_ms"] == pytest.approx(1 - 15 / 10)
+    assert math.isnan(reductions(point, {"zero": {"latency_ms": 0.0}})["zero"]["latency_ms"])
+
+
+def test_sweep_speed_10k_samples_many_policies():
+    rng = np.random.default_rng(0)
+    n = 10_000
+    probs = softmax(rng.normal(size=(n, 100)).astype(np.float32) * 3)
+    labels = rng.integers(0, 100, n)
+    owner = class_to_expert(superclass_partition())
+    conf_g = probs.max(axis=1)
+    start = time.perf_counter()
+    curves = []
+    for k in (1, 2, 3, 5):
+        classes, p = top_k(probs, k)
+        select_experts(classes, p, owner, 20)
+        for c in (conf_g, random_confidence(n, k)):
+            for _ in range(3):  # expert, oracle, medium targets
+                curves.append(
+                    policy_curve(c, probs.argmax(1) == labels, rng.random(n) < 0.8, profile=PROFILE)
+                )
+    elapsed = time.perf_counter() - start
+    assert len(curves) == 24
+    assert elapsed < 1.0, elapsed
