@@ -85,16 +85,26 @@ class SuiteWandbLogger(WandbLogger):
 
 class SaveConfigToRun(SaveConfigCallback):
     """Stores the fully resolved CLI config with the run: as the W&B run's config and as ``config.yaml`` in its
-    files (or in ``trainer.log_dir`` without W&B). Lightning calls it on rank zero only.
+    files (beside the checkpoints when W&B is disabled, in ``trainer.log_dir`` without a W&B logger). Lightning
+    calls it on rank zero only.
 
     Use with ``save_config_kwargs={"save_to_log_dir": False, "config_filename": "cli_config.yaml"}``: a W&B
     logger's log dir is shared by all runs, and W&B writes its own ``config.yaml`` into the run's files.
     """
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir is a broadcast, so every rank reads it here; save_config runs on rank zero only.
+        if not self.already_saved:
+            self.log_dir = trainer.log_dir
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        folder = Path(trainer.log_dir or ".")
+        folder = Path(self.log_dir or ".")
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, WandbLogger) and getattr(logger.experiment, "disabled", False):
+                # mode=disabled: no run folder to keep (wandb points at a temp dir); save beside the checkpoints.
+                folder = Path(logger.save_dir) / str(logger.name) / str(logger.version)
+            elif isinstance(logger, WandbLogger):
                 logger.experiment.config.update({"cli": self.config.as_dict()}, allow_val_change=True)
                 for metric in MAX_SUMMARY_METRICS:
                     logger.experiment.define_metric(metric, summary="max")

@@ -163,8 +163,12 @@ class ExpertModule(GeneralistModule):
         return [StageSwitchCallback()]
 
     # ----- schedule -------------------------------------------------------------------------------------------
+    def locate_stage(self, epoch: int) -> tuple[int, int]:
+        """(index of the stage of a 0-based epoch, first epoch of that stage)."""
+        return locate(self.stages, epoch)
+
     def mix_for_epoch(self, epoch: int) -> tuple[float, str]:
-        stage = self.stages[locate(self.stages, epoch)[0]]
+        stage = self.stages[self.locate_stage(epoch)[0]]
         return stage.rho, stage.rest
 
     def lr_factor(self, step: int) -> float:
@@ -197,7 +201,8 @@ class ExpertModule(GeneralistModule):
             )
         if stage == "fit":
             self._fix_epochs(datamodule)
-            if self.hparams.base_checkpoint is not None and trainer.ckpt_path is None:
+            # Also when resuming (--ckpt_path): Lightning restores the run's weights after setup, over these.
+            if self.hparams.base_checkpoint is not None:
                 self._load_base(Path(self.hparams.base_checkpoint))
         routed_train = np.empty(0, dtype=np.int64)
         if self.hparams.generalist_checkpoint is not None:
@@ -214,11 +219,9 @@ class ExpertModule(GeneralistModule):
         """Make the trainer's epoch (and step) limits those of the stage list."""
         fit_loop = self.trainer.fit_loop
         if self.hparams.stages is None:
-            self.stages = [
-                Stage(**{**self.stages[0].__dict__, "epochs": max(1, self.trainer.max_epochs or 1)})
-            ]
+            self.stages = [Stage(**{**self.stages[0].__dict__, "epochs": max(1, self.trainer.max_epochs or 1)})]
         if self.hparams.static_steps is not None:
-            batches = datamodule.stage_batches(self.stages[0].rho)
+            batches = datamodule.stage_batches(self.subset, self.stages[0].rho)
             epochs = static_epochs(self.hparams.static_steps, batches)
             self.stages = [Stage(**{**self.stages[0].__dict__, "epochs": epochs})]
             fit_loop.epoch_loop.max_steps = self.hparams.static_steps
@@ -241,9 +244,7 @@ class ExpertModule(GeneralistModule):
                 "stage 0 with the expert's architecture (configs/base.yaml with the same --model.* shape), or set "
                 "the expert's --model.* shape to the base's."
             )
-        weights = {
-            k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")
-        }
+        weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         self.model.load_state_dict(weights)
         self.hparams["base_checkpoint_sha256"] = file_sha256(path)
 

@@ -100,7 +100,7 @@ class GeneralistModule(LightningModule):
     def configure_model(self) -> None:
         # Here rather than in __init__: only trainer runs compile; tools that load the module stay eager.
         if self.hparams.get("compile") and not self._compiled:
-            self.model.compile(backend=self.hparams.get("compile_backend", "inductor"))
+            self.model.compile(backend=self.hparams.compile_backend)
             self._compiled = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

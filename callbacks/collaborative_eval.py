@@ -1,0 +1,179 @@
+"""CollaborativeInferenceCallback: turns the per-sample records of ``CollaborativeSystem`` into the curves,
+scalars and operating points of DESIGN section 6, on every rank's data and on rank zero only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from rich.console import Console
+
+from callbacks.reporting import (
+    Report,
+    check_report_inputs,
+    compute_report,
+    rich_table,
+    wandb_payload,
+    write_outputs,
+)
+from core.costs import Profile, load_profile
+from core.errors import SuiteError
+
+Records = dict[str, np.ndarray]
+
+
+def merge_records(parts: Sequence[Mapping[str, np.ndarray]]) -> Records:
+    """Concatenate record sets (batches, or ranks), keep one record per file ``index`` and sort by it.
+
+    DistributedSampler pads the last rank with repeats of the first samples; those duplicates (same index,
+    same record) are dropped here, so the merged set equals a single-process evaluation.
+    """
+    parts = [p for p in parts if p and len(p["index"])]
+    if not parts:
+        return {}
+    keys = list(parts[0])
+    if any(list(p) != keys for p in parts):
+        raise SuiteError(
+            "Record sets from different batches/ranks have different columns; every rank must run the same "
+            "CollaborativeSystem configuration."
+        )
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    _, first = np.unique(merged["index"], return_index=True)  # sorted unique indices, first occurrence
+    return {k: v[first] for k, v in merged.items()}
+
+
+class CollaborativeInferenceCallback(Callback):
+    """Evaluates every routing policy at validation end (every ``every_n_epochs`` epochs) and at test end.
+
+    The module's ``validation_step`` / ``test_step`` must return the records of
+    ``CollaborativeSystem.evaluation_records``. Under DDP the records of all ranks are gathered and the
+    padding duplicates dropped; rank zero computes and writes. The operating point is chosen on val (``rule``)
+    and applied unchanged at test end (the val run must come first in the same callback instance).
+
+    Args:
+        out_dir: folder for ``<split>/{curves.csv, summary.json, records.csv, plots/*.png}``; None writes no
+            files (W&B and the table still happen).
+        profiles: cost profiles (YAML paths or loaded ``Profile``); without any, cost columns are empty.
+        every_n_epochs: during ``fit``, evaluate only every n validation epochs (sanity checks never).
+        rule, gap, budget: ``core.sweep.choose_operating_point`` settings.
+        random_seed: seed of the random-offload policy.
+        print_table: print the rich table on rank zero.
+        wandb_max_points: thin each curve to about this many points in W&B (the CSV keeps every threshold).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path | None = None,
+        profiles: Sequence[str | Path | Profile] = (),
+        every_n_epochs: int = 1,
+        rule: str = "within_gap",
+        gap: float = 0.005,
+        budget: float | None = None,
+        random_seed: int = 0,
+        print_table: bool = True,
+        wandb_max_points: int = 200,
+    ) -> None:
+        super().__init__()
+        if every_n_epochs < 1:
+            raise SuiteError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
+        check_report_inputs(rule, gap, budget)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.profiles = [p if isinstance(p, Profile) else load_profile(p) for p in profiles]
+        self.every_n_epochs = every_n_epochs
+        self.rule, self.gap, self.budget = rule, gap, budget
+        self.random_seed = random_seed
+        self.print_table = print_table
+        self.wandb_max_points = wandb_max_points
+        self.reports: dict[str, Report] = {}
+        self._parts: list[Records] = []
+        self._active = False
+
+    def _start(self, active: bool) -> None:
+        self._parts, self._active = [], active
+
+    def _collect(self, outputs: Any) -> None:
+        if self._active and isinstance(outputs, Mapping) and "index" in outputs:
+            self._parts.append(dict(outputs))
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        due = trainer.state.fn != "fit" or (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        self._start(due and not trainer.sanity_checking)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(True)
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        self._collect(outputs)
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        self._collect(outputs)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active:
+            self._finish(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish(trainer, pl_module, "test")
+
+    def _finish(self, trainer: Trainer, pl_module: LightningModule, split: str) -> None:
+        local = {
+            "records": merge_records(self._parts),
+            "forwards": dict(getattr(pl_module, "forward_counts", {})),
+        }
+        self._parts, self._active = [], False
+        gathered = [local]
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered = [None] * trainer.world_size
+            dist.all_gather_object(gathered, local)
+        if not trainer.is_global_zero:
+            return
+        records = merge_records([g["records"] for g in gathered])
+        forwards = sum((Counter(g["forwards"]) for g in gathered), Counter())
+        val = self.reports.get("val") if split == "test" else None
+        if split == "test" and val is None:
+            Console(stderr=True).print(
+                "[yellow]warning:[/] no val evaluation ran before test in this callback, so no operating "
+                "point is reported (thresholds are chosen on val only).",
+                highlight=False,
+            )
+        report = compute_report(
+            records,
+            self.profiles,
+            split=split,
+            random_seed=self.random_seed,
+            rule=self.rule,
+            gap=self.gap,
+            budget=self.budget,
+            val_points=val.operating_points if val else ([] if split == "test" else None),
+        )
+        report.meta = {
+            "temperature": float(getattr(pl_module, "temperature_value", float("nan"))),
+            "forwards": {k: int(v) for k, v in sorted(forwards.items())},
+            "operating_rule": {"rule": self.rule, "gap": self.gap, "budget": self.budget, "chosen_on": "val"},
+            "epoch": trainer.current_epoch,
+        }
+        self.reports[split] = report
+        self._publish(trainer, report, records)
+
+    def _publish(self, trainer: Trainer, report: Report, records: Records) -> None:
+        if self.out_dir is not None:
+            write_outputs(report, records, self.out_dir / report.split)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                history, summary = wandb_payload(report, self.wandb_max_points)
+                logger.experiment.log(history)
+                logger.experiment.summary.update(summary)
+        if self.print_table:
+            console = Console()
+            # Logs and pipes get rich's 80 columns by default, too narrow for the table.
+            (console if console.is_terminal else Console(width=200)).print(rich_table(report))

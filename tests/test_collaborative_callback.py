@@ -1,0 +1,150 @@
+"""CollaborativeInferenceCallback: W&B table/charts/summary (read back from the offline run), CSV/JSON/PNG files,
+val-chosen operating points applied on test, and the DDP merge of rank records."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from test_collaborative_system import cpu_trainer, image_loader, tiny_system
+from torch.utils.data import DataLoader, DistributedSampler
+
+from callbacks.collaborative_eval import CollaborativeInferenceCallback, merge_records
+from callbacks.reporting import CURVE_COLUMNS, compute_report
+from callbacks.wandb_logging import SuiteWandbLogger
+from core.costs import load_profile
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = [REPO / "configs/profiles/edge_arm_wifi.yaml", REPO / "configs/profiles/edge_jetson_ethernet.yaml"]
+
+
+def read_wandb_records(path: Path) -> list:
+    """Records of an offline ``run-*.wandb`` file (LevelDB log format: 32 KiB blocks of chunks with a 7-byte
+    header: crc32, length, type 1=full 2=first 3=middle 4=last; the file starts with a 7-byte W&B header)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, chunk, out = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer too small for a header: skip to the next block
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:
+            break
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(chunk)
+            out.append(record)
+            chunk = b""
+    return out
+
+
+def wandb_history_and_summary(run_dir: Path) -> tuple[set[str], dict[str, object]]:
+    keys: set[str] = set()
+    summary: dict[str, object] = {}
+    for record in read_wandb_records(next(run_dir.glob("run-*.wandb"))):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif kind == "summary":
+            for item in record.summary.update:
+                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return keys, summary
+
+
+def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
+    system = tiny_system(static=True, base=True, temperature="fit", k_values=[1, 2])
+    callback = CollaborativeInferenceCallback(out_dir=tmp_path / "out", profiles=PROFILES, print_table=True)
+    logger = SuiteWandbLogger(save_dir=str(tmp_path), mode="offline", job_type="test")
+    trainer = cpu_trainer(logger=logger, callbacks=[callback])
+    trainer.validate(system, dataloaders=image_loader(64, seed=1), verbose=False)
+    trainer.test(system, dataloaders=image_loader(48, seed=2, first_index=0), verbose=False)
+    logger.experiment.finish()
+
+    # Files: curves.csv with the documented columns and every policy, summary.json, records.csv, PNGs.
+    for split, n in (("val", 64), ("test", 48)):
+        folder = tmp_path / "out" / split
+        with (folder / "curves.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert tuple(rows[0]) == CURVE_COLUMNS
+        policies = {(r["policy"], r["k"]) for r in rows}
+        expected = {("routed", "1"), ("routed", "2"), ("static", "1"), ("static", "2"), ("base", "0")}
+        expected |= {("oracle", "0"), ("random", "1"), ("random", "2"), ("generalist_only", "0")}
+        assert expected | {("all_offloaded", "1"), ("all_offloaded", "2")} == policies
+        assert {r["profile"] for r in rows} == {"edge_arm_wifi", "edge_jetson_ethernet"}
+        with (folder / "records.csv").open() as f:
+            records = list(csv.DictReader(f))
+        assert len(records) == n
+        # The routed curve starts at G's accuracy and ends at the routed experts' accuracy (records agree).
+        routed = [r for r in rows if r["policy"] == "routed" and r["k"] == "1" and r["profile"] == "edge_arm_wifi"]
+        g_acc = np.mean([int(r["g_correct"]) for r in records])
+        e_acc = np.mean([int(r["correct_k1"]) for r in records])
+        assert float(routed[0]["offload_ratio"]) == 0 and float(routed[0]["accuracy"]) == g_acc
+        assert float(routed[-1]["offload_ratio"]) == 1 and float(routed[-1]["accuracy"]) == e_acc
+        pngs = sorted((folder / "plots").glob("*.png"))
+        assert len(pngs) == 1 + 3 * len(PROFILES)
+        assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    val = json.loads((tmp_path / "out/val/summary.json").read_text())
+    test = json.loads((tmp_path / "out/test/summary.json").read_text())
+    assert val["num_samples"] == 64 and test["num_samples"] == 48
+    assert val["forwards"]["generalist"] == 64 and test["forwards"]["generalist"] == 48
+    assert test["temperature"] == val["temperature"] == system.temperature_value
+    # Operating points are chosen on val and applied unchanged on test.
+    val_tau = {(p["policy"], p["k"], p["confidence"], p["profile"]): p["tau"] for p in val["operating_points"]}
+    assert len(test["operating_points"]) == len(val_tau) > 0
+    for p in test["operating_points"]:
+        assert p["chosen_on"] == "val" and p["tau"] == val_tau[p["policy"], p["k"], p["confidence"], p["profile"]]
+        assert set(p["reductions"]) == {"edge_generalist", "edge_medium", "near_edge_only"}
+
+    # W&B: the curves table, one chart per axis and profile, and the summary scalars of summary.json.
+    keys, summary = wandb_history_and_summary(next((tmp_path / "wandb").glob("offline-run-*")))
+    for split in ("val", "test"):
+        assert f"collab_{split}/curves/_type" in keys
+        for chart in ("acc_vs_offload", "acc_vs_latency/edge_arm_wifi", "acc_vs_edge_energy/edge_jetson_ethernet",
+                      "acc_vs_system_energy/edge_arm_wifi"):  # fmt: skip
+            assert f"collab_{split}/{chart}_table/_type" in keys
+    table_files = list((next((tmp_path / "wandb").glob("offline-run-*")) / "files/media/table").rglob("*.json"))
+    curves_table = json.loads(next(p for p in table_files if p.name.startswith("curves_")).read_text())
+    assert curves_table["columns"] == list(CURVE_COLUMNS)
+    for s in test["scalars"]:
+        key = f"collab_test/{s['policy']}/k{s['k']}/{s['confidence']}/auc_norm"
+        assert summary[key] == s["auc_norm"]
+    assert summary["collab_test/forwards/expert"] == test["forwards"]["expert"]
+    assert summary["eval/generalist_forwards"] == 48
+
+
+def _rank_records(system, loader: DataLoader, world: int) -> list[dict]:
+    """What each of ``world`` DDP ranks evaluates: DistributedSampler shards, padded with repeated samples."""
+    parts = []
+    for rank in range(world):
+        sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
+        rank_loader = DataLoader(loader.dataset, batch_size=8, sampler=sampler)
+        with torch.no_grad():
+            parts.append(merge_records([system.evaluation_records(b) for b in rank_loader]))
+    return parts
+
+
+def test_ddp_merge_drops_padding_and_gives_the_single_process_curves():
+    system = tiny_system(temperature=1.0, k_values=[1, 3], base=True).eval()
+    loader = image_loader(37, seed=3, batch_size=8)  # 37 samples on 2 ranks: one padding duplicate
+    with torch.no_grad():
+        single = merge_records([system.evaluation_records(b) for b in loader])
+    ranks = _rank_records(system, loader, 2)
+    assert sum(len(r["index"]) for r in ranks) == 38
+    merged = merge_records(ranks)
+    assert merged.keys() == single.keys()
+    for key in single:
+        np.testing.assert_array_equal(merged[key], single[key])
+    profiles = [load_profile(p) for p in PROFILES]
+    a, b = compute_report(single, profiles), compute_report(merged, profiles)
+    assert a.curves.keys() == b.curves.keys()
+    for key in a.curves:
+        for col in ("tau", "offload_ratio", "accuracy"):
+            np.testing.assert_array_equal(a.curves[key][col], b.curves[key][col])
+    assert a.operating_points == b.operating_points and a.scalars == b.scalars

@@ -1,0 +1,91 @@
+"""DDP on 2 CPU processes (gloo) through train.py: training shards the epoch, and val metrics equal one process's."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import CONFIG_DIR, REPO_ROOT, TINY_MODEL_ARGS, cli_overrides
+from torch.utils.data import TensorDataset
+
+import train
+from core.errors import SuiteError
+from datamodules.eval_sampler import distributed_eval_sampler
+
+VAL_SIZE = 101  # odd: a padded sampler would evaluate one image twice on 2 ranks
+EVAL_BATCH = 25  # rank 0 gets 51 images (3 batches), rank 1 gets 50 (2 batches): uneven batch counts
+BATCH = 16
+CSV_LOGGER = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]
+
+
+def test_eval_sampler_shards_without_padding():
+    dataset = TensorDataset(torch.arange(VAL_SIZE))
+    assert distributed_eval_sampler(dataset, None) is None
+    assert distributed_eval_sampler(dataset, SimpleNamespace(world_size=1, global_rank=0)) is None
+    shards = [list(distributed_eval_sampler(dataset, SimpleNamespace(world_size=3, global_rank=r))) for r in range(3)]
+    assert sorted(i for shard in shards for i in shard) == list(range(VAL_SIZE))
+    assert [len(s) for s in shards] == [34, 34, 33]
+    with pytest.raises(SuiteError, match="fewer than the 3 processes"):
+        distributed_eval_sampler(TensorDataset(torch.arange(2)), SimpleNamespace(world_size=3, global_rank=0))
+
+
+def _val_metrics(log_root: Path) -> dict[str, float]:
+    (metrics_csv,) = log_root.glob("lightning_logs/version_*/metrics.csv")
+    rows = [row for row in csv.DictReader(metrics_csv.open()) if row.get("val/acc")]
+    assert len(rows) == 1, rows
+    return {k: float(v) for k, v in rows[0].items() if k.startswith("val/") and v != ""}
+
+
+@pytest.fixture(scope="module")
+def ddp_fit(fake_cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of the tiny generalist on 2 gloo processes, device-resident data, logged to CSV."""
+    out = tmp_path_factory.mktemp("ddp_fit")
+    args = [
+        sys.executable, str(REPO_ROOT / "train.py"), "fit", "-c", str(CONFIG_DIR / "generalist.yaml"),
+        *cli_overrides(fake_cifar_root, out, val_size=VAL_SIZE, batch_size=BATCH), *TINY_MODEL_ARGS,
+        "--data.eval_batch_size", str(EVAL_BATCH),
+        "--data.augmentation", "basic", "--data.device_resident", "true",
+        "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        *CSV_LOGGER, "--trainer.logger.save_dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    try:
+        result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"DDP fit hung (a collective called on one rank only?):\n{(err.stderr or b'')[-3000:]}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_ddp_trains_on_disjoint_shares_of_the_epoch(ddp_fit: Path):
+    (last,) = ddp_fit.glob("lightning_logs/version_*/checkpoints/last.ckpt")
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    train_size = 600 - VAL_SIZE
+    # Each rank takes a disjoint share of whole per-device batches: the global batch is BATCH x 2.
+    assert checkpoint["global_step"] == train_size // (BATCH * 2)
+
+
+def test_ddp_val_metrics_equal_a_single_process_validate(ddp_fit: Path, fake_cifar_root: Path, tmp_path: Path):
+    (last,) = ddp_fit.glob("lightning_logs/version_*/checkpoints/last.ckpt")
+    out = tmp_path / "single"
+    code = train.main([
+        "validate", "-c", str(CONFIG_DIR / "generalist.yaml"),
+        *cli_overrides(fake_cifar_root, out, val_size=VAL_SIZE, batch_size=BATCH), *TINY_MODEL_ARGS,
+        "--data.eval_batch_size", str(EVAL_BATCH),
+        *CSV_LOGGER, "--trainer.logger.save_dir", str(out), "--ckpt_path", str(last),
+    ])  # fmt: skip
+    assert code == 0
+    ddp, single = _val_metrics(ddp_fit), _val_metrics(out)
+    # Counts-based metrics are exact; ECE sums the same confidences in another order.
+    exact = [k for k in single if k.startswith(("val/acc", "val/superclass_acc/"))]
+    assert "val/acc" in exact and "val/acc_top5" in exact and len(exact) > 2
+    assert {k: ddp[k] for k in exact} == {k: single[k] for k in exact}
+    assert ddp["val/ece"] == pytest.approx(single["val/ece"], abs=1e-6)
+    # The loss is a mean of per-rank batch means, not a per-sample mean, so it is only close.
+    assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-2)

@@ -1,0 +1,144 @@
+"""evaluate.py end to end on tiny checkpoints and generated data, and every bad input (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_collaborative_system import Checkpoints, shared_checkpoints
+
+import evaluate
+from callbacks.reporting import CURVE_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def collab_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
+    return shared_checkpoints(tmp_path_factory)
+
+
+def base_args(ck: Checkpoints, data: Path, out: Path) -> list[str]:
+    return [
+        "--generalist", str(ck.generalist), "--experts", str(ck.experts), "--data-dir", str(data),
+        "--no-check-integrity", "--val-size", "100", "--k", "1", "2", "--out", str(out), "--num-workers", "0",
+        "--batch-size", "64", "--accelerator", "cpu", "--wandb-mode", "offline",
+    ]  # fmt: skip
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for action in evaluate.build_parser()._actions:
+        for option in action.option_strings:
+            assert option in text
+        assert action.help, action.dest
+    assert "curves.csv" in text and "summary.json" in text and "records.csv" in text
+
+
+def test_evaluate_val_in_process_then_refuses_to_overwrite(
+    collab_checkpoints: Checkpoints,
+    fake_cifar_root: Path,
+    tmp_path: Path,
+    capsys,
+):
+    out = tmp_path / "eval"
+    args = [*base_args(collab_checkpoints, fake_cifar_root, out), "--static-experts", str(collab_checkpoints.static),
+            "--base", str(collab_checkpoints.base), "--confidence", "max_prob", "margin"]  # fmt: skip
+    assert evaluate.main(args) == 0
+    with (out / "val" / "curves.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CURVE_COLUMNS
+    assert {r["confidence"] for r in rows} == {"max_prob", "margin", "random"}
+    assert {r["policy"] for r in rows} == {"routed", "static", "base", "oracle", "random", "generalist_only",
+                                           "all_offloaded"}  # fmt: skip
+    with (out / "val" / "records.csv").open() as f:
+        header = next(csv.reader(f))
+    for column in ("index", "label", "g_pred", "g_top2_prob", "conf_margin", "expert_k2", "pred_k2", "correct_k2",
+                   "oracle_expert", "pred_oracle", "static_pred_k1", "pred_base", "correct_base"):  # fmt: skip
+        assert column in header
+    summary = json.loads((out / "val" / "summary.json").read_text())
+    assert summary["num_samples"] == 100 and summary["k_values"] == [1, 2]
+    assert summary["operating_points"] and summary["scalars"] and summary["profiles"]["edge_arm_wifi"]["baselines"]
+    assert list((out / "wandb").glob("offline-run-*"))
+    assert not (out / "test").exists()
+    capsys.readouterr()
+
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert "already holds results" in err and "--force" in err and "Traceback" not in err
+
+
+def _empty_test_split(root: Path, source: Path) -> Path:
+    """A copy of the fake folder ``source`` whose test file has no images."""
+    data = root / "cifar-100-python"
+    data.mkdir(parents=True)
+    for name in ("meta", "train"):
+        (data / name).write_bytes((source / "cifar-100-python" / name).read_bytes())
+    empty = {"filenames": [], "batch_label": "empty", "fine_labels": [], "coarse_labels": []}
+    empty["data"] = np.zeros((0, 3072), dtype=np.uint8)
+    with (data / "test").open("wb") as f:
+        pickle.dump(empty, f, protocol=2)
+    return root
+
+
+def test_bad_inputs_exit_2_with_a_message(
+    collab_checkpoints: Checkpoints,
+    fake_cifar_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+):
+    ck = collab_checkpoints
+    bad_profile = tmp_path / "bad_profile.yaml"
+    text = (REPO / "configs/profiles/edge_arm_wifi.yaml").read_text()
+    bad_profile.write_text(text.replace("rtt_ms: 6.0", "rtt_ms: -6.0").replace("power_idle_w: 2.7", ""))
+    overlap = tmp_path / "overlap"
+    overlap.mkdir()
+    for j in (0, 2, 3):
+        (overlap / f"e{j}.ckpt").write_bytes((ck.experts / f"e{j}.ckpt").read_bytes())
+    (overlap / "e1.ckpt").write_bytes((ck.experts20 / "e01.ckpt").read_bytes())
+    empty = _empty_test_split(tmp_path / "empty", fake_cifar_root)
+    cases = {
+        "overlap": (["--experts", str(overlap)], "more than one expert"),
+        "not a generalist": (["--generalist", str(ck.experts / "e0.ckpt")], "not of the edge generalist"),
+        "not an expert": (["--experts", str(ck.generalist)], "not of an expert"),
+        "unknown measure": (["--confidence", "variance"], "Unknown confidence measure"),
+        "k < 1": (["--k", "0"], "k values must be integers in 1..100"),
+        "k > 100": (["--k", "1", "101"], "k values must be integers in 1..100"),
+        "bad profile": (
+            ["--profile", str(bad_profile)],
+            "missing fields: edge.power_idle_w; invalid fields: link.rtt_ms",
+        ),
+        "empty split": (["--data-dir", str(empty), "--split", "test", "--temperature", "1.0"], "empty"),
+    }
+    for name, (extra, match) in cases.items():
+        out = tmp_path / name.replace(" ", "_")
+        code = evaluate.main([*base_args(ck, fake_cifar_root, out), *extra, "--wandb-mode", "disabled"])
+        err = capsys.readouterr().err
+        assert code == 2, name
+        assert match in " ".join(err.split()), (name, err)
+        assert "Traceback" not in err, name
+
+
+def test_evaluate_test_split_in_a_subprocess(collab_checkpoints: Checkpoints, fake_cifar_root: Path, tmp_path: Path):
+    out = tmp_path / "eval"
+    args = [*base_args(collab_checkpoints, fake_cifar_root, out), "--split", "test", "--wandb-mode", "disabled"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for split in ("val", "test"):
+        for name in ("curves.csv", "summary.json", "records.csv", "plots/acc_vs_offload.png"):
+            assert (out / split / name).is_file(), (split, name)
+    test = json.loads((out / "test" / "summary.json").read_text())
+    assert test["num_samples"] == 200 and all(p["chosen_on"] == "val" for p in test["operating_points"])
+    assert "Collaborative inference on test" in proc.stdout

@@ -1,0 +1,81 @@
+"""ViT factory: presets, local pretrained weights, clear errors, parameter counts of the full shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from core.errors import SuiteError
+from lightning_modules.vit_factory import create_vit
+
+TINY = dict(embed_dim=16, depth=1, num_heads=2)
+
+
+def test_scratch32_takes_32x32_with_4x4_patches():
+    model = create_vit("vit_tiny", "scratch32", **TINY)
+    assert model.vit.patch_embed.patch_size == (4, 4) and model.vit.patch_embed.num_patches == 64
+    seen = []
+    model.vit.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 100)
+    assert seen == [(3, 3, 32, 32)]  # no resize at the native size
+
+
+@pytest.fixture(scope="module")
+def deit_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A tiny DeiT-shaped ImageNet state dict (1000-way head) saved as a local weights file."""
+    torch.manual_seed(0)
+    source = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=1000, **TINY)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    path = tmp_path_factory.mktemp("weights") / "deit_tiny.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_pretrained224_loads_a_local_weights_file(deit_weights):
+    path, saved = deit_weights
+    model = create_vit("vit_tiny", "pretrained224", num_classes=100, pretrained_path=str(path), **TINY)
+    loaded = model.vit.state_dict()
+    for name in ("patch_embed.proj.weight", "cls_token", "pos_embed", "norm.weight", "norm.bias"):
+        assert torch.equal(loaded[name], saved[name]), name
+    for name, value in model.blocks.state_dict().items():
+        assert torch.equal(value, saved[f"blocks.{name}"]), name
+    # The ImageNet head is replaced by a fresh 100-way one.
+    assert saved["head.weight"].shape == (1000, 16) and loaded["head.weight"].shape == (100, 16)
+
+    seen = []
+    model.vit.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    assert seen == [(2, 3, 224, 224)]  # 32x32 data resized to the ViT's input size
+
+
+def test_missing_pretrained_file_is_named(tmp_path: Path):
+    missing = tmp_path / "nope" / "model.safetensors"
+    with pytest.raises(SuiteError, match=r"pretrained_path .*nope/model.safetensors.* does not exist"):
+        create_vit("vit_tiny", "pretrained224", pretrained_path=str(missing), **TINY)
+
+
+@pytest.mark.parametrize(("arch", "preset"), [("vit_huge", "scratch32"), ("vit_tiny", "pretrained32")])
+def test_unknown_arch_or_preset_lists_the_choices(arch: str, preset: str):
+    with pytest.raises(SuiteError, match=r"choose one of \["):
+        create_vit(arch, preset, **TINY)
+
+
+def vit_parameter_count(d: int, depth: int, patch: int, tokens: int, classes: int = 100) -> int:
+    """Analytic parameter count of a ViT with a class token, MLP ratio 4 and a linear head."""
+    patch_embed = 3 * patch * patch * d + d
+    cls_and_pos = d + (tokens + 1) * d
+    # Per block: 2 LayerNorms (4d), qkv (3d^2 + 3d), proj (d^2 + d), MLP (4d^2 + 4d, 4d^2 + d).
+    block = 12 * d * d + 13 * d
+    return patch_embed + cls_and_pos + depth * block + 2 * d + classes * d + classes
+
+
+@pytest.mark.parametrize(("arch", "dim"), [("vit_tiny", 192), ("vit_small", 384)])
+def test_full_scratch32_presets_have_the_vit_parameter_count(arch: str, dim: int):
+    with torch.device("meta"):  # shapes only: skips allocating and initialising the weights
+        model = create_vit(arch, "scratch32")
+    assert model.vit.embed_dim == dim and len(model.blocks) == 12
+    expected = vit_parameter_count(dim, depth=12, patch=4, tokens=(32 // 4) ** 2)
+    assert sum(p.numel() for p in model.parameters()) == expected
