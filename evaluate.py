@@ -23,6 +23,7 @@ from rich.console import Console
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
 from callbacks.reporting import RESULT_FILES, check_report_inputs
 from callbacks.wandb_logging import SuiteWandbLogger, resolve_wandb_mode
+from core.cli import run_command
 from core.costs import load_profile
 from core.errors import SuiteError
 from core.routing import CONFIDENCE_MEASURES
@@ -219,12 +220,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and evaluate; 0 on success, 2 on bad input (message printed, no traceback)."""
     args = build_parser().parse_args(argv)
-    try:
-        evaluate(args)
-    except SuiteError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
-    return 0
+    return run_command(lambda: evaluate(args))
 
 
 if __name__ == "__main__":

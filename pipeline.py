@@ -1,8 +1,8 @@
 """The whole pipeline for a named preset, for each seed: generalist, stage-0 base, progressive and static experts,
 the collaborative evaluation, the deployment bundle; then a results report across the seeds.
 
-    python pipeline.py --config configs/experiments/mini.yaml --data_dir DIR [--check_integrity false] \
-        [--seeds '[0, 1, 2]'] [--out results/mini] [--steps '[evaluate, report]']
+    python pipeline.py --config configs/experiments/mini.yaml --data_dir DIR [--download true] \
+        [--check_integrity false] [--seeds '[0, 1, 2]'] [--out results/mini] [--steps '[evaluate, report]']
 
 Each step's output is written under a temporary name and renamed when complete; a step whose output exists is
 skipped, so rerunning the same command resumes an interrupted job. Per seed ``s`` the training seed and the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,8 +34,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import deploy.__main__ as deploy_cli
 import evaluate
 import train_experts
+from core.cli import run_command
 from core.errors import SuiteError
 from core.results_report import aggregate, render_markdown
+from datamodules.cifar100_files import download
 
 STEPS = ("generalist", "experts", "evaluate", "export", "report")
 Step = Literal["generalist", "experts", "evaluate", "export", "report"]
@@ -48,6 +51,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=str, default="results/custom", help="Output folder.")
     parser.add_argument("--data_dir", type=str, default="data", help="Folder that contains cifar-100-python/.")
     parser.add_argument("--check_integrity", type=bool, default=True, help="Refuse re-packed data files.")
+    parser.add_argument("--download", type=bool, default=False, help="Fetch CIFAR-100 into --data_dir first.")
     parser.add_argument("--seeds", type=list[int], default=[0], help="Training and split seeds, one run each.")
     parser.add_argument("--split", type=Literal["val", "test"], default="val", help="Split of the report.")
     parser.add_argument("--steps", type=list[Step], default=list(STEPS), help="Run only these steps.")
@@ -174,6 +178,17 @@ class SeedRun:
         }
 
 
+def git_commit() -> str:
+    """The checkout's commit (with ``-dirty`` for uncommitted changes), or ``unknown`` outside git."""
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def write_report(opts, runs: list[SeedRun], argv: list[str]) -> Path:
     out = Path(opts.out)
     agg = aggregate([run.results() for run in runs])
@@ -187,6 +202,7 @@ def write_report(opts, runs: list[SeedRun], argv: list[str]) -> Path:
         "split": opts.split,
         "data": "CIFAR-100 training file, val held out (stratified, seeded)" if opts.split == "val" else "CIFAR-100",
         "command": " ".join(["python pipeline.py", *argv]),
+        "commit (when the report was written)": git_commit(),
     }
     (out / "report.md").write_text(render_markdown(agg, header, plots))
     (out / "summary.json").write_text(json.dumps({"header": header, **agg}, indent=2, default=list))
@@ -221,15 +237,16 @@ def run_pipeline(opts, argv: list[str]) -> Path | None:
 def main(args: list[str] | None = None) -> int:
     """Run the pipeline; return the exit code (0, or 2 for bad input / a missing step input)."""
     args = sys.argv[1:] if args is None else list(args)
-    try:
+
+    def command() -> None:
         opts = build_parser().parse_args(args)
         if opts.experts_config is None and {"experts", "evaluate", "export"} & set(opts.steps):
             raise SuiteError("--experts_config is required (a train_experts.py config); presets set it.")
+        if opts.download:
+            download(opts.data_dir)
         run_pipeline(opts, args)
-    except (SuiteError, FileNotFoundError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
-    return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

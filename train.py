@@ -14,10 +14,9 @@ import sys
 
 import wandb
 from lightning.pytorch.cli import LightningCLI
-from rich.console import Console
 
 from callbacks.wandb_logging import SaveConfigToRun
-from core.errors import SuiteError
+from core.cli import run_command
 
 
 class SuiteCLI(LightningCLI):
@@ -43,24 +42,9 @@ class SuiteCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0, or 2 for bad input with its message printed, no traceback)."""
-    try:
-        SuiteCLI(args=args)
-    except Exception as err:
-        cause = err if isinstance(err, FileNotFoundError) else _suite_error(err)
-        if cause is None:
-            raise
-        Console(stderr=True).print(f"[bold red]error:[/] {cause}", highlight=False, soft_wrap=True)
-        _finish_wandb(2)
-        return 2
-    _finish_wandb(0)
-    return 0
-
-
-def _suite_error(err: BaseException | None) -> SuiteError | None:
-    """The SuiteError behind ``err``: jsonargparse wraps what a configured class's ``__init__`` raises."""
-    while err is not None and not isinstance(err, SuiteError):
-        err = err.__cause__ or err.__context__
-    return err
+    code = run_command(lambda: SuiteCLI(args=args))
+    _finish_wandb(code)
+    return code
 
 
 def _finish_wandb(exit_code: int) -> None:

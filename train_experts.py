@@ -36,6 +36,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
+from core.cli import run_command
 from core.errors import SuiteError
 from core.subsets import parse_partition_spec
 from lightning_modules.stages import static_step_budget
@@ -255,13 +256,7 @@ def main(args: list[str] | None = None) -> int:
     """Run the command; return the exit code (0, or 2 for bad input with its message printed)."""
     args = sys.argv[1:] if args is None else list(args)
     own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
-    try:
-        opts = build_parser().parse_args(own)
-        Job(opts, extra).run(own)
-    except (SuiteError, FileNotFoundError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
-    return 0
+    return run_command(lambda: Job(build_parser().parse_args(own), extra).run(own))
 
 
 if __name__ == "__main__":

@@ -118,14 +118,14 @@ def findings(agg: Mapping[str, Any]) -> list[str]:
     lines = []
     n = len(agg["seeds"])
 
-    def verdict(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
+    def verdict(a: tuple[float, float] | None, b: tuple[float, float] | None, percent: bool = True) -> str:
         if a is None or b is None:
             return "not measured"
         diff = a[0] - b[0]
         spread = max(a[1], b[1])
         holds = "holds" if diff > 0 else "does NOT hold"
         note = "" if n > 1 and abs(diff) > spread else " (within the seed spread: not established)" if n > 1 else ""
-        return f"{holds}: {diff * 100:+.2f} points{note}"
+        return f"{holds}: {diff * 100:+.2f} points{note}" if percent else f"{holds}: {diff:+.3f}{note}"
 
     prog, stat = agg["progressive_mean_subset_acc"], agg["static_mean_subset_acc"]
     lines.append(
@@ -155,10 +155,15 @@ def findings(agg: Mapping[str, Any]) -> list[str]:
         )
     if 1 in routed_k:
         k1 = curves["routed@k1"]["auc_norm"]
-        comparison = "k=1 is itself the best k" if best == 1 else verdict(best_curve["auc_norm"], k1)
+        comparison = "k=1 is itself the best k" if best == 1 else verdict(best_curve["auc_norm"], k1, percent=False)
         lines.append(
             f"Best Top-k (k={best}) vs k=1, normalised AUC ({fmt(best_curve['auc_norm'], False, n)} vs "
             f"{fmt(k1, False, n)}): {comparison}."
+        )
+    if {1, 2} <= set(routed_k):
+        lines.append(
+            "k=2 routes exactly like k=1 by construction: the top-1 class's expert scores at least p1 >= p2, "
+            "more than any other expert can get from two classes; Top-k can only change the choice from k=3 on."
         )
     return lines
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from core.cli import run_command
 from core.errors import SuiteError
 from core.routing import CONFIDENCE_MEASURES
 
@@ -236,11 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; SuiteError -> message on stderr, exit code 2."""
     args = build_parser().parse_args(argv)
     handler = {"export": _export, "verify": _verify, "profile": _profile, "predict": _predict}[args.command]
-    try:
-        return handler(args)
-    except SuiteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: handler(args))
 
 
 if __name__ == "__main__":

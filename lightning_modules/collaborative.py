@@ -31,6 +31,7 @@ import torch
 from lightning import LightningModule
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
+from torch.utils.data import DataLoader
 
 from core.errors import PartitionError, RoutingError, SuiteError
 from core.routing import (
@@ -329,7 +330,16 @@ class CollaborativeSystem(LightningModule):
 
     def _fit_temperature_on_val(self) -> None:
         loaders = self.trainer.val_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        val = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        # A loader of its own over the same batches: iterating Lightning's loader again here would reset the
+        # iterator the validation loop already holds when it uses persistent workers (no val batches left).
+        loader = DataLoader(
+            val.dataset,
+            batch_sampler=val.batch_sampler,
+            num_workers=val.num_workers,
+            collate_fn=val.collate_fn,
+            pin_memory=val.pin_memory,
+        )
         logits, labels, indices = [], [], []
         with self.trainer.precision_plugin.forward_context():
             for batch in loader:

@@ -108,6 +108,9 @@ class ExpertModule(GeneralistModule):
         weight_decay: float = 0.05,
         warmup_epochs: float = 1.0,
         label_smoothing: float = 0.0,
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        fetch_pretrained: bool = True,
     ) -> None:
         super().__init__(
             arch=arch,
@@ -123,6 +126,9 @@ class ExpertModule(GeneralistModule):
             weight_decay=weight_decay,
             warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing,
+            compile=compile,
+            compile_backend=compile_backend,
+            fetch_pretrained=fetch_pretrained,
         )
         self.save_hyperparameters()
         self.partition = parse_partition_spec(partition)

@@ -37,6 +37,8 @@ class GeneralistModule(LightningModule):
         arch: ``vit_tiny`` (generalist), ``vit_small`` (base/experts) or ``vit_base``.
         preset: ``scratch32`` (32x32, patch 4, random init) or ``pretrained224`` (DeiT ImageNet weights, 224).
         pretrained_path: local weights file for ``pretrained224`` instead of the hub.
+        fetch_pretrained: load the ``pretrained224`` ImageNet weights at construction; ``load_from_checkpoint``
+            turns it off, since the checkpoint holds every weight (so restoring needs no network).
         embed_dim, depth, num_heads: override the arch's shape.
         role: what this model is in the collaboration (``generalist``, ``base`` or ``expert``); recorded in
             checkpoints so tools can refuse the wrong kind.
@@ -69,10 +71,13 @@ class GeneralistModule(LightningModule):
         cutmix_alpha: float = 0.0,
         compile: bool = False,
         compile_backend: str = "inductor",
+        fetch_pretrained: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = create_vit(arch, preset, num_classes, pretrained_path, drop_path_rate, embed_dim, depth, num_heads)
+        self.model = create_vit(
+            arch, preset, num_classes, pretrained_path, drop_path_rate, embed_dim, depth, num_heads, fetch_pretrained
+        )
         self.mixup = (
             Mixup(mixup_alpha, cutmix_alpha, label_smoothing=label_smoothing, num_classes=num_classes)
             if mixup_alpha > 0 or cutmix_alpha > 0
@@ -169,6 +174,12 @@ class GeneralistModule(LightningModule):
         warmup = max(1, round(self.hparams.warmup_epochs * total / epochs))
         scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> GeneralistModule:
+        # The checkpoint holds every weight: do not fetch the preset's ImageNet weights first (works offline).
+        kwargs.setdefault("fetch_pretrained", False)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         found = checkpoint.get("hyper_parameters", {})

@@ -54,12 +54,15 @@ def create_vit(
     embed_dim: int | None = None,
     depth: int | None = None,
     num_heads: int | None = None,
+    fetch_pretrained: bool = True,
 ) -> ViTClassifier:
     """Build a ViT classifier.
 
     ``scratch32`` trains from random init at 32x32 with 4x4 patches. ``pretrained224`` loads timm's DeiT ImageNet
     weights, from ``pretrained_path`` when given (a ``.safetensors``/``.pth`` state dict) or else from the hub, and
     resizes inputs to 224. ``embed_dim``/``depth``/``num_heads`` override the arch's shape (tests use tiny models).
+    ``fetch_pretrained=False`` builds the ``pretrained224`` network without loading weights (a checkpoint that is
+    restored next holds them all), so restoring works offline.
     """
     if arch not in ARCHS:
         raise SuiteError(f"unknown --model.arch '{arch}'; choose one of {sorted(ARCHS)}.")
@@ -72,7 +75,7 @@ def create_vit(
     kwargs = dict(
         num_classes=num_classes, img_size=input_size, patch_size=patch_size, drop_path_rate=drop_path_rate, **overrides
     )
-    if not pretrained:
+    if not (pretrained and fetch_pretrained):
         return ViTClassifier(timm.create_model(name, pretrained=False, **kwargs), input_size)
     if pretrained_path is not None:
         if not Path(pretrained_path).is_file():

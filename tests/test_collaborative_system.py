@@ -319,3 +319,14 @@ def test_bad_checkpoint_sets_are_refused(collab_checkpoints: Checkpoints, tmp_pa
         with pytest.raises(SuiteError, match=match) as info:
             CollaborativeSystem.from_checkpoints(**kwargs)
         assert "\n" not in str(info.value), name  # one paragraph
+
+
+def test_fitting_the_temperature_keeps_the_val_batches_of_a_persistent_worker_loader():
+    """Regression: the fitting pass must not reset the validation loop's iterator (persistent workers)."""
+    plain = image_loader(40, batch_size=16)
+    persistent = DataLoader(plain.dataset, batch_size=16, num_workers=1, persistent_workers=True)
+    system = tiny_system(temperature="fit", k_values=[1])
+    trainer = cpu_trainer()
+    trainer.validate(system, dataloaders=persistent, verbose=False)
+    # Every val sample reached validation_step: with k = 1 each one is routed to exactly one expert.
+    assert trainer.callback_metrics["eval/expert_forwards"].item() >= 40

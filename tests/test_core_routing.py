@@ -176,3 +176,14 @@ def test_experts_needed_counts_distinct_pairs():
     assert count_pairs(needed) == 7
     with pytest.raises(RoutingError):
         experts_needed([k1, np.array([0, 1])], num_experts=4)
+
+
+def test_top2_routing_always_equals_top1_routing():
+    """The top-1 class's expert scores >= p1 >= p2, more than any other expert can collect from two classes."""
+    rng = np.random.default_rng(3)
+    probs = softmax(rng.normal(size=(2000, 100)) * 3)
+    owner = class_to_expert(superclass_partition())
+    (c1, p1), (c2, p2) = top_k(probs, 1), top_k(probs, 2)
+    assert np.array_equal(select_experts(c1, p1, owner, 20), select_experts(c2, p2, owner, 20))
+    c3, p3 = top_k(probs, 3)
+    assert not np.array_equal(select_experts(c1, p1, owner, 20), select_experts(c3, p3, owner, 20))

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from core.costs import EdgeDevice, Link, NearEdgeDevice, Profile, baseline_costs, mean_costs_for_offload_count
 from core.errors import RoutingError
-from core.routing import random_confidence, select_experts, softmax, top_k
-from core.subsets import class_to_expert, superclass_partition
 from core.sweep import (
     accuracy_at_offload,
     apply_threshold,
@@ -180,25 +177,3 @@ def test_reductions():
     )
     assert red["edge_generalist"]["latency_ms"] == pytest.approx(1 - 15 / 10)
     assert math.isnan(reductions(point, {"zero": {"latency_ms": 0.0}})["zero"]["latency_ms"])
-
-
-def test_sweep_speed_10k_samples_many_policies():
-    rng = np.random.default_rng(0)
-    n = 10_000
-    probs = softmax(rng.normal(size=(n, 100)).astype(np.float32) * 3)
-    labels = rng.integers(0, 100, n)
-    owner = class_to_expert(superclass_partition())
-    conf_g = probs.max(axis=1)
-    start = time.perf_counter()
-    curves = []
-    for k in (1, 2, 3, 5):
-        classes, p = top_k(probs, k)
-        select_experts(classes, p, owner, 20)
-        for c in (conf_g, random_confidence(n, k)):
-            for _ in range(3):  # expert, oracle, medium targets
-                curves.append(
-                    policy_curve(c, probs.argmax(1) == labels, rng.random(n) < 0.8, profile=PROFILE)
-                )
-    elapsed = time.perf_counter() - start
-    assert len(curves) == 24
-    assert elapsed < 1.0, elapsed

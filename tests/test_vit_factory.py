@@ -79,3 +79,25 @@ def test_full_scratch32_presets_have_the_vit_parameter_count(arch: str, dim: int
     assert model.vit.embed_dim == dim and len(model.blocks) == 12
     expected = vit_parameter_count(dim, depth=12, patch=4, tokens=(32 // 4) ** 2)
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_pretrained224_checkpoint_restores_without_the_weights_file(deit_weights, tmp_path: Path):
+    """A checkpoint holds every weight: restoring must not fetch ImageNet weights (offline, file gone)."""
+    from lightning import Trainer
+
+    from lightning_modules import GeneralistModule
+
+    path, _ = deit_weights
+    copy = tmp_path / "deit_copy.pth"
+    copy.write_bytes(path.read_bytes())
+    module = GeneralistModule(preset="pretrained224", pretrained_path=str(copy), **TINY)
+    trainer = Trainer(logger=False, accelerator="cpu", enable_checkpointing=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "g.ckpt")
+    copy.unlink()
+    with pytest.raises(SuiteError, match="does not exist"):  # building it anew needs the file ...
+        GeneralistModule(preset="pretrained224", pretrained_path=str(copy), **TINY)
+    restored = GeneralistModule.load_from_checkpoint(tmp_path / "g.ckpt", map_location="cpu")  # ... restoring not
+    images = torch.randn(2, 3, 32, 32)
+    module.eval(), restored.eval()
+    assert torch.equal(module(images), restored(images))

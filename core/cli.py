@@ -1,0 +1,32 @@
+"""How the suite's commands end on bad input: the one-paragraph message on stderr, no traceback, exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import SuiteError
+
+BAD_INPUT = 2
+
+
+def bad_input_behind(err: BaseException | None) -> SuiteError | FileNotFoundError | None:
+    """The SuiteError (or missing file) behind ``err``: jsonargparse and Lightning wrap what they call."""
+    while err is not None and not isinstance(err, (SuiteError, FileNotFoundError)):
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def run_command(command: Callable[[], Any]) -> int:
+    """Run ``command``; return its result if that is an exit code (an int), else 0. On bad input print the
+    message and return 2; any other exception is a bug and keeps its traceback."""
+    try:
+        code = command()
+    except Exception as err:
+        cause = bad_input_behind(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return BAD_INPUT
+    return code if isinstance(code, int) else 0
