@@ -44,12 +44,24 @@ def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO_ROOT)  # the presets name their configs relative to the repository
 
 
-def test_mini_preset_parses_and_names_existing_configs() -> None:
+PRESETS = sorted(p for p in (CONFIG_DIR / "experiments").glob("*.yaml") if "experts_config" in p.read_text())
+
+
+def test_mini_preset_has_four_experts() -> None:
     opts = pipeline.build_parser().parse_args(["--config", str(MINI)])
     assert opts.preset == "mini" and opts.seeds == [0]
-    assert all(Path(c).is_file() for c in opts.generalist_config)
     experts = train_experts.build_parser().parse_args(["--config", opts.experts_config])
     assert len(train_experts.parse_partition_spec(experts.partition)) == 4
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_pipeline_preset_parses_and_names_existing_configs(preset: Path) -> None:
+    opts = pipeline.build_parser().parse_args(["--config", str(preset)])
+    experts = train_experts.build_parser().parse_args(["--config", opts.experts_config])
+    configs = [*opts.generalist_config, *experts.base_config, *experts.progressive_config, *experts.static_config,
+               *experts.common_config]
+    assert all(Path(c).is_file() for c in configs), configs
+    assert opts.preset == preset.stem
 
 
 def test_pipeline_end_to_end_resumes_without_redoing_steps(fake_cifar_root: Path, tmp_path: Path) -> None:
