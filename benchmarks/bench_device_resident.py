@@ -42,12 +42,24 @@ def fake_data_dir(train_per_class: int) -> str:
     return str(write_fake_cifar100(tempfile.mkdtemp(prefix="fake_cifar_"), train_per_class, 1))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_source_args(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir`` or ``--fake``, and ``--no-check-integrity``: the data options of the throughput benchmarks."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="folder that contains cifar-100-python/")
     source.add_argument("--fake", action="store_true", help="generate a 50k-image folder instead")
     parser.add_argument("--no-check-integrity", action="store_true", help="load a re-packed copy (md5 differs)")
+
+
+def data_source(args: argparse.Namespace) -> tuple[str, bool]:
+    """(data_dir, check_integrity) for the options of ``add_data_source_args``; pixels do not change speed."""
+    if args.fake:
+        return fake_data_dir(500), False
+    return args.data_dir, not args.no_check_integrity
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_source_args(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     parser.add_argument("--repeats", type=int, default=3)
@@ -59,9 +71,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    data_dir = fake_data_dir(500) if args.fake else args.data_dir
+    data_dir, check_integrity = data_source(args)
     common = dict(
-        check_integrity=not (args.no_check_integrity or args.fake),
+        check_integrity=check_integrity,
         batch_size=args.batch_size,
         num_workers=args.workers,
         augmentation="basic",

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import torch
-from bench_device_resident import fake_data_dir
+from bench_device_resident import add_data_source_args, data_source
 from lightning import Callback, Trainer
 
 from datamodules import CIFAR100DataModule
@@ -44,8 +44,9 @@ class SyncedTimer(Callback):
 
 
 def images_per_second(
-    arch: str, device_resident: bool, compile_model: bool, data_dir: str, args: argparse.Namespace
+    arch: str, device_resident: bool, compile_model: bool, data: tuple[str, bool], args: argparse.Namespace
 ) -> float:
+    data_dir, check_integrity = data
     total = args.warmup + args.steps
     timer = SyncedTimer(args.warmup, total)
     trainer = Trainer(
@@ -62,7 +63,7 @@ def images_per_second(
     )
     datamodule = CIFAR100DataModule(
         data_dir,
-        check_integrity=not (args.no_check_integrity or args.fake),
+        check_integrity=check_integrity,
         batch_size=args.batch_size,
         num_workers=args.workers,
         augmentation="basic",
@@ -75,10 +76,7 @@ def images_per_second(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", help="folder that contains cifar-100-python/")
-    source.add_argument("--fake", action="store_true", help="generate a 50k-image folder instead")
-    parser.add_argument("--no-check-integrity", action="store_true", help="load a re-packed copy (md5 differs)")
+    add_data_source_args(parser)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=60, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation happens here)")
@@ -88,13 +86,13 @@ def main() -> None:
     if not torch.cuda.is_available():
         parser.error("no CUDA device: this benchmark is for a GPU machine (bench_device_resident.py runs on CPU).")
     torch.set_float32_matmul_precision("high")
-    data_dir = fake_data_dir(500) if args.fake else args.data_dir
+    data = data_source(args)
 
     rows = []
     for name in args.models:
         for compile_model in (False, True):
             rates = [
-                images_per_second(MODELS[name], resident, compile_model, data_dir, args) for resident in (False, True)
+                images_per_second(MODELS[name], resident, compile_model, data, args) for resident in (False, True)
             ]
             rows.append((name, MODELS[name], "yes" if compile_model else "no", *rates))
 
