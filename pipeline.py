@@ -1,20 +1,24 @@
-"""The whole pipeline for a named preset, for each seed: generalist, stage-0 base, progressive and static experts,
-the collaborative evaluation, the deployment bundle; then a results report across the seeds.
+"""The whole pipeline for a named preset, for each seed: generalist, stage-0 base and experts, the collaborative
+evaluation, the deployment bundle; then a results report across the seeds.
 
-    python pipeline.py --config configs/experiments/mini.yaml --data_dir DIR [--download true] \
-        [--check_integrity false] [--seeds '[0, 1, 2]'] [--out results/mini] [--steps '[evaluate, report]']
+    python pipeline.py --config configs/experiments/mini.yaml --data.data_dir DIR [--download true] \\
+        [--data.check_integrity false] [--seeds '[0, 1, 2]'] [--out results/mini] [--steps '[evaluate, report]'] \\
+        [--force_step '[evaluate]']
 
-Each step's output is written under a temporary name and renamed when complete; a step whose output exists is
-skipped, so rerunning the same command resumes an interrupted job. Per seed ``s`` the training seed and the
-train/val split seed are both ``s``. Outputs::
+Steps are fresh by construction: each records a fingerprint of what it was made from (its resolved arguments, the
+sha256 of its input checkpoints, data files and configs, and the code it runs) and is skipped only when that
+fingerprint matches the finished step's; otherwise it reruns, and so does every step whose inputs it changes. A
+step's completion marker (``<step>/step.json``) is written last; a step interrupted with the same fingerprint resumes
+(finished experts are kept), one with another fingerprint starts over. ``--force_step`` reruns named steps. Per seed
+``s`` the training seed and the train/val split seed are both ``s``. Outputs::
 
     OUT/seed_<s>/generalist/generalist.ckpt (+ .json metrics)
-    OUT/seed_<s>/base/base.ckpt, OUT/seed_<s>/experts/{progressive,static}/expert_<j>.ckpt (+ .json)
+    OUT/seed_<s>/experts/base/base.ckpt, OUT/seed_<s>/experts/<variant>/expert_<j>.ckpt (+ .json)
     OUT/seed_<s>/eval/<split>/{curves.csv, summary.json, records.csv, plots/}   (evaluate.py's interface)
     OUT/seed_<s>/bundle/                                                        (python -m deploy export)
     OUT/report.md, OUT/summary.json, OUT/plots/                                 (across seeds)
 
-Bad input or a missing step input ends with a one-paragraph message and exit code 2.
+Bad input or a missing step input ends with a one-paragraph message and exit code 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -24,146 +28,265 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-import deploy.__main__ as deploy_cli
 import evaluate
 import train_experts
+from callbacks.reporting import is_complete
+from core.atomic import write_json_atomic, write_text_atomic
 from core.cli import run_command
+from core.costs import load_profile
 from core.errors import SuiteError
+from core.fingerprint import fingerprint
+from core.options import DataOptions
 from core.results_report import aggregate, render_markdown
-from datamodules.cifar100_files import download
+from datamodules.cifar100_files import download, split_file
+from deploy.__main__ import export as export_command
 
 STEPS = ("generalist", "experts", "evaluate", "export", "report")
 Step = Literal["generalist", "experts", "evaluate", "export", "report"]
+MARKER = "step.json"
+STARTED = "step.started.json"
+# The modules whose source a step runs (core.fingerprint follows their imports); the model and data classes are
+# named here because configs reach them by class_path, not by import.
+TRAINING_CODE = (
+    "train_experts",
+    "lightning_modules.classifier",
+    "lightning_modules.expert",
+    "datamodules.cifar100",
+    "datamodules.expert_data",
+    "callbacks.wandb_logging",
+)
+CODE = {
+    "generalist": TRAINING_CODE,
+    "experts": TRAINING_CODE,
+    "evaluate": ("evaluate", "lightning_modules.classifier", "lightning_modules.expert"),
+    "export": ("deploy.__main__", "deploy.export", "lightning_modules.classifier", "lightning_modules.expert"),
+}
+# Arguments of evaluate.evaluate / deploy export that the pipeline sets itself, per seed.
+EVALUATE_OWN = {"generalist", "experts", "out", "static_experts", "base", "data", "split", "force"}
+EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on"}
 console = Console()
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="pipeline.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="preset YAML (configs/experiments/*.yaml).")
-    parser.add_argument("--preset", type=str, default="custom", help="Preset name, shown in the report.")
+    parser = ArgumentParser(prog="pipeline.py", description=__doc__.split("\n\n")[0], exit_on_error=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="Preset YAML (configs/experiments/*.yaml).")
+    parser.add_argument("--preset", type=str, default="custom", help="Preset name, shown in the report and W&B.")
     parser.add_argument("--out", type=str, default="results/custom", help="Output folder.")
-    parser.add_argument("--data_dir", type=str, default="data", help="Folder that contains cifar-100-python/.")
-    parser.add_argument("--check_integrity", type=bool, default=True, help="Refuse re-packed data files.")
-    parser.add_argument("--download", type=bool, default=False, help="Fetch CIFAR-100 into --data_dir first.")
+    parser.add_class_arguments(DataOptions, "data")
+    parser.add_argument("--download", type=bool, default=False, help="Fetch CIFAR-100 into --data.data_dir first.")
     parser.add_argument("--seeds", type=list[int], default=[0], help="Training and split seeds, one run each.")
     parser.add_argument("--split", type=Literal["val", "test"], default="val", help="Split of the report.")
     parser.add_argument("--steps", type=list[Step], default=list(STEPS), help="Run only these steps.")
+    parser.add_argument("--force_step", type=list[Step], default=[], help="Rerun these steps even if fresh.")
     parser.add_argument("--generalist_config", type=list[str], default=["configs/generalist.yaml"])
     parser.add_argument("--generalist_args", type=list[str], default=[], help="CLI overrides of the generalist.")
     parser.add_argument("--common_args", type=list[str], default=[], help="CLI overrides of every training run.")
-    parser.add_argument("--experts_config", type=str, help="train_experts.py config (partition, stages, ...).")
-    parser.add_argument("--evaluate_args", type=list[str], default=[], help="Extra evaluate.py arguments.")
-    parser.add_argument("--export_args", type=list[str], default=[], help="Extra 'python -m deploy export' args.")
+    parser.add_argument("--experts_config", type=str | None, default=None, help="train_experts.py config.")
+    parser.add_function_arguments(evaluate.evaluate, "evaluate", skip=EVALUATE_OWN)
+    parser.add_function_arguments(export_command, "export", skip=EXPORT_OWN)
     return parser
 
 
-def _run(name: str, exit_code: int) -> None:
-    if exit_code != 0:
-        raise SuiteError(f"Step '{name}' failed (exit code {exit_code}); its message is above. Fix it and rerun the "
-                         "same command: completed steps are skipped.")
-
-
 class SeedRun:
-    """The steps of one seed; each knows its output and the inputs it needs."""
+    """The steps of one seed; each knows its inputs, its outputs and its fingerprint."""
 
-    def __init__(self, opts, seed: int) -> None:
+    def __init__(self, opts: Namespace, seed: int) -> None:
         self.opts = opts
         self.seed = seed
         self.root = Path(opts.out) / f"seed_{seed}"
         self.generalist = self.root / "generalist" / "generalist.ckpt"
-        self.base = self.root / "base" / "base.ckpt"
-        self.experts = {mode: self.root / "experts" / mode for mode in ("progressive", "static")}
-        self.summary = self.root / "eval" / opts.split / "summary.json"
+        self.job = train_experts.load_job(opts.experts_config, out=str(self.root / "experts"))
+        self.base = Path(self.job.out) / "base" / "base.ckpt"
+        self.experts = {v: Path(self.job.out) / v for v in self.job.variants}
+        self.eval_dir = self.root / "eval"
         self.bundle = self.root / "bundle"
+        self.data = replace(DataOptions(**vars(opts.data)), split_seed=seed)
 
-    @property
-    def data_args(self) -> list[str]:
-        return [f"--data.data_dir={self.opts.data_dir}", f"--data.check_integrity={self.opts.check_integrity}",
-                f"--data.split_seed={self.seed}"]
+    # ----- what each step reads and writes -------------------------------------------------------------------
+    def folder(self, step: str) -> Path:
+        return {
+            "generalist": self.generalist.parent,
+            "experts": Path(self.job.out),
+            "evaluate": self.eval_dir,
+            "export": self.bundle.parent / "bundle.step",
+        }[step]
 
-    @property
+    def data_files(self) -> dict[str, Path]:
+        names = ["meta", "train"] + (["test"] if self.opts.split == "test" else [])
+        return {f"data/{n}": split_file(self.data.data_dir, n) for n in names}
+
+    def expert_files(self, variant: str) -> list[Path]:
+        return sorted(self.experts[variant].glob("expert_*.ckpt")) if variant in self.experts else []
+
     def training_args(self) -> list[str]:
         # common_args come last so that a preset or a test can override anything, the logger included.
-        return [f"--seed_everything={self.seed}", *self.data_args, f"--trainer.logger.init_args.save_dir={self.root}",
-                f"--trainer.logger.init_args.group={self.opts.preset}", *self.opts.common_args]
+        return [
+            f"--seed_everything={self.seed}",
+            *train_experts.data_args(self.data),
+            f"--trainer.logger.init_args.save_dir={self.root}",
+            f"--trainer.logger.init_args.group={self.opts.preset}-seed{self.seed}",
+            *self.opts.common_args,
+        ]
 
-    def expert_files(self, mode: str) -> list[Path]:
-        return sorted(self.experts[mode].glob("expert_*.ckpt"))
+    def generalist_args(self) -> list[str]:
+        configs = [a for c in self.opts.generalist_config for a in ("-c", c)]
+        return [
+            *configs,
+            *self.opts.generalist_args,
+            f"--trainer.default_root_dir={self.generalist.parent}",
+            *self.training_args(),
+        ]
 
-    def done(self, step: str) -> bool:
-        return {
-            "generalist": self.generalist.is_file,
-            "experts": lambda: self.base.is_file() and self._experts_complete(),
-            "evaluate": self.summary.is_file,
-            "export": (self.bundle / "manifest.json").is_file,
-            "report": lambda: False,
-        }[step]()
+    def step_record(self, step: str) -> dict[str, Any]:
+        """The fingerprint record of a step (inputs hashed now)."""
+        files: dict[str, Path] = dict(self.data_files())
+        if step == "generalist":
+            args: dict[str, Any] = {"cli": self.generalist_args(), "test": self.opts.split == "test"}
+            files.update({f"config/{c}": Path(c) for c in self.opts.generalist_config})
+        elif step == "experts":
+            args = {"job": asdict(self.job), "data": asdict(self.data), "cli": self.training_args()}
+            configs = [*self.job.base_config, *self.job.progressive_config, *self.job.static_config]
+            files.update(
+                {f"config/{c}": Path(c) for c in [self.opts.experts_config, *configs, *self.job.common_config]}
+            )
+            files["generalist"] = self.generalist
+        else:
+            files["generalist"] = self.generalist
+            files.update({f"{v}/{p.name}": p for v in self.experts for p in self.expert_files(v)})
+            if step == "evaluate":
+                files["base"] = self.base
+                # Where the run is logged does not change its results.
+                kwargs = {k: v for k, v in self.evaluate_kwargs().items() if k != "wandb"}
+                args = {"evaluate": kwargs, "data": asdict(self.data)}
+                files.update({f"profile/{p}": Path(p) for p in self.evaluate_kwargs().get("profiles") or []})
+            else:
+                args = {"export": self.export_kwargs(), "data": asdict(self.data)}
+        return fingerprint(step, args, files, CODE[step])
 
-    def _experts_complete(self) -> bool:
-        """Every expert that the experts config asks for has its final checkpoint."""
-        cfg = train_experts.build_parser().parse_args(["--config", self.opts.experts_config])
-        ids = cfg.experts if cfg.experts is not None else range(len(train_experts.parse_partition_spec(cfg.partition)))
-        return all((self.experts[mode] / f"expert_{j}.ckpt").is_file() for mode in train_experts.MODES[cfg.mode]
-                   for j in ids)
+    def evaluate_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(vars(self.opts.evaluate))
+        wandb = kwargs["wandb"]
+        name = wandb.name or f"evaluate-{self.opts.preset}-seed{self.seed}"
+        kwargs["wandb"] = replace(wandb, name=name, group=wandb.group or f"{self.opts.preset}-seed{self.seed}")
+        return kwargs
+
+    def export_kwargs(self) -> dict[str, Any]:
+        return dict(vars(self.opts.export))
 
     def require(self, step: str, *paths: Path) -> None:
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
-            producer = {"generalist.ckpt": "generalist", "base.ckpt": "experts", "progressive": "experts",
-                        "static": "experts"}
-            makers = sorted({producer.get(Path(m).name, "experts") for m in missing})
             raise SuiteError(
-                f"Step '{step}' of seed {self.seed} needs {', '.join(missing)}, which step(s) {', '.join(makers)} "
-                f"write. Run those steps first (leave out --steps to run the whole pipeline)."
+                f"Step '{step}' of seed {self.seed} needs {', '.join(missing)}, which an earlier step writes "
+                "(generalist.ckpt: generalist; base and experts: experts). Run those steps first (leave out --steps "
+                "to run the whole pipeline)."
             )
 
-    def _experts_args(self, extra: list[str]) -> list[str]:
-        return ["--config", self.opts.experts_config, "--out", str(self.root),
-                "--generalist_checkpoint", str(self.generalist), *extra, "--", *self.training_args]
+    def inputs_of(self, step: str) -> list[Path]:
+        return {
+            "generalist": [],
+            "experts": [self.generalist],
+            "evaluate": [self.generalist, self.base, self.experts["progressive"]],
+            "export": [self.generalist, self.experts["progressive"]],
+        }[step]
 
-    def run(self, step: str) -> None:
-        opts = self.opts
+    # ----- freshness ------------------------------------------------------------------------------------------
+    def outputs_present(self, step: str) -> bool:
         if step == "generalist":
-            self.generalist.parent.mkdir(parents=True, exist_ok=True)
-            configs = [a for c in opts.generalist_config for a in ("-c", c)]
-            train_experts.run_training(
-                [*configs, *opts.generalist_args, f"--trainer.default_root_dir={self.generalist.parent}",
-                 *self.training_args],
-                self.generalist, test=opts.split == "test",
+            return self.generalist.is_file()
+        if step == "experts":
+            job = self.job
+            ids = (
+                job.experts
+                if job.experts is not None
+                else range(len(train_experts.parse_partition_spec(job.partition)))
             )
+            return self.base.is_file() and all(
+                (self.experts[v] / f"expert_{j}.ckpt").is_file() for v in job.variants for j in ids
+            )
+        if step == "evaluate":
+            splits = ["val"] if self.opts.split == "val" else ["val", "test"]
+            return all(is_complete(self.eval_dir / s) for s in splits)
+        return (self.bundle / "manifest.json").is_file()
+
+    def fresh(self, step: str, record: dict[str, Any]) -> bool:
+        marker = self.folder(step) / MARKER
+        try:
+            done = json.loads(marker.read_text())["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return done == record["fingerprint"] and self.outputs_present(step)
+
+    def prepare(self, step: str, record: dict[str, Any]) -> None:
+        """Before running: keep the outputs of an interrupted run of the same fingerprint (resume), else clear."""
+        folder = self.folder(step)
+        started = folder / STARTED
+        try:
+            same = json.loads(started.read_text())["fingerprint"] == record["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+        (folder / MARKER).unlink(missing_ok=True)
+        if not same:
+            shutil.rmtree(folder, ignore_errors=True)
+            if step == "export":
+                shutil.rmtree(self.bundle, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(started, record)
+
+    def finish(self, step: str, record: dict[str, Any], seconds: float) -> None:
+        folder = self.folder(step)
+        write_json_atomic(folder / MARKER, {**record, "seconds": round(seconds, 1)})  # last: the step is done
+        (folder / STARTED).unlink(missing_ok=True)
+
+    # ----- running --------------------------------------------------------------------------------------------
+    def run(self, step: str) -> None:
+        self.require(step, *self.inputs_of(step))
+        if step == "generalist":
+            train_experts.run_training(self.generalist_args(), self.generalist, test=self.opts.split == "test")
         elif step == "experts":
-            self.require(step, self.generalist)
-            _run(step, train_experts.main(self._experts_args(["--test", str(opts.split == "test").lower()])))
+            job = replace(
+                self.job,
+                generalist_checkpoint=str(self.generalist),
+                args=[*self.training_args(), *self.job.args],
+                test=self.opts.split == "test",
+            )
+            train_experts.train_experts(job, self.data)
         elif step == "evaluate":
-            self.require(step, self.generalist, self.base, self.experts["progressive"])
-            static = self.expert_files("static")
-            _run(step, evaluate.main([
-                "--generalist", str(self.generalist), "--experts", str(self.experts["progressive"]),
-                *(["--static-experts", str(self.experts["static"])] if static else []),
-                "--base", str(self.base), "--data-dir", opts.data_dir,
-                *([] if opts.check_integrity else ["--no-check-integrity"]),
-                "--split-seed", str(self.seed), "--split", opts.split, "--out", str(self.root / "eval"),
-                "--force", *opts.evaluate_args,
-            ]))
+            static = {v: [str(self.experts[v])] for v in ("static", "static_init") if self.expert_files(v)}
+            evaluate.evaluate(
+                generalist=str(self.generalist),
+                experts=[str(self.experts["progressive"])],
+                static_experts=static.get("static"),
+                base=str(self.base),
+                data=self.data,
+                split=self.opts.split,
+                out=str(self.eval_dir),
+                force=True,
+                **self.evaluate_kwargs(),
+            )
         elif step == "export":
-            self.require(step, self.generalist, self.experts["progressive"], self.summary)
-            _run(step, deploy_cli.main([
-                "export", "--generalist", str(self.generalist), "--experts", str(self.experts["progressive"]),
-                "--out", str(self.bundle), "--force", "--data-dir", opts.data_dir, "--split", "val",
-                "--split-seed", str(self.seed), *([] if opts.check_integrity else ["--no-check-integrity"]),
-                *opts.export_args,
-            ]))
+            export_command(
+                generalist=str(self.generalist),
+                experts=[str(self.experts["progressive"])],
+                out=str(self.bundle),
+                force=True,
+                data=self.data,
+                evaluate_on="val",
+                **self.export_kwargs(),
+            )
 
     def results(self) -> dict:
         """This seed's numbers for the report (from the files the steps wrote)."""
-        self.require("report", self.summary)
+        summary = self.eval_dir / self.opts.split / "summary.json"
+        self.require("report", summary)
 
         def metrics(path: Path) -> dict:
             return json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
@@ -172,9 +295,8 @@ class SeedRun:
             "seed": self.seed,
             "generalist": metrics(self.generalist),
             "base": metrics(self.base),
-            "experts": {mode: {p.stem.split("_")[1]: metrics(p) for p in self.expert_files(mode)}
-                        for mode in self.experts},
-            "evaluation": json.loads(self.summary.read_text()),
+            "experts": {v: {p.stem.split("_")[1]: metrics(p) for p in self.expert_files(v)} for v in self.experts},
+            "evaluation": json.loads(summary.read_text()),
         }
 
 
@@ -184,18 +306,18 @@ def git_commit() -> str:
         return subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True, text=True, check=True,
             cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def write_report(opts, runs: list[SeedRun], argv: list[str]) -> Path:
+def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str]) -> Path:
     out = Path(opts.out)
     agg = aggregate([run.results() for run in runs])
     plots_dir = out / "plots"
     if plots_dir.exists():
         shutil.rmtree(plots_dir)
-    shutil.copytree(runs[0].summary.parent / "plots", plots_dir)
+    shutil.copytree(runs[0].eval_dir / opts.split / "plots", plots_dir)
     plots = sorted(str(p.relative_to(out)) for p in plots_dir.glob("*.png"))
     header = {
         "preset": opts.preset,
@@ -204,47 +326,63 @@ def write_report(opts, runs: list[SeedRun], argv: list[str]) -> Path:
         "command": " ".join(["python pipeline.py", *argv]),
         "commit (when the report was written)": git_commit(),
     }
-    (out / "report.md").write_text(render_markdown(agg, header, plots))
-    (out / "summary.json").write_text(json.dumps({"header": header, **agg}, indent=2, default=list))
+    write_text_atomic(out / "report.md", render_markdown(agg, header, plots))
+    write_json_atomic(out / "summary.json", {"header": header, **agg}, default=list)
     return out / "report.md"
 
 
-def run_pipeline(opts, argv: list[str]) -> Path | None:
+def run_pipeline(opts: Namespace, argv: Sequence[str], say: Callable[[str], None] = console.print) -> Path | None:
     runs = [SeedRun(opts, s) for s in opts.seeds]
-    work = [(run, step) for run in runs for step in STEPS[:-1] if step in opts.steps]
-    report = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        task = progress.add_task(f"pipeline {opts.preset}", total=len(work) + ("report" in opts.steps))
-        for run, step in work:
-            label = f"seed {run.seed}: {step}"
-            if run.done(step):
-                progress.console.print(f"{label}: [green]done[/], skipped")
-            else:
-                progress.console.rule(label)
-                start = time.perf_counter()
-                run.run(step)
-                progress.console.print(f"{label}: finished in {time.perf_counter() - start:.0f} s")
-            progress.advance(task)
-        if "report" in opts.steps:
-            report = write_report(opts, runs, argv)
-            progress.advance(task)
-    if report:
-        console.print(f"report: {report}")
+    for run, step in [(r, s) for r in runs for s in STEPS[:-1] if s in opts.steps]:
+        label = f"seed {run.seed}: {step}"
+        record = run.step_record(step) if all(p.exists() for p in run.inputs_of(step)) else None
+        if record is not None and step not in opts.force_step and run.fresh(step, record):
+            say(f"{label}: fresh (fingerprint {record['fingerprint'][:12]}), skipped")
+            continue
+        run.require(step, *run.inputs_of(step))
+        say(f"{label}: started at {time.strftime('%H:%M:%S')}")
+        start = time.perf_counter()
+        run.prepare(step, record)
+        run.run(step)
+        run.finish(step, run.step_record(step), time.perf_counter() - start)
+        say(f"{label}: finished in {time.perf_counter() - start:.0f} s")
+    if "report" not in opts.steps:
+        return None
+    report = write_report(opts, runs, argv)
+    say(f"report: {report}")
     return report
 
 
-def main(args: list[str] | None = None) -> int:
+def check_options(opts: Namespace) -> None:
+    """Everything that can be checked before a step runs."""
+    if opts.experts_config is None and {"experts", "evaluate", "export"} & set(opts.steps):
+        raise SuiteError("--experts_config is required (a train_experts.py config); presets set it.")
+    if opts.experts_config is not None and not Path(opts.experts_config).is_file():
+        raise SuiteError(f"--experts_config {opts.experts_config!r} does not exist; presets name their configs.")
+    missing = [c for c in opts.generalist_config if not Path(c).is_file()]
+    if missing:
+        raise SuiteError(f"--generalist_config {missing} do not exist; run from the repository root.")
+    if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds):
+        raise SuiteError(f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers.")
+    e = opts.evaluate
+    evaluate.check_arguments(e.k, e.confidence, e.temperature, e.rule, e.gap, e.budget, e.profiles)
+    if not opts.export.gap >= 0:
+        raise SuiteError(f"--export.gap must be >= 0 (accuracy units), got {opts.export.gap!r}.")
+    if opts.export.profile is not None:
+        load_profile(opts.export.profile)
+
+
+def main(args: Sequence[str] | None = None) -> int:
     """Run the pipeline; return the exit code (0, or 2 for bad input / a missing step input)."""
-    args = sys.argv[1:] if args is None else list(args)
+    argv = list(sys.argv[1:] if args is None else args)
 
     def command() -> None:
-        opts = build_parser().parse_args(args)
-        if opts.experts_config is None and {"experts", "evaluate", "export"} & set(opts.steps):
-            raise SuiteError("--experts_config is required (a train_experts.py config); presets set it.")
+        parser = build_parser()
+        opts = parser.instantiate(parser.parse_args(argv))
+        check_options(opts)
         if opts.download:
-            download(opts.data_dir)
-        run_pipeline(opts, args)
+            download(opts.data.data_dir)
+        run_pipeline(opts, argv)
 
     return run_command(command)
 

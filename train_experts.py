@@ -1,32 +1,44 @@
-"""Train stage 0 (if its checkpoint is absent) and then every expert of a partition: progressive, static or both.
+"""Train stage 0 (if its checkpoint is absent) and every expert of a partition: progressive and static variants.
 
-    python train_experts.py --partition 5 --mode both --generalist_checkpoint G.ckpt --out runs/experts \
-        [--common_config '[configs/trainer/gpu.yaml]'] [--parallel 4] [-- --data.data_dir DIR ...]
-    python train_experts.py --config configs/experiments/experts_small_cpu.yaml -- --data.data_dir DIR
+    python train_experts.py --partition 5 --generalist_checkpoint G.ckpt --out runs/experts \\
+        --data.data_dir DIR [--common_config '[configs/trainer/gpu.yaml]'] [--parallel 4]
+    python train_experts.py --config configs/experiments/experts_small_cpu.yaml --data.data_dir DIR
+
+Variants (DESIGN section 4; ``--variants``, default all three):
+
+- ``progressive``: from the stage-0 weights, stages 1-2 (focus, specialise on routed-in images).
+- ``static``: static-from-base, the default baseline: from the stage-0 weights, S_j only, one stage, for exactly the
+  optimizer steps of that expert's progressive stages (isolates the strategy from compute).
+- ``static_init``: static-from-init: the seeded init of stage 0, S_j only, one stage, for stage 0's steps plus the
+  progressive stages' steps (the full per-expert budget).
 
 Every run goes through train.py's SuiteCLI with the YAML configs (``--base_config``, ``--progressive_config``,
-``--static_config``), then ``--common_config`` files, then ``--args``/``--<kind>_args`` and finally the arguments
-after ``--``. Outputs, all written to a temporary name and renamed, so a killed job never leaves half a file:
+``--static_config``), then ``--common_config`` files, then ``--data.*`` (data folder and split, as in training),
+``--args`` and ``--<kind>_args``. The partition is written once to ``<out>/partition.json`` and every expert reads it.
+Outputs, each written under a temporary name and renamed, so a killed job never leaves half a file:
 
-    <out>/base/base.ckpt                              stage 0
-    <out>/experts/<progressive|static>/expert_<j>.ckpt  final weights of expert j (hparams: subset, stages, start)
-    <out>/experts/<progressive|static>/expert_<j>.json  its final val (and test) metrics
+    <out>/partition.json                    the experts' subsets (core.subsets.save_partition)
+    <out>/base/base.ckpt                    stage 0
+    <out>/<variant>/expert_<j>.ckpt         final weights of expert j (hparams: subset, stages, start)
+    <out>/<variant>/expert_<j>.json         its final val (and test) metrics
 
 Experts whose checkpoint exists are skipped, so rerunning the same command resumes an interrupted job (an expert
 that was cut off mid-run restarts from its beginning). ``--parallel N`` trains N experts at once, one per GPU
-(subprocesses with CUDA_VISIBLE_DEVICES); without it the experts run one after another. A static expert gets
-``round(base steps / number of experts)`` plus the steps of that expert's progressive schedule (stages 1..).
+(subprocesses with CUDA_VISIBLE_DEVICES). Every argument and input checkpoint is checked before stage 0 starts.
 Bad input ends with a one-paragraph message and exit code 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,61 +48,110 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
+from core.atomic import write_json_atomic
 from core.cli import run_command
 from core.errors import SuiteError
-from core.subsets import parse_partition_spec
-from lightning_modules.stages import static_step_budget
+from core.options import DataOptions
+from core.schedule import schedule_steps, static_step_budget
+from core.subsets import parse_partition_spec, save_partition
+from lightning_modules.checkpoints import read_checkpoint
 from train import SuiteCLI
 
-MODES = {"progressive": ("progressive",), "static": ("static",), "both": ("progressive", "static")}
+Variant = Literal["progressive", "static", "static_init"]
+VARIANTS: tuple[str, ...] = ("progressive", "static", "static_init")
+# How each static variant starts and is budgeted (core.schedule.static_step_budget).
+STATIC_START = {"static": "from_base", "static_init": "from_init"}
 SUMMARY_METRICS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
 console = Console()
 
 
+@dataclass(frozen=True)
+class ExpertsJob:
+    """One train_experts.py invocation (every field is a command-line option and a config key).
+
+    Attributes:
+        out: output folder.
+        partition: ``superclass`` (20 experts), g superclasses per expert, explicit superclass groups, or a
+            partition file (*.json, e.g. a confusion-aware one).
+        variants: which experts to train (progressive, static = static-from-base, static_init = static-from-init).
+        base_config, progressive_config, static_config: the YAML configs of each kind of run.
+        common_config: configs added to every run (e.g. a trainer preset).
+        args, base_args, progressive_args, static_args: command-line overrides for every run / one kind.
+        generalist_checkpoint: the generalist whose routing defines R_j.
+        experts: only these expert indices (default: all).
+        max_experts: stop after training this many experts.
+        parallel: experts trained at once, one per GPU.
+        test: also evaluate each model on the test split.
+    """
+
+    out: str = "runs/experts"
+    partition: int | str | list[list[int | str]] = "superclass"
+    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
+    base_config: list[str] = field(default_factory=lambda: ["configs/base.yaml"])
+    progressive_config: list[str] = field(default_factory=lambda: ["configs/expert.yaml"])
+    static_config: list[str] = field(default_factory=lambda: ["configs/expert_static.yaml"])
+    common_config: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    base_args: list[str] = field(default_factory=list)
+    progressive_args: list[str] = field(default_factory=list)
+    static_args: list[str] = field(default_factory=list)
+    generalist_checkpoint: str | None = None
+    experts: list[int] | None = None
+    max_experts: int | None = None
+    parallel: int = 1
+    test: bool = True
+
+
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="train_experts.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options.")
-    parser.add_argument("--out", type=str, default="runs/experts", help="Output folder.")
-    parser.add_argument(
-        "--partition",
-        type=str | int | list[list[int | str]],
-        default="superclass",
-        help="'superclass' (20 experts), g superclasses per expert, or explicit superclass groups.",
-    )
-    parser.add_argument("--mode", type=Literal["progressive", "static", "both"], default="progressive")
-    parser.add_argument("--base_config", type=list[str], default=["configs/base.yaml"])
-    parser.add_argument("--progressive_config", type=list[str], default=["configs/expert.yaml"])
-    parser.add_argument("--static_config", type=list[str], default=["configs/expert_static.yaml"])
-    parser.add_argument("--common_config", type=list[str], default=[], help="Added to every run (e.g. a preset).")
-    parser.add_argument("--args", type=list[str], default=[], help="CLI overrides for every run.")
-    parser.add_argument("--base_args", type=list[str], default=[], help="CLI overrides for stage 0.")
-    parser.add_argument("--progressive_args", type=list[str], default=[], help="CLI overrides, progressive.")
-    parser.add_argument("--static_args", type=list[str], default=[], help="CLI overrides, static experts.")
-    parser.add_argument("--generalist_checkpoint", type=str | None, default=None, help="Defines R_j.")
-    parser.add_argument("--experts", type=list[int] | None, default=None, help="Only these experts.")
-    parser.add_argument("--max_experts", type=int | None, default=None, help="Stop after training this many.")
-    parser.add_argument("--parallel", type=int, default=1, help="Experts trained at once, one per GPU.")
-    parser.add_argument("--test", type=bool, default=True, help="Also evaluate each model on the test split.")
+    parser = ArgumentParser(prog="train_experts.py", description=__doc__.split("\n")[0], exit_on_error=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML file with any of these options.")
+    parser.add_class_arguments(ExpertsJob, None, as_group=False)
+    parser.add_class_arguments(DataOptions, "data")
     return parser
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+def parse_job(argv: Sequence[str]) -> tuple[ExpertsJob, DataOptions]:
+    """The job and the data options of a train_experts.py command line (or ``["--config", FILE]``)."""
+    cfg = vars(build_parser().parse_args(list(argv)))
+    cfg.pop("config", None)
+    data = DataOptions(**vars(cfg.pop("data")))
+    return ExpertsJob(**cfg), data
 
 
-def suite_cli(cli_args: list[str]) -> SuiteCLI:
+def load_job(config: str | Path, **overrides: object) -> ExpertsJob:
+    """The ExpertsJob of a train_experts.py YAML config, with some fields replaced."""
+    return replace(parse_job(["--config", str(config)])[0], **overrides)
+
+
+def data_args(data: DataOptions) -> list[str]:
+    """The data folder and split of every run, as LightningCLI overrides (loader settings stay the configs');
+    they come before the job's own ``args``, which therefore win."""
+    return [
+        f"--data.data_dir={data.data_dir}",
+        f"--data.check_integrity={str(data.check_integrity).lower()}",
+        f"--data.val_size={data.val_size}",
+        f"--data.split_seed={data.split_seed}",
+    ]
+
+
+def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
     """train.py's CLI, configured from ``cli_args`` and instantiated, without running a subcommand."""
     with warnings.catch_warnings():
         # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        return SuiteCLI(args=cli_args, run=False)
+        try:
+            return SuiteCLI(args=cli_args, run=False, exit_on_error=False)
+        except argparse.ArgumentError as err:
+            raise SuiteError(
+                f"The arguments of {what} are not accepted: {' '.join(str(err).split())} Fix the config or the "
+                "--*_config / --args / --<kind>_args options that set them."
+            ) from None
 
 
 def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, float]:
     """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete."""
     cli = suite_cli(cli_args)
+    cli.check_inputs()
     trainer = cli.trainer
     trainer.fit(cli.model, datamodule=cli.datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -101,72 +162,87 @@ def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, flo
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     metrics["global_step"] = trainer.global_step
     if trainer.is_global_zero:
-        _atomic_json(target.with_suffix(".json"), metrics)
-        os.replace(tmp, target)
+        write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
+        os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
     if wandb.run is not None:  # the next run in this process must start its own W&B run
         wandb.finish()
     return metrics
 
 
 class Job:
-    """The runs of one train_experts.py invocation."""
+    """The runs of one ExpertsJob; every argument and input is checked on construction."""
 
-    def __init__(self, opts, extra: list[str]) -> None:
-        self.opts = opts
-        self.extra = extra
-        self.out = Path(opts.out)
-        self.subsets = parse_partition_spec(opts.partition)
-        self.partition_arg = json.dumps(opts.partition)
+    def __init__(self, job: ExpertsJob, data: DataOptions) -> None:
+        self.job = job
+        self.data = data
+        self.out = Path(job.out)
+        self.subsets = parse_partition_spec(job.partition)
+        self.partition_file = self.out / "partition.json"
         self.base_checkpoint = self.out / "base" / "base.ckpt"
         n = len(self.subsets)
-        bad = [j for j in opts.experts or [] if not 0 <= j < n]
+        bad = [j for j in job.experts or [] if not 0 <= j < n]
         if bad:
             raise SuiteError(f"--experts {bad} are out of range: the partition has {n} experts, so use 0..{n - 1}.")
-        if opts.parallel < 1 or (opts.parallel > 1 and torch.cuda.device_count() < opts.parallel):
+        unknown = [v for v in job.variants if v not in VARIANTS]
+        if unknown or not job.variants:
+            raise SuiteError(f"--variants {job.variants!r} must be a non-empty list of {list(VARIANTS)}.")
+        if job.parallel < 1 or (job.parallel > 1 and torch.cuda.device_count() < job.parallel):
             raise SuiteError(
-                f"--parallel {opts.parallel} needs that many GPUs, found {torch.cuda.device_count()}; use "
-                "--parallel 1 (experts one after another) or at most the number of GPUs."
+                f"--parallel {job.parallel} needs that many GPUs, found {torch.cuda.device_count()}; use --parallel 1 "
+                "(experts one after another) or at most the number of GPUs."
             )
+        if job.max_experts is not None and job.max_experts < 0:
+            raise SuiteError(f"--max_experts must be >= 0, got {job.max_experts}.")
+        missing = [c for c in self._configs() if not Path(c).is_file()]
+        if missing:
+            raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --*_config or run from the repo.")
+        if job.generalist_checkpoint is not None:
+            read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
+        if self.base_checkpoint.is_file():
+            read_checkpoint(self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",))
+        for kind in ("base", *job.variants):
+            # Parse and build every kind of run once now: a bad override fails here, not after stage 0.
+            suite_cli(self.args(kind, self.out / "check", partition=json.dumps(job.partition)), f"the {kind} runs")
 
-    def expert_checkpoint(self, mode: str, j: int) -> Path:
-        return self.out / "experts" / mode / f"expert_{j}.ckpt"
+    def _configs(self) -> list[str]:
+        j = self.job
+        return [*j.base_config, *j.progressive_config, *j.static_config, *j.common_config]
 
-    def args(self, kind: str, root: Path) -> list[str]:
-        """SuiteCLI arguments of one run of ``kind`` (base, progressive, static)."""
-        opts = self.opts
-        configs = [*getattr(opts, f"{kind}_config"), *opts.common_config]
-        return [
-            *(a for c in configs for a in ("-c", c)),
-            *opts.args,
-            *getattr(opts, f"{kind}_args"),
-            f"--trainer.default_root_dir={root}",
-            *self.extra,
+    def expert_checkpoint(self, variant: str, j: int) -> Path:
+        return self.out / variant / f"expert_{j}.ckpt"
+
+    def args(self, kind: str, root: Path, j: int = 0, partition: str | None = None) -> list[str]:
+        """SuiteCLI arguments of one run of ``kind`` (base, progressive, static, static_init) for expert ``j``
+        (``partition``: the spec to pass instead of the partition file, for the checks before it is written)."""
+        job = self.job
+        config_kind = "static" if kind == "static_init" else kind
+        configs = [*getattr(job, f"{config_kind}_config"), *job.common_config]
+        out = [*(a for c in configs for a in ("-c", c)), *data_args(self.data)]
+        if kind != "base":  # the generalist's logits, cached next to the experts (the job's args may move it)
+            out.append(f"--model.routing_cache_dir={self.out / 'cache'}")
+        out += [*job.args, *getattr(job, f"{config_kind}_args"), f"--trainer.default_root_dir={root}"]
+        if kind == "base":
+            return out
+        out += [f"--model.partition={partition or self.partition_file}", f"--model.expert_index={j}"]
+        base = self.base_checkpoint if kind in ("progressive", "static") else None
+        out += [
+            f"--model.base_checkpoint={base or 'null'}",
+            f"--model.generalist_checkpoint={job.generalist_checkpoint or 'null'}",
         ]
+        return out
 
-    def expert_args(self, mode: str, j: int) -> list[str]:
-        args = [f"--model.partition={self.partition_arg}", f"--model.expert_index={j}"]
-        if mode == "progressive":
-            args.append(f"--model.base_checkpoint={self.base_checkpoint}")
-        if self.opts.generalist_checkpoint is not None:
-            args.append(f"--model.generalist_checkpoint={self.opts.generalist_checkpoint}")
-        return args
-
-    def progressive_cli_args(self, j: int) -> list[str]:
-        return [*self.args("progressive", self.out / "experts" / "progressive"), *self.expert_args("progressive", j)]
-
-    def static_steps(self, j: int) -> int:
-        """Step budget of static expert j, from the resolved progressive config of expert j and the base's steps."""
-        cli = suite_cli(self.progressive_cli_args(j))
+    def progressive_steps(self, j: int) -> int:
+        """Optimizer steps of expert j's progressive stages, from its resolved progressive config."""
+        cli = suite_cli(self.args("progressive", self.out / "progressive", j))
         model, data = cli.model, cli.datamodule
-        base_steps = torch.load(self.base_checkpoint, map_location="cpu", weights_only=False)["global_step"]
-        return static_step_budget(
-            base_steps,
-            len(self.subsets),
-            model.stages,
-            data.subset_train_size(model.subset),
-            data.batch_size,
-            cli.trainer.world_size,
+        return schedule_steps(
+            model.stages, data.subset_train_size(model.subset), data.batch_size, cli.trainer.world_size
         )
+
+    def static_steps(self, variant: str, j: int) -> int:
+        """Step budget of static expert j (core.schedule.static_step_budget)."""
+        base_steps = torch.load(self.base_checkpoint, map_location="cpu", weights_only=False)["global_step"]
+        return static_step_budget(STATIC_START[variant], base_steps, self.progressive_steps(j))
 
     def train_base(self) -> None:
         if self.base_checkpoint.is_file():
@@ -174,89 +250,109 @@ class Job:
             return
         self.base_checkpoint.parent.mkdir(parents=True, exist_ok=True)
         console.rule("stage 0 (base, all classes)")
-        run_training(self.args("base", self.base_checkpoint.parent), self.base_checkpoint, self.opts.test)
+        run_training(self.args("base", self.base_checkpoint.parent), self.base_checkpoint, self.job.test)
 
-    def train_expert(self, mode: str, j: int) -> None:
-        target = self.expert_checkpoint(mode, j)
+    def train_expert(self, variant: str, j: int) -> None:
+        target = self.expert_checkpoint(variant, j)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if mode == "progressive":
-            args = self.progressive_cli_args(j)
-        else:
-            steps = self.static_steps(j)
-            console.print(f"static expert {j}: budget {steps} optimizer steps")
-            args = [
-                *self.args("static", target.parent),
-                *self.expert_args("static", j),
-                f"--model.static_steps={steps}",
-            ]
-        run_training(args, target, self.opts.test)
+        args = self.args(variant, target.parent, j)
+        if variant != "progressive":
+            steps = self.static_steps(variant, j)
+            console.print(f"{variant} expert {j}: budget {steps} optimizer steps")
+            args.append(f"--model.static_steps={steps}")
+        run_training(args, target, self.job.test)
+
+    @staticmethod
+    def planned(job: ExpertsJob) -> list[tuple[str, int]]:
+        """(variant, expert index) of every expert ``job`` trains."""
+        experts = job.experts if job.experts is not None else range(len(parse_partition_spec(job.partition)))
+        return [(v, j) for v in job.variants for j in experts]
 
     def todo(self) -> list[tuple[str, int]]:
-        experts = self.opts.experts if self.opts.experts is not None else range(len(self.subsets))
-        return [(mode, j) for mode in MODES[self.opts.mode] for j in experts]
+        return self.planned(self.job)
 
-    def run(self, argv: list[str]) -> None:
+    def write_partition(self) -> None:
+        """The partition every expert reads; an existing file must hold the same subsets (a resumed job)."""
+        if self.partition_file.is_file():
+            found = parse_partition_spec(str(self.partition_file))
+            if found != self.subsets:
+                raise SuiteError(
+                    f"{self.partition_file} holds another partition than --partition {self.job.partition!r}; the "
+                    "experts in this folder belong to it. Use a new --out, or the partition of those experts."
+                )
+            return
+        save_partition(self.partition_file, self.subsets, {"spec": self.job.partition})
+
+    def run(self) -> None:
+        self.write_partition()
         self.train_base()
         pending = []
-        for mode, j in self.todo():
-            if self.expert_checkpoint(mode, j).is_file():
-                console.print(f"{mode} expert {j}: [green]exists[/], skipped")
+        for variant, j in self.todo():
+            if self.expert_checkpoint(variant, j).is_file():
+                console.print(f"{variant} expert {j}: [green]exists[/], skipped")
             else:
-                pending.append((mode, j))
-        if self.opts.max_experts is not None:
-            pending = pending[: self.opts.max_experts]
-        if self.opts.parallel > 1:
-            self.run_parallel(pending, argv)
+                pending.append((variant, j))
+        if self.job.max_experts is not None:
+            pending = pending[: self.job.max_experts]
+        if self.job.parallel > 1:
+            self.run_parallel(pending)
         else:
-            for k, (mode, j) in enumerate(pending, 1):
-                console.rule(f"[{k}/{len(pending)}] {mode} expert {j}: classes {self.subsets[j]}")
+            for i, (variant, j) in enumerate(pending, 1):
+                console.rule(f"[{i}/{len(pending)}] {variant} expert {j}: classes {self.subsets[j]}")
                 start = time.perf_counter()
-                self.train_expert(mode, j)
-                console.print(f"{mode} expert {j}: done in {time.perf_counter() - start:.0f} s")
+                self.train_expert(variant, j)
+                console.print(f"{variant} expert {j}: done in {time.perf_counter() - start:.0f} s")
         self.summary()
 
-    def run_parallel(self, pending: list[tuple[str, int]], argv: list[str]) -> None:
+    def run_parallel(self, pending: list[tuple[str, int]]) -> None:
         """One subprocess per expert, each on its own GPU, at most ``--parallel`` at a time."""
-        free = list(range(self.opts.parallel))
+        free = list(range(self.job.parallel))
         running: dict[subprocess.Popen, int] = {}
         queue = list(pending)
         failed = []
         while queue or running:
             while queue and free:
-                mode, j = queue.pop(0)
+                variant, j = queue.pop(0)
                 gpu = free.pop(0)
-                cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
-                cmd += ["--mode", mode, "--experts", f"[{j}]", "--parallel", "1", "--", *self.extra]
-                console.print(f"{mode} expert {j}: started on GPU {gpu}")
+                one = replace(self.job, variants=[variant], experts=[j], parallel=1, max_experts=None)
+                config = self.out / f".job-{variant}-{j}.json"
+                write_json_atomic(config, {**asdict(one), "data": asdict(self.data)})
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--config", str(config)]
+                console.print(f"{variant} expert {j}: started on GPU {gpu}")
                 running[subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)})] = gpu
             time.sleep(2)
             for proc in [p for p in running if p.poll() is not None]:
                 free.append(running.pop(proc))
                 if proc.returncode != 0:
-                    failed.append(" ".join(proc.args[-4:]))
+                    failed.append(" ".join(proc.args[-2:]))
         if failed:
             raise SuiteError(f"Some expert runs failed ({failed}); see their output above, fix, and rerun to resume.")
 
     def summary(self) -> None:
         table = Table(title=f"experts in {self.out}")
-        table.add_column("mode")
+        table.add_column("variant")
         table.add_column("expert", justify="right")
         for name in (*SUMMARY_METRICS, "global_step"):
             table.add_column(name, justify="right")
-        for mode, j in self.todo():
-            path = self.expert_checkpoint(mode, j).with_suffix(".json")
+        for variant, j in self.todo():
+            path = self.expert_checkpoint(variant, j).with_suffix(".json")
             if path.is_file():
                 m = json.loads(path.read_text())
                 cells = [f"{m[k]:.4f}" if k in m else "-" for k in SUMMARY_METRICS]
-                table.add_row(mode, str(j), *cells, str(m.get("global_step", "-")))
+                table.add_row(variant, str(j), *cells, str(m.get("global_step", "-")))
         console.print(table)
 
 
-def main(args: list[str] | None = None) -> int:
+def train_experts(job: ExpertsJob, data: DataOptions) -> None:
+    """Check everything, then train stage 0 and the experts of ``job`` (the function pipeline.py calls)."""
+    Job(job, data).run()
+
+
+def main(args: Sequence[str] | None = None) -> int:
     """Run the command; return the exit code (0, or 2 for bad input with its message printed)."""
-    args = sys.argv[1:] if args is None else list(args)
-    own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
-    return run_command(lambda: Job(build_parser().parse_args(own), extra).run(own))
+    argv = list(sys.argv[1:] if args is None else args)
+
+    return run_command(lambda: train_experts(*parse_job(argv)))
 
 
 if __name__ == "__main__":

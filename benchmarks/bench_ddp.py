@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ddp.py [--batch-size 64] [--steps 15] [--repeats 2] [--threads-per-process 1]
 
-The same small ViT (GeneralistModule, embed 96, depth 4, heads 3) trains through Lightning on in-memory random
+The same small ViT (ClassifierModule, embed 96, depth 4, heads 3) trains through Lightning on in-memory random
 batches: once with ``devices=1``, once with ``devices=2, strategy=ddp_spawn``, alternately ``--repeats`` times.
 ``--batch-size`` is per device, as in the configs, so DDP processes twice the samples per step; samples/s counts
 all ranks. Every process gets ``--threads-per-process`` torch threads, so the ideal ratio is 2.0 when the machine
@@ -22,7 +22,7 @@ from bench_train_step import StepTimer
 from lightning import Trainer
 from torch.utils.data import TensorDataset
 
-from lightning_modules import GeneralistModule
+from lightning_modules.classifier import ClassifierModule
 
 
 class RateRecorder(StepTimer):
@@ -70,7 +70,7 @@ def samples_per_second(devices: int, args: argparse.Namespace, workdir: Path) ->
         limit_val_batches=0,
         callbacks=[recorder],
     )
-    model = GeneralistModule(embed_dim=96, depth=4, num_heads=3, warmup_epochs=0)
+    model = ClassifierModule(embed_dim=96, depth=4, num_heads=3, warmup_epochs=0)
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=args.batch_size))
     return json.loads(result.read_text())
 
@@ -91,7 +91,7 @@ def main() -> None:
                 rates[devices].append(samples_per_second(devices, args, Path(workdir)))
     medians = {devices: statistics.median(values) for devices, values in rates.items()}
     print(
-        f"GeneralistModule embed 96 / depth 4, batch {args.batch_size} per device, {args.steps} timed steps x "
+        f"ClassifierModule embed 96 / depth 4, batch {args.batch_size} per device, {args.steps} timed steps x "
         f"{args.repeats} repeats (alternating), {args.threads_per_process} thread(s) per process, gloo"
     )
     for devices, values in rates.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules import CIFAR100DataModule
+from datamodules.cifar100 import CIFAR100DataModule
 
 
 def delivered_rate(loader: Iterable, batches: int, batch_size: int) -> float:

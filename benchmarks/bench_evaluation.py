@@ -30,8 +30,8 @@ from callbacks.collaborative_eval import CollaborativeInferenceCallback, merge_r
 from callbacks.reporting import compute_report
 from core.costs import load_profile
 from core.subsets import superclass_partition
+from lightning_modules.classifier import ClassifierModule
 from lightning_modules.collaborative import CollaborativeSystem
-from lightning_modules.generalist import GeneralistModule
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "profiles"
 PROFILES = [PROFILE_DIR / "edge_arm_wifi.yaml", PROFILE_DIR / "edge_jetson_ethernet.yaml"]
@@ -49,9 +49,9 @@ def median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def vit(seed: int, embed_dim: int, depth: int, heads: int) -> GeneralistModule:
+def vit(seed: int, embed_dim: int, depth: int, heads: int) -> ClassifierModule:
     torch.manual_seed(seed)
-    return GeneralistModule(embed_dim=embed_dim, depth=depth, num_heads=heads, drop_path_rate=0.0).eval()
+    return ClassifierModule(embed_dim=embed_dim, depth=depth, num_heads=heads, drop_path_rate=0.0).eval()
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ from core.routing import confidence, softmax
 from core.subsets import superclass_partition
 from deploy.export import export_bundle, load_models, torch_inputs, torch_logits
 from deploy.runtime import Bundle
-from lightning_modules import ExpertModule, GeneralistModule
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.expert import ExpertModule
 
 
 def save(module: torch.nn.Module, path: Path) -> Path:
@@ -63,7 +64,7 @@ def main() -> None:
     images = rng.integers(0, 256, size=(args.images, 32, 32, 3), dtype=np.uint8)
 
     torch.manual_seed(0)
-    g_path = save(GeneralistModule(arch="vit_tiny"), work / "generalist.ckpt")
+    g_path = save(ClassifierModule(arch="vit_tiny"), work / "generalist.ckpt")
     groups = 20 // args.experts
     e_paths = []
     for j, _ in enumerate(superclass_partition(groups)):

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train_step.py --data-dir ../shared/data/cifar100 [--no-check-integrity]
 
-1. The generalist's training step through Lightning (``GeneralistModule`` + ``Trainer``) against a plain PyTorch
+1. The generalist's training step through Lightning (``ClassifierModule`` + ``Trainer``) against a plain PyTorch
    loop over the same timm model, the same pre-loaded batches and the same AdamW + warm-up/cosine schedule.
    The two run alternately, ``--repeats`` times each; the ratio of medians is printed (target <= 1.05).
 2. Images/s that the DataModule's train loader delivers with ``basic`` and ``strong`` augmentation and
@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from lightning import Callback, Trainer, seed_everything
 from torch.optim.lr_scheduler import LambdaLR
 
-from datamodules import CIFAR100DataModule
+from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.transforms import build_transform
-from lightning_modules import GeneralistModule
-from lightning_modules.generalist import warmup_cosine
+from lightning_modules.classifier import ClassifierModule, warmup_cosine
 
 
 class StepTimer(Callback):
@@ -42,7 +41,7 @@ class StepTimer(Callback):
         self.end = time.perf_counter()
 
 
-def time_lightning(module: GeneralistModule, batches: list, warmup: int) -> float:
+def time_lightning(module: ClassifierModule, batches: list, warmup: int) -> float:
     timer = StepTimer(warmup)
     trainer = Trainer(
         accelerator="cpu",
@@ -60,7 +59,7 @@ def time_lightning(module: GeneralistModule, batches: list, warmup: int) -> floa
     return (timer.end - timer.start) / (len(batches) - warmup)
 
 
-def time_plain(module: GeneralistModule, batches: list, warmup: int) -> float:
+def time_plain(module: ClassifierModule, batches: list, warmup: int) -> float:
     model = module.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=module.hparams.lr, weight_decay=module.hparams.weight_decay)
     scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(step, len(batches) // 5, len(batches)))
@@ -100,8 +99,11 @@ def main() -> None:
 
     seed_everything(0)
     datamodule = CIFAR100DataModule(
-        args.data_dir, check_integrity=not args.no_check_integrity, batch_size=args.batch_size,
-        num_workers=args.workers, augmentation="basic",
+        args.data_dir,
+        check_integrity=not args.no_check_integrity,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        augmentation="basic",
     )
     datamodule.setup("fit")
     loader = datamodule.loader(datamodule.dataset("train", augment=True), shuffle=True, batch_size=args.batch_size)
@@ -109,23 +111,27 @@ def main() -> None:
     batches = [next(iterator) for _ in range(args.warmup + args.steps)]
     del iterator
 
-    reference = GeneralistModule(arch="vit_tiny", preset="scratch32", warmup_epochs=0.2, label_smoothing=0.1)
+    reference = ClassifierModule(arch="vit_tiny", preset="scratch32", warmup_epochs=0.2, label_smoothing=0.1)
     lightning_s, plain_s = [], []
     for _ in range(args.repeats):
         lightning_s.append(time_lightning(copy.deepcopy(reference), batches, args.warmup))
         plain_s.append(time_plain(copy.deepcopy(reference), batches, args.warmup))
     lightning_med, plain_med = statistics.median(lightning_s), statistics.median(plain_s)
     consumed = args.batch_size / lightning_med
-    print(f"generalist vit_tiny/scratch32, batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps x {args.repeats} repeats (alternating)")
+    print(
+        f"generalist vit_tiny/scratch32, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+        f"{args.steps} timed steps x {args.repeats} repeats (alternating)"
+    )
     print(f"  lightning step: median {lightning_med * 1e3:.1f} ms  (all: {[round(t * 1e3, 1) for t in lightning_s]})")
     print(f"  plain step:     median {plain_med * 1e3:.1f} ms  (all: {[round(t * 1e3, 1) for t in plain_s]})")
     print(f"  ratio lightning/plain = {lightning_med / plain_med:.3f}  (target <= 1.05)")
     print(f"  model consumes {consumed:.0f} images/s")
     for augmentation in ("basic", "strong"):
         rate = delivery_rate(datamodule, augmentation, args.delivery_batches)
-        print(f"  datamodule delivers {rate:.0f} images/s with '{augmentation}' and {args.workers} workers "
-              f"({rate / consumed:.1f}x what the model consumes)")
+        print(
+            f"  datamodule delivers {rate:.0f} images/s with '{augmentation}' and {args.workers} workers "
+            f"({rate / consumed:.1f}x what the model consumes)"
+        )
 
 
 if __name__ == "__main__":

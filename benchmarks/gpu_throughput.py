@@ -19,8 +19,8 @@ import torch
 from bench_device_resident import add_data_source_args, data_source
 from lightning import Callback, Trainer
 
-from datamodules import CIFAR100DataModule
-from lightning_modules import GeneralistModule
+from datamodules.cifar100 import CIFAR100DataModule
+from lightning_modules.classifier import ClassifierModule
 
 MODELS = {"generalist": "vit_tiny", "expert": "vit_small"}
 
@@ -69,7 +69,7 @@ def images_per_second(
         augmentation="basic",
         device_resident=device_resident,
     )
-    model = GeneralistModule(arch=arch, preset="scratch32", warmup_epochs=0, compile=compile_model)
+    model = ClassifierModule(arch=arch, preset="scratch32", warmup_epochs=0, compile=compile_model)
     trainer.fit(model, datamodule=datamodule)
     return args.steps * args.batch_size / (timer.end - timer.start)
 
@@ -91,9 +91,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         for compile_model in (False, True):
-            rates = [
-                images_per_second(MODELS[name], resident, compile_model, data, args) for resident in (False, True)
-            ]
+            rates = [images_per_second(MODELS[name], resident, compile_model, data, args) for resident in (False, True)]
             rows.append((name, MODELS[name], "yes" if compile_model else "no", *rates))
 
     print(

@@ -1,14 +1,7 @@
-"""Lightning callbacks and the W&B logger set-up."""
+"""Lightning callbacks and the W&B logger set-up.
 
-from callbacks.collaborative_eval import CollaborativeInferenceCallback
-from callbacks.export_bundle import ExportBundleCallback
-from callbacks.stage_switch import StageSwitchCallback
-from callbacks.wandb_logging import SaveConfigToRun, SuiteWandbLogger
-
-__all__ = [
-    "CollaborativeInferenceCallback",
-    "ExportBundleCallback",
-    "SaveConfigToRun",
-    "StageSwitchCallback",
-    "SuiteWandbLogger",
-]
+- ``collaborative_eval.CollaborativeInferenceCallback`` (written by ``reporting``): the routed-inference evaluation.
+- ``export_bundle.ExportBundleCallback``: export a deployment bundle at the end of a fit.
+- ``wandb_logging``: the W&B logger that never fails a run, and the resolved config saved with it.
+- ``progress``: plain progress lines when the output is a log file.
+"""

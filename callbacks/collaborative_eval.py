@@ -1,5 +1,5 @@
-"""CollaborativeInferenceCallback: turns the per-sample records of ``CollaborativeSystem`` into the curves,
-scalars and operating points of DESIGN section 6, on every rank's data and on rank zero only."""
+"""CollaborativeInferenceCallback: gathers the per-sample records of ``CollaborativeSystem`` from every rank and
+has core.policies turn them into the curves, scalars and operating points of DESIGN section 6 (rank zero)."""
 
 from __future__ import annotations
 
@@ -8,44 +8,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 
-from callbacks.reporting import (
-    Report,
-    check_report_inputs,
-    compute_report,
-    rich_table,
-    wandb_payload,
-    write_outputs,
-)
+from callbacks.reporting import rich_table, wandb_payload, write_outputs
 from core.costs import Profile, load_profile
 from core.errors import SuiteError
-
-Records = dict[str, np.ndarray]
-
-
-def merge_records(parts: Sequence[Mapping[str, np.ndarray]]) -> Records:
-    """Concatenate record sets (batches, or ranks), keep one record per file ``index`` and sort by it.
-
-    DistributedSampler pads the last rank with repeats of the first samples; those duplicates (same index,
-    same record) are dropped here, so the merged set equals a single-process evaluation.
-    """
-    parts = [p for p in parts if p and len(p["index"])]
-    if not parts:
-        return {}
-    keys = list(parts[0])
-    if any(list(p) != keys for p in parts):
-        raise SuiteError(
-            "Record sets from different batches/ranks have different columns; every rank must run the same "
-            "CollaborativeSystem configuration."
-        )
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
-    _, first = np.unique(merged["index"], return_index=True)  # sorted unique indices, first occurrence
-    return {k: v[first] for k, v in merged.items()}
+from core.policies import Records, Report, check_operating_rule, evaluate_policies, merge_records
 
 
 class CollaborativeInferenceCallback(Callback):
@@ -82,7 +53,7 @@ class CollaborativeInferenceCallback(Callback):
         super().__init__()
         if every_n_epochs < 1:
             raise SuiteError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
-        check_report_inputs(rule, gap, budget)
+        check_operating_rule(rule, gap, budget)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.profiles = [p if isinstance(p, Profile) else load_profile(p) for p in profiles]
         self.every_n_epochs = every_n_epochs
@@ -108,14 +79,10 @@ class CollaborativeInferenceCallback(Callback):
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start(True)
 
-    def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any
-    ) -> None:
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
         self._collect(outputs)
 
-    def on_test_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any
-    ) -> None:
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
         self._collect(outputs)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -146,7 +113,7 @@ class CollaborativeInferenceCallback(Callback):
                 "point is reported (thresholds are chosen on val only).",
                 highlight=False,
             )
-        report = compute_report(
+        report = evaluate_policies(
             records,
             self.profiles,
             split=split,

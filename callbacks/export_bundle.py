@@ -9,7 +9,7 @@ The model being trained becomes one member of the bundle:
 
 Config example (trainer.callbacks)::
 
-    - class_path: callbacks.ExportBundleCallback
+    - class_path: callbacks.export_bundle.ExportBundleCallback
       init_args:
         out_dir: runs/bundles/generalist-v1
         expert_checkpoints: [runs/experts/]
@@ -23,8 +23,12 @@ from typing import Literal
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.artifacts import log_bundle_artifact
 from core.errors import SuiteError
-from datamodules.cifar100 import CIFAR100DataModule
+from core.options import DataOptions
+from core.routing import FIT, RouterSpec
+from datamodules.cifar100 import CIFAR100DataModule, labelled_images
+from deploy.export import export_bundle
 
 
 class ExportBundleCallback(Callback):
@@ -37,7 +41,9 @@ class ExportBundleCallback(Callback):
         expert_checkpoints: expert checkpoints (files, folders or globs); with ``as_role: expert`` the others.
         checkpoint: ``best`` exports the ModelCheckpoint's best weights when there are any, ``last`` the weights
             at the end of fit (saved next to the bundle as ``<out_dir>.ckpt``, the manifest's source).
-        tau, k, confidence, temperature, gap, torch_export, force: as ``deploy.export.export_bundle``.
+        tau, k, confidence, temperature: the deployed router (core.routing.RouterSpec; temperature ``fit`` and
+            tau null are chosen on val).
+        gap, torch_export, force: as ``deploy.export.export_bundle``.
         use_val: evaluate on the datamodule's val split (all classes, same data_dir and split) to fit the
             temperature, choose tau when not given, and record val accuracies.
         log_artifact: log the bundle as a W&B artifact when the run logs to W&B online.
@@ -53,7 +59,7 @@ class ExportBundleCallback(Callback):
         tau: float | None = None,
         k: int = 1,
         confidence: str = "max_prob",
-        temperature: float | None = None,
+        temperature: float | str = FIT,
         gap: float = 0.005,
         use_val: bool = True,
         torch_export: bool = False,
@@ -74,8 +80,8 @@ class ExportBundleCallback(Callback):
         self.generalist_checkpoint = generalist_checkpoint
         self.expert_checkpoints = list(expert_checkpoints or [])
         self.checkpoint = checkpoint
-        self.options = dict(tau=tau, k=k, confidence=confidence, temperature=temperature, gap=gap)
-        self.options.update(torch_export=torch_export, force=force)
+        self.routing = RouterSpec(k=k, confidence=confidence, temperature=temperature, tau=tau)
+        self.options = dict(gap=gap, torch_export=torch_export, force=force)
         self.use_val = use_val
         self.log_artifact = log_artifact
         self.manifest: dict | None = None
@@ -97,8 +103,6 @@ class ExportBundleCallback(Callback):
         return path
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from deploy.export import export_bundle, load_eval_data, log_bundle_artifact
-
         trained = self._trained_checkpoint(trainer)  # collective in DDP: every rank takes part
         if not trainer.is_global_zero:
             return
@@ -110,10 +114,17 @@ class ExportBundleCallback(Callback):
         dm = trainer.datamodule
         if self.use_val and isinstance(dm, CIFAR100DataModule):
             h = dm.hparams  # a fresh all-class val split: the fit's datamodule may be restricted to S_j
-            data = load_eval_data(
-                dm.data_dir, "val", h.get("check_integrity", True), h.get("val_size", 5000), h.get("split_seed", 0)
+            options = DataOptions(
+                data_dir=dm.data_dir,
+                check_integrity=h.get("check_integrity", True),
+                val_size=h.get("val_size", 5000),
+                split_seed=h.get("split_seed", 0),
+                num_workers=0,
             )
-        self.manifest = export_bundle(generalist, experts, self.out_dir, data=data, **self.options)
+            data = labelled_images(options, "val")
+        self.manifest = export_bundle(
+            generalist, experts, self.out_dir, routing=self.routing, data=data, **self.options
+        )
         if self.log_artifact:
             for logger in trainer.loggers:
                 # Offline runs would copy the whole bundle into the run folder; it is on disk already.

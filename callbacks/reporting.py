@@ -1,198 +1,24 @@
-"""Collaborative-inference report (DESIGN section 6): curves, scalars and operating points from per-sample
-records, written as CSV/JSON/PNG, logged to W&B and printed as a table.
-
-``compute_report`` is numpy only (core.routing / core.sweep / core.costs do the maths); the writers below only
-format its result. Policies (``k = 0`` where a policy does not depend on Top-k):
-
-- ``routed``: offload to the expert chosen from G's Top-k (the progressive experts), one curve per k.
-- ``static``: the same routing to the static experts (when given), one curve per k.
-- ``base``: offload to the all-class base ("medium") model (when given).
-- ``oracle``: offload to the expert that owns the true class.
-- ``random``: offload a random subset (same rate sweep) to the routed expert, one curve per k.
-- ``generalist_only`` / ``all_offloaded``: the two end points of the routed curves.
-"""
+"""Writers of a collaborative-inference report (core.policies.Report): CSV/JSON/PNG files, the W&B payload and
+the rich table printed in the terminal. Every number is computed in core.policies; this module only formats."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import re
+import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.costs import COST_KEYS, Profile, baseline_costs, mean_costs_for_offload_count
-from core.errors import RoutingError, SuiteError
-from core.routing import random_confidence
-from core.sweep import (
-    OPERATING_RULES,
-    apply_threshold,
-    choose_operating_point,
-    reductions,
-    summarise_curve,
-    sweep_thresholds,
-)
+from core.costs import COST_KEYS, Profile, baseline_costs
+from core.policies import Report
 
-Records = dict[str, np.ndarray]
 CURVE_COLUMNS = ("policy", "k", "confidence", "profile", "tau", "offload_ratio", "accuracy", *COST_KEYS)
 RESULT_FILES = ("curves.csv", "summary.json", "records.csv")
-# Policies with a curve over tau (the end-point policies are single points).
-CURVE_POLICIES = ("routed", "static", "base", "oracle", "random")
-
-
-@dataclass(frozen=True)
-class PolicyData:
-    """A policy's sweep inputs: per-sample confidence and whether the local / offloaded answer is right."""
-
-    policy: str
-    k: int
-    measure: str
-    confidence: np.ndarray
-    correct_local: np.ndarray
-    correct_offload: np.ndarray
-
-    @property
-    def key(self) -> tuple[str, int, str]:
-        return self.policy, self.k, self.measure
-
-
-@dataclass
-class Report:
-    """Everything one evaluation computes; ``curves[key]`` is a core.sweep curve (profile-free)."""
-
-    split: str
-    num_samples: int
-    k_values: list[int]
-    measures: list[str]
-    profiles: list[Profile]
-    curves: dict[tuple[str, int, str], dict[str, np.ndarray]]
-    scalars: list[dict[str, Any]]
-    operating_points: list[dict[str, Any]]
-    reference_points: list[dict[str, Any]]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def record_layout(records: Mapping[str, np.ndarray]) -> tuple[list[int], list[str]]:
-    """The k values and confidence measures a record set holds (records are self-describing)."""
-    ks = sorted(int(m.group(1)) for key in records if (m := re.fullmatch(r"pred_k(\d+)", key)))
-    measures = [key[len("conf_") :] for key in records if key.startswith("conf_")]
-    if not ks or not measures or "label" not in records:
-        raise SuiteError(
-            "The evaluation records lack label / pred_k<k> / conf_<measure> columns; they must come from "
-            "CollaborativeSystem.evaluation_records()."
-        )
-    return ks, measures
-
-
-def near_role(profile: Profile | None, policy: str) -> str:
-    """The near-edge latency role an offload of ``policy`` costs: the base model is timed as ``medium`` when
-    the profile has it, else as an ``expert`` (same architecture); every other policy runs an expert."""
-    if policy == "base" and profile is not None and "medium" in profile.near_edge.latency_ms:
-        return "medium"
-    return "expert"
-
-
-def policy_inputs(records: Mapping[str, np.ndarray], random_seed: int = 0) -> list[PolicyData]:
-    """The sweep inputs of every curve policy the records support."""
-    ks, measures = record_layout(records)
-    label = records["label"]
-    local = records["g_topk_classes"][:, 0] == label
-    rand = random_confidence(len(label), random_seed)
-    out: list[PolicyData] = []
-    for m in measures:
-        conf = records[f"conf_{m}"]
-        for k in ks:
-            out.append(PolicyData("routed", k, m, conf, local, records[f"pred_k{k}"] == label))
-            if f"static_pred_k{k}" in records:
-                out.append(PolicyData("static", k, m, conf, local, records[f"static_pred_k{k}"] == label))
-        if "pred_base" in records:
-            out.append(PolicyData("base", 0, m, conf, local, records["pred_base"] == label))
-        out.append(PolicyData("oracle", 0, m, conf, local, records["pred_oracle"] == label))
-    for k in ks:
-        out.append(PolicyData("random", k, "random", rand, local, records[f"pred_k{k}"] == label))
-    return out
-
-
-def _with_costs(
-    curve: Mapping[str, np.ndarray], profile: Profile | None, near_model: str
-) -> dict[str, np.ndarray]:
-    out = dict(curve)
-    if profile is not None:
-        out.update(mean_costs_for_offload_count(profile, curve["offload_ratio"], "generalist", near_model))
-    return out
-
-
-def compute_report(
-    records: Mapping[str, np.ndarray],
-    profiles: Sequence[Profile] = (),
-    split: str = "val",
-    random_seed: int = 0,
-    rule: str = "within_gap",
-    gap: float = 0.005,
-    budget: float | None = None,
-    val_points: Sequence[Mapping[str, Any]] | None = None,
-) -> Report:
-    """Sweep every policy exactly; choose operating points with ``rule`` or, given ``val_points`` (the
-    operating points of a val report), apply their thresholds unchanged (the test protocol)."""
-    n = len(records.get("label", ()))
-    if n == 0:
-        raise SuiteError(
-            f"The {split} split produced no samples, so there is nothing to evaluate. Check the data folder, "
-            "the split and the class selection."
-        )
-    ks, measures = record_layout(records)
-    inputs = policy_inputs(records, random_seed)
-    curves = {p.key: sweep_thresholds(p.confidence, p.correct_local, p.correct_offload) for p in inputs}
-    scalars = [
-        {"policy": p, "k": k, "confidence": m, **summarise_curve(curves[p, k, m])} for p, k, m in curves
-    ]
-    by_key = {p.key: p for p in inputs}
-    chosen = {(v["policy"], v["k"], v["confidence"], v["profile"]): v for v in val_points or []}
-    points: list[dict[str, Any]] = []
-    refs: list[dict[str, Any]] = []
-    for profile in profiles or [None]:
-        pname = profile.name if profile else ""
-        baselines = baseline_costs(profile) if profile else {}
-        for key, curve in curves.items():
-            near = near_role(profile, key[0])
-            tag = {"policy": key[0], "k": key[1], "confidence": key[2], "profile": pname}
-            if val_points is None:
-                point = {
-                    **tag,
-                    "chosen_on": split,
-                    **choose_operating_point(_with_costs(curve, profile, near), rule, gap, budget),
-                }
-            elif (*key, pname) in chosen:
-                p = by_key[key]
-                tau = chosen[(*key, pname)]["tau"]
-                applied = apply_threshold(
-                    p.confidence, p.correct_local, p.correct_offload, tau, profile, near
-                )
-                point = {**tag, "chosen_on": "val", **applied}
-            else:
-                continue
-            point["reductions"] = reductions(point, baselines)
-            points.append(point)
-        for m in measures:
-            for k in ks:
-                curve = _with_costs(curves["routed", k, m], profile, "expert")
-                if k == ks[0]:
-                    refs.append(_end_point(curve, 0, "generalist_only", 0, m, pname))
-                refs.append(_end_point(curve, -1, "all_offloaded", k, m, pname))
-    return Report(split, n, ks, measures, list(profiles), curves, scalars, points, refs)
-
-
-def _end_point(
-    curve: Mapping[str, np.ndarray], i: int, policy: str, k: int, measure: str, profile: str
-) -> dict:
-    out = {"policy": policy, "k": k, "confidence": measure, "profile": profile}
-    for col in CURVE_COLUMNS[4:]:
-        out[col] = float(curve[col][i]) if col in curve else math.nan
-    return out
+COMPLETE_FILE = "complete.json"
 
 
 def curve_rows(report: Report, max_points: int | None = None) -> list[dict[str, Any]]:
@@ -200,8 +26,8 @@ def curve_rows(report: Report, max_points: int | None = None) -> list[dict[str, 
     rows: list[dict[str, Any]] = []
     for profile in report.profiles or [None]:
         pname = profile.name if profile else ""
-        for key, curve in report.curves.items():
-            full = _with_costs(curve, profile, near_role(profile, key[0]))
+        for key in report.curves:
+            full = report.curve_with_costs(key, profile)
             for i in thin_indices(full["offload_ratio"], max_points):
                 row = {"policy": key[0], "k": key[1], "confidence": key[2], "profile": pname}
                 row.update({c: float(full[c][i]) if c in full else math.nan for c in CURVE_COLUMNS[4:]})
@@ -242,8 +68,7 @@ def summary_dict(report: Report) -> dict[str, Any]:
             "confidence_measures": report.measures,
             **report.meta,
             "profiles": {
-                p.name: {"description": p.description, "baselines": baseline_costs(p)}
-                for p in report.profiles
+                p.name: {"description": p.description, "baselines": baseline_costs(p)} for p in report.profiles
             },
             "scalars": report.scalars,
             "reference_points": report.reference_points,
@@ -284,8 +109,7 @@ def write_curves_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
         writer.writeheader()
         writer.writerows(
-            {c: ("" if isinstance(r[c], float) and math.isnan(r[c]) else r[c]) for c in CURVE_COLUMNS}
-            for r in rows
+            {c: ("" if isinstance(r[c], float) and math.isnan(r[c]) else r[c]) for c in CURVE_COLUMNS} for r in rows
         )
 
 
@@ -294,16 +118,14 @@ def line_label(key: tuple[str, int, str]) -> str:
     return f"{policy} k={k}" if k else policy
 
 
-def chart_lines(
-    report: Report, x: str, profile: Profile | None, max_points: int | None = None
-) -> dict[str, tuple]:
+def chart_lines(report: Report, x: str, profile: Profile | None, max_points: int | None = None) -> dict[str, tuple]:
     """One (xs, ys) line per curve policy of the primary measure (plus random), for plots and W&B charts."""
     primary = report.measures[0]
     lines = {}
-    for key, curve in report.curves.items():
+    for key in report.curves:
         if key[2] not in (primary, "random"):
             continue
-        full = _with_costs(curve, profile, near_role(profile, key[0]))
+        full = report.curve_with_costs(key, profile)
         idx = thin_indices(full["offload_ratio"], max_points)
         lines[line_label(key)] = (full[x][idx], full["accuracy"][idx])
     return lines
@@ -344,9 +166,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
                 ax.annotate(bname, (costs[x], ax.get_ylim()[0]), rotation=90, fontsize=7, color="grey")
         ax.set_xlabel(CHART_AXES[x])
         ax.set_ylabel("accuracy")
-        ax.set_title(
-            f"{report.split}: accuracy vs {CHART_AXES[x]}" + (f" ({profile.name})" if profile else "")
-        )
+        ax.set_title(f"{report.split}: accuracy vs {CHART_AXES[x]}" + (f" ({profile.name})" if profile else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -357,15 +177,36 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     return written
 
 
-def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Path) -> dict[str, Path]:
-    """Write curves.csv, summary.json, records.csv and plots/*.png into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / name for name in RESULT_FILES}
-    write_curves_csv(curve_rows(report), paths["curves.csv"])
-    paths["summary.json"].write_text(json.dumps(summary_dict(report), indent=2))
-    write_records_csv(records, paths["records.csv"])
-    write_plots(report, folder / "plots")
-    return paths
+def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Path) -> Path:
+    """Write curves.csv, summary.json, records.csv, plots/*.png and, last, complete.json into ``folder``.
+
+    Everything is written into a temporary sibling folder that replaces ``folder`` only when complete, so a killed
+    run leaves either the previous results or none, never a mix (``complete.json`` says the folder is whole).
+    """
+    tmp = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_curves_csv(curve_rows(report), tmp / "curves.csv")
+    (tmp / "summary.json").write_text(json.dumps(summary_dict(report), indent=2))
+    write_records_csv(records, tmp / "records.csv")
+    plots = write_plots(report, tmp / "plots")
+    files = [*RESULT_FILES, *(f"plots/{p.name}" for p in plots)]
+    marker = {"split": report.split, "num_samples": report.num_samples, "files": files}
+    (tmp / COMPLETE_FILE).write_text(json.dumps(marker, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def is_complete(folder: Path) -> bool:
+    """True when ``folder`` holds finished results (its completion marker, written last, lists files present)."""
+    marker = folder / COMPLETE_FILE
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all((folder / f).is_file() for f in files)
 
 
 def wandb_payload(report: Report, max_points: int = 200) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -390,14 +231,10 @@ def wandb_payload(report: Report, max_points: int = 200) -> tuple[dict[str, Any]
         if isinstance(value, (int, float)):
             summary[f"{prefix}/{key}"] = value
         elif isinstance(value, dict):
-            summary.update(
-                {f"{prefix}/{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))}
-            )
+            summary.update({f"{prefix}/{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
     for s in report.scalars:
         base = f"{prefix}/{s['policy']}/k{s['k']}/{s['confidence']}"
-        summary.update(
-            {f"{base}/{name}": v for name, v in s.items() if name not in ("policy", "k", "confidence")}
-        )
+        summary.update({f"{base}/{name}": v for name, v in s.items() if name not in ("policy", "k", "confidence")})
     for p in report.operating_points:
         where = f"{p['policy']}/k{p['k']}/{p['confidence']}/{p['profile'] or 'no_profile'}"
         base = f"{prefix}/operating_point/{where}"
@@ -412,9 +249,7 @@ def rich_table(report: Report) -> Any:
     from rich.table import Table
 
     profile = report.profiles[0].name if report.profiles else ""
-    points = {
-        (p["policy"], p["k"], p["confidence"]): p for p in report.operating_points if p["profile"] == profile
-    }
+    points = {(p["policy"], p["k"], p["confidence"]): p for p in report.operating_points if p["profile"] == profile}
     title = f"Collaborative inference on {report.split} ({report.num_samples} samples)"
     table = Table(title=title + (f", costs: {profile}" if profile else ""))
     columns = ["policy", "k", "conf", "acc G", "acc all-off", "acc@10%", "acc@20%", "acc@30%", "acc@50%"]
@@ -447,15 +282,3 @@ def rich_table(report: Report) -> Any:
             fmt(red.get("edge_energy_mj"), True),
         )
     return table
-
-
-def check_report_inputs(rule: str, gap: float, budget: float | None) -> None:
-    """Fail before any model runs when the operating-point settings are unusable (core.sweep rechecks)."""
-    if rule not in OPERATING_RULES:
-        raise RoutingError(f"Unknown operating-point rule {rule!r}. Use one of {', '.join(OPERATING_RULES)}.")
-    if rule == "within_gap" and not gap >= 0:
-        raise RoutingError(f"gap must be >= 0 (accuracy units, 0.005 = 0.5 points), got {gap!r}.")
-    if rule != "within_gap" and budget is None:
-        raise RoutingError(
-            f"The operating-point rule {rule!r} needs a budget (ms for latency, mJ for energy)."
-        )

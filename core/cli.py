@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,9 +12,13 @@ from core.errors import SuiteError
 BAD_INPUT = 2
 
 
-def bad_input_behind(err: BaseException | None) -> SuiteError | FileNotFoundError | None:
-    """The SuiteError (or missing file) behind ``err``: jsonargparse and Lightning wrap what they call."""
-    while err is not None and not isinstance(err, (SuiteError, FileNotFoundError)):
+BadInput = SuiteError | FileNotFoundError | argparse.ArgumentError
+
+
+def bad_input_behind(err: BaseException | None) -> BadInput | None:
+    """The bad input behind ``err`` (a SuiteError, a missing file, or an argument the parser refused):
+    jsonargparse and Lightning wrap what they call."""
+    while err is not None and not isinstance(err, (SuiteError, FileNotFoundError, argparse.ArgumentError)):
         err = err.__cause__ or err.__context__
     return err
 

@@ -72,9 +72,7 @@ def aggregate(seed_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         }
     out["experts"] = experts
     for mode in ("progressive", "static"):
-        per_seed = [
-            _mean([m.get("val/subset_acc") for m in r["experts"][mode].values()]) for r in seed_results
-        ]
+        per_seed = [_mean([m.get("val/subset_acc") for m in r["experts"][mode].values()]) for r in seed_results]
         out[f"{mode}_mean_subset_acc"] = mean_std(per_seed)
     out["curves"] = {
         f"{policy}@k{k}": {
@@ -173,15 +171,24 @@ def render_markdown(agg: Mapping[str, Any], header: Mapping[str, str], plots: Se
     n = len(agg["seeds"])
     out = [f"# Results: {header.get('preset', '')}", ""]
     out += [f"- {k}: {v}" for k, v in header.items()]
-    out.append(f"- seeds: {n} ({', '.join(map(str, agg['seeds']))}); numbers are mean ± std across seeds"
-               if n > 1 else f"- seeds: 1 ({agg['seeds'][0]}); one seed only, so differences smaller than the "
-               "split-to-split spread (not measured here) are not established")
+    out.append(
+        f"- seeds: {n} ({', '.join(map(str, agg['seeds']))}); numbers are mean ± std across seeds"
+        if n > 1
+        else f"- seeds: 1 ({agg['seeds'][0]}); one seed only, so differences smaller than the "
+        "split-to-split spread (not measured here) are not established"
+    )
     out += ["", "## Findings", ""] + [f"- {line}" for line in findings(agg)]
     out += [
-        "", "## Models (val accuracy, %)", "", "| model | val acc |", "| --- | --- |",
+        "",
+        "## Models (val accuracy, %)",
+        "",
+        "| model | val acc |",
+        "| --- | --- |",
         f"| generalist | {fmt(agg['generalist_val_acc'], seeds=n)} |",
         f"| stage-0 base (medium model) | {fmt(agg['base_val_acc'], seeds=n)} |",
-        "", "## Experts on their subsets (val, %)", "",
+        "",
+        "## Experts on their subsets (val, %)",
+        "",
         "| expert | progressive subset acc | static subset acc | progressive restricted | static restricted "
         "| progressive routed-in | static routed-in | progressive all-val | static all-val |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -194,7 +201,9 @@ def render_markdown(agg: Mapping[str, Any], header: Mapping[str, str], plots: Se
         " | | | | | | |"
     )
     out += [
-        "", f"## Collaboration (val, confidence `{agg['confidence']}`, accuracy %)", "",
+        "",
+        f"## Collaboration (val, confidence `{agg['confidence']}`, accuracy %)",
+        "",
         "| policy | k | generalist only | all offloaded | @10% | @20% | @30% | @50% | norm. AUC | offload for 99% |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -204,7 +213,9 @@ def render_markdown(agg: Mapping[str, Any], header: Mapping[str, str], plots: Se
         cells += [fmt(vals["auc_norm"], False, n), fmt(vals["offload_for_99%"], seeds=n)]
         out.append(f"| {policy} | {k} | " + " | ".join(cells) + " |")
     out += [
-        "", "## Operating point (chosen on val) and reductions (%, positive = cheaper)", "",
+        "",
+        "## Operating point (chosen on val) and reductions (%, positive = cheaper)",
+        "",
         "| profile | k | tau | offload % | acc % | latency vs edge-only medium | latency vs near-edge only "
         "| edge energy vs near-edge only | system energy vs near-edge only |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -3,13 +3,113 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 
 from .errors import RoutingError
 
 CONFIDENCE_MEASURES = ("max_prob", "margin", "entropy")
+FIT = "fit"  # the temperature is fitted on val by temperature scaling
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def check_k_values(k_values: Sequence[int], num_classes: int) -> list[int]:
+    """Sorted distinct Top-k values, each an integer in 1..num_classes (RoutingError otherwise)."""
+    ks = [k_values] if _is_int(k_values) else list(k_values)
+    bad = [k for k in ks if not _is_int(k) or not 1 <= k <= num_classes]
+    if not ks or bad:
+        raise RoutingError(
+            f"k values must be integers in 1..{num_classes} (the number of classes), got {ks!r}. Top-k "
+            "routing sums G's k most probable classes per expert; typical values are 1 2 3 5."
+        )
+    return sorted({int(k) for k in ks})
+
+
+def check_measures(measures: Sequence[str] | str) -> list[str]:
+    """Distinct confidence measures in the given order, each one of CONFIDENCE_MEASURES."""
+    ms = [measures] if isinstance(measures, str) else list(measures)
+    bad = [m for m in ms if m not in CONFIDENCE_MEASURES]
+    if not ms or bad:
+        raise RoutingError(
+            f"Unknown confidence measure(s) {bad or ms!r}. Use one or more of {', '.join(CONFIDENCE_MEASURES)}."
+        )
+    return list(dict.fromkeys(ms))
+
+
+def check_temperature(temperature: str | float) -> str | float:
+    """``"fit"`` or a finite number > 0 (returned as float)."""
+    if temperature == FIT:
+        return FIT
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise RoutingError(
+            f"temperature must be 'fit' (temperature scaling on val) or a number > 0, got {temperature!r}; "
+            "1.0 turns scaling off."
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """The routing rule of DESIGN section 3, validated once on construction.
+
+    Attributes:
+        k: Top-k of the expert choice (1 = the expert owning G's top-1 class).
+        confidence: ``max_prob``, ``margin`` or ``entropy``.
+        temperature: softmax temperature of G's logits, or ``"fit"`` (temperature scaling on val).
+        tau: offload threshold (a sample is offloaded when its confidence < tau); None until chosen on val.
+    """
+
+    k: int = 1
+    confidence: str = "max_prob"
+    temperature: float | Literal["fit"] = FIT
+    tau: float | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.k) or self.k < 1:
+            raise RoutingError(f"k must be an integer >= 1 (Top-k of the expert choice), got {self.k!r}.")
+        object.__setattr__(self, "k", int(self.k))
+        check_measures([self.confidence])
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        if self.tau is not None:
+            if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau):
+                raise RoutingError(f"tau must be a finite number (offload where confidence < tau), got {self.tau!r}.")
+            object.__setattr__(self, "tau", float(self.tau))
+
+    def check_classes(self, num_classes: int) -> RouterSpec:
+        """Raise RoutingError unless k fits ``num_classes`` classes; returns self."""
+        check_k_values([self.k], num_classes)
+        return self
+
+    @property
+    def deployable(self) -> bool:
+        """A numeric temperature and a chosen tau: everything a runtime needs to decide."""
+        return self.temperature != FIT and self.tau is not None
+
+    def resolved(self, temperature: float | None = None, tau: float | None = None) -> RouterSpec:
+        """A copy with the fitted temperature and/or the chosen tau filled in."""
+        return replace(
+            self,
+            temperature=self.temperature if temperature is None else temperature,
+            tau=self.tau if tau is None else tau,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "offload_when": "confidence < tau"}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RouterSpec:
+        """Inverse of to_dict (extra keys such as ``offload_when`` are ignored)."""
+        return cls(k=d["k"], confidence=d["confidence"], temperature=d["temperature"], tau=d.get("tau"))
 
 
 def _as_2d_float(x: np.ndarray, name: str) -> np.ndarray:
@@ -27,10 +127,8 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
     float32 input stays float32 (memory for large eval sets); anything else becomes float64.
     """
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise RoutingError(
-            f"temperature must be a finite number > 0, got {temperature!r}; use 1.0 to disable."
-        )
+    if temperature == FIT or check_temperature(temperature) == FIT:
+        raise RoutingError("softmax needs a numeric temperature; fit it on val first (fit_temperature).")
     z = np.asarray(logits)
     dtype = np.float32 if z.dtype == np.float32 else np.float64
     z = z.astype(dtype, copy=False) / dtype(temperature)
@@ -62,9 +160,7 @@ def _check_labels(labels: np.ndarray, n: int, num_classes: int, name: str = "lab
     return labels.astype(np.int64, copy=False)
 
 
-def fit_temperature(
-    logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)
-) -> float:
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
     """Temperature T minimising the mean NLL of softmax(logits / T) on (val) labels.
 
     NLL is convex in 1/T, hence unimodal in log T, so a deterministic golden-section search on
@@ -74,13 +170,9 @@ def fit_temperature(
     y = _check_labels(labels, z.shape[0], z.shape[1])
     lo, hi = bounds
     if not (0 < lo < hi and math.isfinite(hi)):
-        raise RoutingError(
-            f"bounds must satisfy 0 < low < high < inf, got {bounds!r}; the default is (0.05, 20)."
-        )
+        raise RoutingError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}; the default is (0.05, 20).")
     if z.shape[0] == 0:
-        raise RoutingError(
-            "fit_temperature needs at least one sample; pass the validation logits and labels."
-        )
+        raise RoutingError("fit_temperature needs at least one sample; pass the validation logits and labels.")
     a, b = math.log(lo), math.log(hi)
     inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
     c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
@@ -99,10 +191,7 @@ def fit_temperature(
 
 def confidence(probs: np.ndarray, measure: str = "max_prob") -> np.ndarray:
     """Per-sample confidence (N,): max_prob = p1, margin = p1 - p2, entropy = 1 - H(p) / log(C)."""
-    if measure not in CONFIDENCE_MEASURES:
-        raise RoutingError(
-            f"Unknown confidence measure {measure!r}. Use one of {', '.join(CONFIDENCE_MEASURES)}."
-        )
+    check_measures([measure])
     p = _as_2d_float(probs, "probs")
     if measure == "max_prob":
         return np.max(p, axis=1)
@@ -124,7 +213,7 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     p = _as_2d_float(probs, "probs")
     num_classes = p.shape[1]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_classes:
+    if not _is_int(k) or not 1 <= k <= num_classes:
         raise RoutingError(f"k must be an integer in 1..{num_classes} (the number of classes), got {k!r}.")
     order = np.argsort(-p, axis=1, kind="stable")[:, :k].astype(np.int64)
     return order, np.take_along_axis(p, order, axis=1)
@@ -141,20 +230,13 @@ def select_experts(
     classes = np.asarray(topk_classes)
     probs = np.asarray(topk_probs)
     owner = np.asarray(class_to_expert)
-    if (
-        classes.ndim != 2
-        or classes.shape != probs.shape
-        or classes.shape[1] < 1
-        or classes.dtype.kind not in "iu"
-    ):
+    if classes.ndim != 2 or classes.shape != probs.shape or classes.shape[1] < 1 or classes.dtype.kind not in "iu":
         raise RoutingError(
             f"topk_classes (int) and topk_probs must both have shape (N, k>=1); got {classes.shape} "
             f"({classes.dtype}) and {probs.shape}. Pass the outputs of top_k()."
         )
     if owner.ndim != 1 or owner.dtype.kind not in "iu":
-        raise RoutingError(
-            "class_to_expert must be a 1-D integer table; build it with core.subsets.class_to_expert."
-        )
+        raise RoutingError("class_to_expert must be a 1-D integer table; build it with core.subsets.class_to_expert.")
     if owner.size and (owner.min() < 0 or owner.max() >= num_experts):
         raise RoutingError(
             f"class_to_expert holds experts {owner.min()}..{owner.max()} but num_experts={num_experts}; "
@@ -183,6 +265,12 @@ def oracle_experts(labels: np.ndarray, class_to_expert: np.ndarray) -> np.ndarra
     labels = np.asarray(labels)
     y = _check_labels(labels, labels.shape[0] if labels.ndim == 1 else -1, owner.size)
     return owner[y]
+
+
+def offload_mask(confidence: np.ndarray, tau: float) -> np.ndarray:
+    """The offload rule: True where confidence < tau, compared in float64 (a float32 comparison would round tau
+    first, so that the simulation, the Lightning system and the runtime could disagree next to tau)."""
+    return np.asarray(confidence, dtype=np.float64) < float(tau)
 
 
 def random_confidence(n: int, seed: int) -> np.ndarray:

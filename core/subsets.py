@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .cifar100 import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from .errors import PartitionError
+
+PARTITION_FORMAT = "ask-the-expert/partition"
+PARTITION_VERSION = 1
 
 # Longest list of offending ids spelled out in one error message; the rest are counted.
 _MAX_LISTED = 20
@@ -36,9 +42,7 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def resolve_superclasses(
-    items: Sequence[int | str], superclass_names: Sequence[str] = SUPERCLASSES
-) -> list[int]:
+def resolve_superclasses(items: Sequence[int | str], superclass_names: Sequence[str] = SUPERCLASSES) -> list[int]:
     """Map superclass names (case-insensitive), indices or digit strings to indices, keeping order.
 
     Unknown entries raise PartitionError listing every valid name with its index.
@@ -76,9 +80,7 @@ def _classes_of(superclasses: Sequence[int], fine_to_coarse: np.ndarray) -> list
     return np.flatnonzero(mask).astype(int).tolist()
 
 
-def superclass_partition(
-    groups_per_expert: int = 1, fine_to_coarse: np.ndarray = FINE_TO_COARSE
-) -> list[list[int]]:
+def superclass_partition(groups_per_expert: int = 1, fine_to_coarse: np.ndarray = FINE_TO_COARSE) -> list[list[int]]:
     """Experts of g consecutive superclasses (20/g experts), each a sorted list of fine class ids."""
     fine_to_coarse = np.asarray(fine_to_coarse, dtype=np.int64)
     n_super = _num_superclasses(fine_to_coarse)
@@ -156,9 +158,7 @@ def validate_partition(subsets: Sequence[Sequence[int]], num_classes: int = NUM_
             owners.setdefault(int(c), []).append(j)
     if bad:
         problems.append(f"class ids outside 0..{num_classes - 1}: {_listing(bad)}")
-    doubled = [
-        f"{_class_label(c, num_classes)} in experts {v}" for c, v in sorted(owners.items()) if len(v) > 1
-    ]
+    doubled = [f"{_class_label(c, num_classes)} in experts {v}" for c, v in sorted(owners.items()) if len(v) > 1]
     if doubled:
         problems.append(f"classes in more than one expert: {_listing(doubled)}")
     missing = [_class_label(c, num_classes) for c in range(num_classes) if c not in owners]
@@ -187,20 +187,30 @@ def membership_matrix(subsets: Sequence[Sequence[int]], num_classes: int = NUM_C
     return owner[None, :] == np.arange(len(subsets))[:, None]
 
 
-def parse_partition_spec(spec: str | int | Sequence[Sequence[int | str]] | None) -> list[list[int]]:
+def parse_partition_spec(
+    spec: str | int | Sequence[Sequence[int | str]] | Mapping[str, Sequence[Sequence[int]]] | None,
+) -> list[list[int]]:
     """Config convenience for CIFAR-100 partitions.
 
     None, "superclass" or 1 -> one superclass per expert; an int g (or digit string) -> g consecutive
-    superclasses per expert; a list of lists -> explicit superclass groups (names or indices).
+    superclasses per expert; a list of lists -> explicit superclass groups (names or indices); a path ending in
+    ``.json`` -> a partition file of fine-class subsets (``save_partition``, e.g. a confusion-aware partition);
+    ``{"subsets": [[fine classes], ...]}`` -> those subsets (how expert checkpoints record their partition).
     """
     if spec is None:
         return superclass_partition(1)
+    if isinstance(spec, Mapping) and set(spec) == {"subsets"}:
+        subsets = [[int(c) for c in s] for s in spec["subsets"]]
+        validate_partition(subsets, sum(len(s) for s in subsets))
+        return subsets
     if isinstance(spec, str):
         text = spec.strip().lower()
         if text in ("superclass", "superclasses"):
             return superclass_partition(1)
         if text.isdigit():
             return superclass_partition(int(text))
+        if text.endswith(".json"):
+            return load_partition(spec.strip())[0]
     elif _is_int(spec):
         return superclass_partition(int(spec))
     elif (
@@ -211,6 +221,72 @@ def parse_partition_spec(spec: str | int | Sequence[Sequence[int | str]] | None)
         return partition_from_superclasses(spec)
     raise PartitionError(
         f"Cannot read the expert partition spec {spec!r}. Use null or 'superclass' (one superclass per "
-        "expert), an integer g dividing 20 (g consecutive superclasses per expert), or a list of superclass "
-        "groups such as [[fish, aquatic_mammals], [flowers, trees], ...] covering every superclass once."
+        "expert), an integer g dividing 20 (g consecutive superclasses per expert), a list of superclass "
+        "groups such as [[fish, aquatic_mammals], [flowers, trees], ...] covering every superclass once, the "
+        "path of a partition file (*.json), or {subsets: [[fine class ids], ...]}."
     )
+
+
+def save_partition(path: str | Path, subsets: Sequence[Sequence[int]], meta: Mapping[str, Any]) -> None:
+    """Write a partition as JSON atomically (temporary file in the same folder, then os.replace).
+
+    Readers never see a half-written file; meta (e.g. how it was learned) must be JSON-serialisable.
+    """
+    validate_partition(subsets, sum(len(s) for s in subsets))
+    if not isinstance(meta, Mapping):
+        raise PartitionError(f"meta must be a mapping (e.g. how the partition was learned), got {type(meta).__name__}.")
+    groups = [[int(c) for c in subset] for subset in subsets]
+    doc = {
+        "format": PARTITION_FORMAT,
+        "version": PARTITION_VERSION,
+        "num_experts": len(groups),
+        "subsets": groups,
+        "meta": dict(meta),
+    }
+    try:
+        text = json.dumps(doc, indent=1)
+    except (TypeError, ValueError) as exc:
+        raise PartitionError(
+            f"The partition's meta is not JSON-serialisable ({exc}); keep meta to strings, numbers, lists and dicts."
+        ) from None
+    write_text_atomic(path, text + "\n")
+
+
+def load_partition(path: str | Path) -> tuple[list[list[int]], dict]:
+    """Read a save_partition() file: (subsets, meta), after checking format, version and the partition itself."""
+    where = f"Partition file {str(path)!r}"
+    hint = "Write it with `python -m lightning_modules.learn_partition` (or core.subsets.save_partition)."
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PartitionError(f"Cannot read partition file {str(path)!r} ({exc.strerror or exc}). {hint}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PartitionError(f"{where} is not valid JSON ({exc}). {hint}") from None
+    if not isinstance(doc, dict) or doc.get("format") != PARTITION_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise PartitionError(
+            f"{where} is not a partition file: format is {found!r}, expected {PARTITION_FORMAT!r}. {hint}"
+        )
+    if doc.get("version") != PARTITION_VERSION:
+        raise PartitionError(
+            f"{where} has version {doc.get('version')!r}; this code reads version {PARTITION_VERSION}. Re-create the "
+            "partition with this version of the suite."
+        )
+    subsets, meta = doc.get("subsets"), doc.get("meta", {})
+    if (
+        not isinstance(subsets, list)
+        or not all(isinstance(s, list) for s in subsets)
+        or doc.get("num_experts") != len(subsets)
+        or not isinstance(meta, dict)
+    ):
+        raise PartitionError(
+            f"{where} is malformed: it needs 'subsets' (a list of lists of class ids), 'num_experts' equal to "
+            f"their number and a 'meta' object. {hint}"
+        )
+    try:
+        validate_partition(subsets, sum(len(s) for s in subsets))
+    except PartitionError as exc:
+        raise PartitionError(f"{where}: {exc}") from None
+    return [[int(c) for c in s] for s in subsets], meta

@@ -14,6 +14,7 @@ import numpy as np
 
 from .costs import COST_KEYS, Profile, mean_costs_for_offload_count
 from .errors import RoutingError
+from .routing import offload_mask
 
 OPERATING_RULES = ("within_gap", "latency_budget", "energy_budget")
 # Absolute slack for comparisons of derived floats (accuracies are k/N, costs are affine in k/N);
@@ -39,11 +40,7 @@ def _check_inputs(
     out = []
     for name, x in (("correct_local", correct_local), ("correct_offload", correct_offload)):
         x = np.asarray(x)
-        if (
-            x.shape != (n,)
-            or x.dtype.kind not in "biu"
-            or (x.dtype.kind != "b" and np.any((x != 0) & (x != 1)))
-        ):
+        if x.shape != (n,) or x.dtype.kind not in "biu" or (x.dtype.kind != "b" and np.any((x != 0) & (x != 1))):
             raise RoutingError(
                 f"{name} must be a boolean (or 0/1) array of shape ({n},), matching confidence; got shape "
                 f"{x.shape} and dtype {x.dtype}. Pass prediction == label per sample."
@@ -82,20 +79,18 @@ def sweep_thresholds(
     }
 
 
-def policy_curve(
-    confidence: np.ndarray,
-    correct_local: np.ndarray,
-    correct_offload: np.ndarray,
-    profile: Profile | None = None,
+def add_costs(
+    curve: Mapping[str, np.ndarray],
+    profile: Profile | None,
     near_model: str = "expert",
     edge_model: str = "generalist",
 ) -> dict[str, np.ndarray]:
-    """sweep_thresholds() plus, when a profile is given, mean latency_ms, edge_energy_mj and
-    system_energy_mj per sample at each threshold (near_model is the near-edge role offloads run)."""
-    curve = sweep_thresholds(confidence, correct_local, correct_offload)
+    """A copy of a curve plus, when a profile is given, mean latency_ms, edge_energy_mj and system_energy_mj per
+    sample at each threshold (near_model is the near-edge role that offloads run)."""
+    out = dict(curve)
     if profile is not None:
-        curve.update(mean_costs_for_offload_count(profile, curve["offload_ratio"], edge_model, near_model))
-    return curve
+        out.update(mean_costs_for_offload_count(profile, out["offload_ratio"], edge_model, near_model))
+    return out
 
 
 def _curve_arrays(curve: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,13 +98,11 @@ def _curve_arrays(curve: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarr
         x = np.asarray(curve["offload_ratio"], dtype=np.float64)
         y = np.asarray(curve["accuracy"], dtype=np.float64)
     except KeyError as exc:
-        raise RoutingError(
-            f"The curve has no {exc.args[0]!r} entry; build it with sweep_thresholds() or policy_curve()."
-        ) from None
+        raise RoutingError(f"The curve has no {exc.args[0]!r} entry; build it with sweep_thresholds().") from None
     if x.ndim != 1 or x.shape != y.shape or x.size == 0 or np.any(np.diff(x) < 0):
         raise RoutingError(
             "A curve needs equal-length 1-D offload_ratio (non-decreasing) and accuracy arrays; build it "
-            "with sweep_thresholds() or policy_curve()."
+            "with sweep_thresholds()."
         )
     return x, y
 
@@ -201,8 +194,8 @@ def choose_operating_point(
         raise RoutingError(f"Rule {rule!r} needs a budget in {unit}; set budget to the allowed mean {key}.")
     if key not in curve:
         raise RoutingError(
-            f"Rule {rule!r} needs costs on the curve ({key} is missing); build it with policy_curve(..., "
-            "profile=load_profile(...))."
+            f"Rule {rule!r} needs costs on the curve ({key} is missing); add them with add_costs(curve, "
+            "load_profile(...))."
         )
     cost = np.asarray(curve[key], dtype=np.float64)
     feasible = cost <= budget + _EPS * max(1.0, abs(budget))
@@ -226,7 +219,7 @@ def apply_threshold(
 ) -> dict[str, float]:
     """Apply a fixed tau (chosen on val) unchanged to other data; same keys as choose_operating_point()."""
     c, loc, off = _check_inputs(confidence, correct_local, correct_offload)
-    offloaded = c < tau
+    offloaded = offload_mask(c, tau)
     ratio = float(np.mean(offloaded))
     out = {
         "tau": float(tau),
@@ -242,9 +235,7 @@ def apply_threshold(
     return out
 
 
-def reductions(
-    point: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]
-) -> dict[str, dict[str, float]]:
+def reductions(point: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Relative reductions 1 - point/baseline per baseline and cost (positive = cheaper than baseline)."""
     out: dict[str, dict[str, float]] = {}
     for name, base in baselines.items():

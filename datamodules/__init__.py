@@ -1,6 +1,7 @@
-"""LightningDataModules for CIFAR-100."""
+"""LightningDataModules for CIFAR-100.
 
-from datamodules.cifar100 import CIFAR100DataModule
-from datamodules.expert_data import ExpertDataModule
-
-__all__ = ["CIFAR100DataModule", "ExpertDataModule"]
+- ``cifar100.CIFAR100DataModule``: the seeded stratified train/val split, class subsets, augmentation presets.
+- ``expert_data.ExpertDataModule``: training batches that mix an expert's subset with a second pool (``mixing``).
+- ``cifar100_files``, ``transforms``, ``eval_sampler``, ``device_resident``: files, transforms, DDP sharding, the
+  device-resident training path.
+"""

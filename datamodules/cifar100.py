@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from torchvision import tv_tensors
 
 from core.cifar100 import FINE_TO_COARSE, NUM_CLASSES
 from core.errors import SuiteError
+from core.options import DataOptions, check_loader_numbers
 from core.splits import stratified_split
 from core.subsets import resolve_superclasses
 from datamodules.cifar100_files import CifarMeta, CifarSplit, DataError, download, load_meta, load_split
@@ -88,6 +90,7 @@ class CIFAR100DataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_loader_numbers(batch_size, eval_batch_size, num_workers, val_size)
         self.data_dir = data_dir
         self.download = download
         self.check_integrity = check_integrity
@@ -229,3 +232,55 @@ class CIFAR100DataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader(self.predict_split)
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """A labelled split in memory as raw pixels: uint8 (N, 32, 32, 3) images, int64 fine labels, file indices."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    split: str
+
+    def batches(self, size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(offset, images, labels) chunks of at most ``size`` samples, in order."""
+        for start in range(0, len(self.labels), size):
+            yield start, self.images[start : start + size], self.labels[start : start + size]
+
+    def tensors(self) -> torch.Tensor:
+        """The images as the models see them: normalised float NCHW through the eval transform."""
+        return eval_tensors(self.images)
+
+
+def eval_tensors(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW through the datamodule's eval transform (training's pipeline)."""
+    return build_transform("none")(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+
+
+def evaluation_datamodule(options: DataOptions) -> CIFAR100DataModule:
+    """An evaluation datamodule (no augmentation, all classes) from the shared ``--data.*`` options."""
+    return CIFAR100DataModule(
+        data_dir=options.data_dir,
+        check_integrity=options.check_integrity,
+        val_size=options.val_size,
+        split_seed=options.split_seed,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        augmentation="none",
+    )
+
+
+def labelled_images(options: DataOptions, split: str = "val", limit: int | None = None) -> LabelledImages:
+    """The raw images and labels of ``train``, ``val`` or ``test`` (the first ``limit`` of them)."""
+    if split not in ("train", "val", "test"):
+        raise SuiteError(f"Unknown split {split!r}; choose val (default), test or train.")
+    if limit is not None and limit < 1:
+        raise SuiteError(f"--limit must be >= 1 (images of the split to use), got {limit}.")
+    dm = evaluation_datamodule(options)
+    dm.setup("test" if split == "test" else "fit")
+    file = dm.test_file if split == "test" else dm.train_file
+    indices = {"train": dm.train_indices, "val": dm.val_indices, "test": dm.test_indices}[split][:limit]
+    if len(indices) == 0:
+        raise DataError(f"The {split} split of {options.data_dir} is empty; check --data.val_size / --limit.")
+    return LabelledImages(file.images[indices], file.fine_labels[indices].astype(np.int64), indices, split)

@@ -135,8 +135,11 @@ def load_split(root: str | Path, split: str, check_integrity: bool = True, purpo
     data = np.asarray(content["data"])
     fine = np.asarray(content["fine_labels"], dtype=np.int64)
     coarse = np.asarray(content["coarse_labels"], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE) or not (
-        len(data) == len(fine) == len(coarse)
+    if (
+        data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != np.prod(IMAGE_SHAPE)
+        or not (len(data) == len(fine) == len(coarse))
     ):
         raise DataError(
             f"'{path}' has image data of shape {data.shape} ({data.dtype}) for {len(fine)} labels; CIFAR-100 "

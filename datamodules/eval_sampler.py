@@ -19,9 +19,7 @@ from torch.utils.data import Dataset
 from core.errors import SuiteError
 
 
-def distributed_eval_sampler(
-    dataset: Dataset, trainer: Trainer | None
-) -> UnrepeatedDistributedSampler | None:
+def distributed_eval_sampler(dataset: Dataset, trainer: Trainer | None) -> UnrepeatedDistributedSampler | None:
     """The unpadded, unshuffled shard of ``dataset`` for this rank when ``trainer`` runs several processes,
     else ``None`` (the loader's default sequential sampler)."""
     if trainer is None or trainer.world_size <= 1:

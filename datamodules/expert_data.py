@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from core.errors import SuiteError
+from core.schedule import batches_per_epoch
 from datamodules.cifar100 import CIFAR100DataModule
-from datamodules.mixing import MixingBatchSampler, batches_per_epoch
+from datamodules.mixing import MixingBatchSampler
 
 
 class ExpertDataModule(CIFAR100DataModule):

@@ -1,9 +1,7 @@
 """Mixing batch sampler: each batch holds a fixed share rho of subset images, the rest from a second pool.
 
-Epoch length (DESIGN section 4): an epoch shows every subset image about once, i.e.
-``ceil(|subset| / round(rho * B))`` batches; with ``round(rho * B) == 0`` (no subset share) it is
-``ceil(|subset| / B)`` batches, so the epoch length never depends on the size of the rest pool. The count is rounded
-up to a multiple of the number of DDP ranks so that every rank runs the same number of steps.
+Epoch length (DESIGN section 4, core.schedule.batches_per_epoch): an epoch shows every subset image about once, and
+every DDP rank runs the same number of steps.
 
 DDP: the epoch's global draw is generated identically on every rank from ``(seed, epoch)`` alone, then batch ``i``
 goes to rank ``i % num_replicas``; the ranks together cover the draw exactly once. Pools are cycled through
@@ -20,18 +18,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from core.errors import SuiteError
-
-
-def subset_per_batch(batch_size: int, rho: float) -> int:
-    """Subset images in each batch: ``round(rho * batch_size)``."""
-    return round(rho * batch_size)
-
-
-def batches_per_epoch(subset_size: int, batch_size: int, rho: float, num_replicas: int = 1) -> int:
-    """Batches each rank runs per epoch (the module docstring defines the epoch)."""
-    share = subset_per_batch(batch_size, rho)
-    total = math.ceil(subset_size / (share if share > 0 else batch_size))
-    return math.ceil(total / num_replicas)
+from core.schedule import batches_per_epoch, subset_per_batch
 
 
 def _cycle(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:

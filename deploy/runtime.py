@@ -1,23 +1,19 @@
 """Torch-free runtime of an exported bundle: numpy + onnxruntime only (importing it never imports torch).
 
-A bundle folder (written by ``deploy.export.export_bundle``) holds ``generalist.onnx``, ``expert_<j>.onnx``,
-``router.json`` (subsets, k, confidence measure, temperature, tau, input size and normalisation, class
-names) and ``manifest.json`` (sha256 of every file). ``Bundle.load`` refuses a changed or missing file and a
-router.json that does not match the model files. Routing is DESIGN section 3 through ``core.routing``; a
-sample is offloaded when its confidence c < tau, and each needed expert runs once on its share of the batch.
+``Bundle.load`` verifies a bundle folder (deploy.bundle_format: every file's sha256 against the manifest, and
+router.json against the model files). Routing is core.policies.route_batch and the offload rule
+core.routing.offload_mask, the very functions the evaluation uses; each needed expert runs once on its share of the
+batch.
 
-The two halves run on different machines: ``EdgeRuntime.run`` answers confident samples locally and returns
-an ``OffloadRequest`` (what to send); ``NearEdgeRuntime.answer`` runs the chosen experts on it; ``combine``
-merges the two. ``Bundle.predict`` is exactly that composition.
+The two halves run on different machines: ``EdgeRuntime.run`` answers confident samples locally and returns an
+``OffloadRequest`` (what to send, deploy.wire); ``NearEdgeRuntime.answer`` runs the chosen experts on it;
+``combine`` merges the two. ``Bundle.predict`` is exactly that composition.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,174 +21,28 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from core.errors import PartitionError, SuiteError
-from core.routing import CONFIDENCE_MEASURES, confidence, select_experts, softmax, top_k
-from core.subsets import class_to_expert, validate_partition
+from core.errors import SuiteError
+from core.policies import route_batch
+from core.routing import offload_mask
+from deploy.bundle_format import (
+    INPUT_NAME,
+    MANIFEST_FILE,
+    OUTPUT_NAME,
+    REEXPORT,
+    ROUTER_FILE,
+    BundleError,
+    RouterConfig,
+    read_json,
+    verify_files,
+)
+from deploy.wire import ExpertAnswer, OffloadRequest, RequestError
 
-FORMAT_VERSION = 1
-ROUTER_FILE = "router.json"
-MANIFEST_FILE = "manifest.json"
-GENERALIST_FILE = "generalist.onnx"
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
 Part = Literal["all", "edge", "near_edge"]
 Payload = Literal["images", "tensors"]
-_REEXPORT = "Re-export the bundle with `python -m deploy export` (or copy it again from the export)."
-
-
-class BundleError(SuiteError):
-    """A bundle folder is incomplete, was changed after export, or is inconsistent."""
 
 
 class ImageError(SuiteError):
     """Images given to the runtime have the wrong type, shape, dtype or value range."""
-
-
-class RequestError(SuiteError):
-    """An offload request or expert answer is malformed or does not belong to its batch."""
-
-
-def expert_file(index: int) -> str:
-    """File name of expert ``index`` inside a bundle."""
-    return f"expert_{index}.onnx"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (expert files are ~90 MB)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """The routing rule and input contract of a bundle (the content of router.json)."""
-
-    generalist_file: str
-    expert_files: tuple[str, ...]
-    subsets: tuple[tuple[int, ...], ...]
-    k: int
-    confidence: str
-    temperature: float
-    tau: float | None
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple[str, ...]
-    superclass_names: tuple[str, ...]
-    fine_to_coarse: tuple[int, ...]
-    model_input_size: int
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def num_experts(self) -> int:
-        return len(self.subsets)
-
-    def class_to_expert(self) -> np.ndarray:
-        """Expert that owns each class (int64, num_classes)."""
-        return class_to_expert([list(s) for s in self.subsets], self.num_classes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON layout of router.json."""
-        return {
-            "format_version": FORMAT_VERSION,
-            "generalist": {"file": self.generalist_file},
-            "experts": [
-                {"index": j, "file": f, "subset": list(s)}
-                for j, (f, s) in enumerate(zip(self.expert_files, self.subsets, strict=True))
-            ],
-            "routing": {
-                "k": self.k,
-                "confidence": self.confidence,
-                "temperature": self.temperature,
-                "tau": self.tau,
-                "offload_when": "confidence < tau",
-            },
-            "input": {
-                "layout": "NHWC",
-                "dtype": "uint8",
-                "height": self.image_size,
-                "width": self.image_size,
-                "channels": 3,
-                "mean": list(self.mean),
-                "std": list(self.std),
-                "normalise": "(pixel / 255 - mean) / std per channel, then NCHW float32",
-                "model_input_size": self.model_input_size,
-            },
-            "classes": {
-                "names": list(self.class_names),
-                "superclass_names": list(self.superclass_names),
-                "fine_to_coarse": list(self.fine_to_coarse),
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = ROUTER_FILE) -> RouterConfig:
-        """Parse and check router.json content; every problem raises BundleError."""
-        try:
-            if d["format_version"] != FORMAT_VERSION:
-                raise ValueError(f"format_version {d['format_version']!r}, this runtime reads {FORMAT_VERSION}")
-            experts, routing, inp, classes = d["experts"], d["routing"], d["input"], d["classes"]
-            if [e["index"] for e in experts] != list(range(len(experts))):
-                raise ValueError("experts must be listed with index 0, 1, 2, ... in order")
-            tau = routing["tau"]
-            router = cls(
-                generalist_file=str(d["generalist"]["file"]),
-                expert_files=tuple(str(e["file"]) for e in experts),
-                subsets=tuple(tuple(int(c) for c in e["subset"]) for e in experts),
-                k=int(routing["k"]),
-                confidence=str(routing["confidence"]),
-                temperature=float(routing["temperature"]),
-                tau=None if tau is None else float(tau),
-                image_size=int(inp["height"]),
-                mean=tuple(float(m) for m in inp["mean"]),
-                std=tuple(float(s) for s in inp["std"]),
-                class_names=tuple(str(n) for n in classes["names"]),
-                superclass_names=tuple(str(n) for n in classes["superclass_names"]),
-                fine_to_coarse=tuple(int(c) for c in classes["fine_to_coarse"]),
-                model_input_size=int(inp["model_input_size"]),
-            )
-            if int(inp["width"]) != router.image_size or int(inp["channels"]) != 3:
-                raise ValueError("input must be square with 3 channels")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(
-                f"{source} is not a valid router file ({type(exc).__name__}: {exc}). {_REEXPORT}"
-            ) from None
-        router.check(source)
-        return router
-
-    def check(self, source: str = ROUTER_FILE) -> None:
-        """Raise BundleError unless the values are usable (partition, k, measure, temperature, tau, input)."""
-        problems = []
-        if not 1 <= self.k <= self.num_classes:
-            problems.append(f"k={self.k} is outside 1..{self.num_classes}")
-        if self.confidence not in CONFIDENCE_MEASURES:
-            problems.append(f"confidence {self.confidence!r} is not one of {', '.join(CONFIDENCE_MEASURES)}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            problems.append(f"temperature {self.temperature!r} is not a finite number > 0")
-        if self.num_experts and (self.tau is None or not math.isfinite(self.tau)):
-            problems.append(f"tau {self.tau!r} is not a finite number (a bundle with experts needs one)")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            problems.append("input mean and std need 3 values each, std > 0")
-        if self.image_size < 1:
-            problems.append(f"image size {self.image_size} is not positive")
-        if len(self.fine_to_coarse) != self.num_classes:
-            problems.append(f"fine_to_coarse has {len(self.fine_to_coarse)} entries for {self.num_classes} classes")
-        names = [self.generalist_file, *self.expert_files]
-        if any(Path(n).name != n or n in ("", ".", "..") for n in names):
-            problems.append(f"model file names {names} must be plain names inside the bundle folder")
-        if self.num_experts:
-            try:
-                validate_partition([list(s) for s in self.subsets], self.num_classes)
-            except PartitionError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise BundleError(f"{source} holds unusable values: {'; '.join(problems)}. {_REEXPORT}")
 
 
 def check_images(images: Any, image_size: int) -> np.ndarray:
@@ -241,49 +91,6 @@ def preprocess(images: np.ndarray, router: RouterConfig) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def route(logits: np.ndarray, router: RouterConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence (N,), chosen expert (N,) int64, -1 without experts) of the generalist's logits."""
-    probs = softmax(logits, router.temperature)
-    conf = confidence(probs, router.confidence)
-    if router.num_experts == 0:
-        return conf, np.full(len(conf), -1, dtype=np.int64)
-    classes, top_probs = top_k(probs, router.k)
-    return conf, select_experts(classes, top_probs, router.class_to_expert(), router.num_experts)
-
-
-@dataclass(frozen=True)
-class OffloadRequest:
-    """What the edge sends: batch positions, each one's expert, and raw images or model-ready tensors."""
-
-    indices: np.ndarray
-    experts: np.ndarray
-    images: np.ndarray | None = None
-    tensors: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def to_bytes(self) -> bytes:
-        """Serialise (numpy .npz, no pickle) for sending to the near edge."""
-        arrays = {"indices": self.indices, "experts": self.experts}
-        arrays.update({k: v for k, v in (("images", self.images), ("tensors", self.tensors)) if v is not None})
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> OffloadRequest:
-        """Inverse of to_bytes."""
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                return cls(z["indices"], z["experts"], z.get("images"), z.get("tensors"))
-        except (OSError, ValueError, KeyError) as exc:
-            raise RequestError(
-                f"Cannot read the offload request ({type(exc).__name__}: {exc}). Send the bytes of "
-                "OffloadRequest.to_bytes() unchanged."
-            ) from None
-
-
 @dataclass(frozen=True)
 class EdgeResult:
     """The generalist's pass over a batch: local answers, routing, and the request for the near edge."""
@@ -294,16 +101,6 @@ class EdgeResult:
     experts: np.ndarray
     offloaded: np.ndarray
     request: OffloadRequest
-
-
-@dataclass(frozen=True)
-class ExpertAnswer:
-    """The near edge's reply: for each request entry, the expert's logits and its top-1 class."""
-
-    indices: np.ndarray
-    experts: np.ndarray
-    logits: np.ndarray
-    predictions: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -324,7 +121,7 @@ def _session(path: Path, providers: Sequence[str] | None, threads: int | None) -
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types for unreadable models
-        raise BundleError(f"onnxruntime cannot load {path.name} ({exc}). {_REEXPORT}") from None
+        raise BundleError(f"onnxruntime cannot load {path.name} ({exc}). {REEXPORT}") from None
 
 
 def _model_problems(session: ort.InferenceSession, name: str, router: RouterConfig, index: int | None) -> list[str]:
@@ -378,11 +175,12 @@ class EdgeRuntime:
         images = check_images(images, self.router.image_size)
         x = preprocess(images, self.router)
         logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        conf, experts = route(logits, self.router)
-        # float64 like core.sweep.apply_threshold: a float32 comparison would round tau first.
-        offloaded = (
-            conf.astype(np.float64) < self.router.tau if self.router.num_experts else np.zeros(len(conf), dtype=bool)
-        )
+        spec, n = self.router.routing, self.router.num_experts
+        table = self.router.class_to_expert() if n else None
+        routed = route_batch(logits, spec.temperature, [spec.k], [spec.confidence], table, n)
+        conf = routed.confidence[spec.confidence]
+        experts = routed.experts[spec.k] if n else np.full(len(conf), -1, dtype=np.int64)
+        offloaded = offload_mask(conf, spec.tau) if n else np.zeros(len(conf), dtype=bool)
         idx = np.flatnonzero(offloaded)
         request = OffloadRequest(
             indices=idx,
@@ -460,40 +258,6 @@ def combine(edge: EdgeResult, answer: ExpertAnswer | None) -> Prediction:
     return Prediction(predictions, edge.confidences, answered_by, edge, answer)
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{path.parent} is not a bundle: {path.name} ({what}) is missing. {_REEXPORT}") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"Cannot read {path.name} ({what}) in {path.parent}: {exc}. {_REEXPORT}") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{path.name} in {path.parent} must hold a JSON object. {_REEXPORT}")
-    return data
-
-
-def verify_files(folder: Path, manifest: Mapping[str, Any], names: Sequence[str]) -> None:
-    """Raise BundleError unless each named file is listed in the manifest, present, and hashes as recorded."""
-    listed = manifest.get("files")
-    if not isinstance(listed, Mapping):
-        raise BundleError(f"{MANIFEST_FILE} in {folder} has no 'files' table of sha256 hashes. {_REEXPORT}")
-    problems = []
-    for name in names:
-        entry = listed.get(name)
-        path = folder / name
-        if not isinstance(entry, Mapping) or "sha256" not in entry:
-            problems.append(f"{name} is not listed in {MANIFEST_FILE}")
-        elif not path.is_file():
-            problems.append(f"{name} is missing")
-        elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"{name} has changed since export (sha256 differs from {MANIFEST_FILE})")
-    if problems:
-        raise BundleError(
-            f"Refusing to load the bundle {folder}: {'; '.join(problems)}. The files must be exactly those "
-            "the export wrote; copy the bundle again or re-export it."
-        )
-
-
 class Bundle:
     """A verified bundle: router, manifest, and the onnxruntime sessions of the loaded part."""
 
@@ -540,9 +304,9 @@ class Bundle:
             raise BundleError(f"part must be 'all', 'edge' or 'near_edge', got {part!r}.")
         if not folder.is_dir():
             raise BundleError(f"Bundle folder {folder} does not exist; pass the folder written by the export.")
-        manifest = _read_json(folder / MANIFEST_FILE, "hashes of the bundle's files")
+        manifest = read_json(folder / MANIFEST_FILE, "hashes of the bundle's files")
         verify_files(folder, manifest, [ROUTER_FILE])
-        router = RouterConfig.from_dict(_read_json(folder / ROUTER_FILE, "routing rule"))
+        router = RouterConfig.from_dict(read_json(folder / ROUTER_FILE, "routing rule"))
         needed = {"edge": [router.generalist_file], "near_edge": list(router.expert_files)}
         needed["all"] = [*manifest["files"], *needed["edge"], *needed["near_edge"]]
         verify_files(folder, manifest, list(dict.fromkeys(needed[part])))
@@ -559,7 +323,7 @@ class Bundle:
             near = NearEdgeRuntime(router, sessions)
         if problems:
             raise BundleError(
-                f"router.json does not match the model files of {folder}: {'; '.join(problems)}. {_REEXPORT}"
+                f"router.json does not match the model files of {folder}: {'; '.join(problems)}. {REEXPORT}"
             )
         return cls(folder, router, manifest, edge, near)
 

@@ -1,9 +1,9 @@
 """Parity of a bundle with its checkpoints on a labelled split (torch side).
 
-Three references, all on the same images: ``CollaborativeSystem.predict_step`` (real routed inference in
-PyTorch) for the decisions (offloaded or not, which expert, final class); eager PyTorch logits of the generalist
-and of each expert on the samples the bundle sent it; and the simulated accuracy at tau of the evaluation path
-(``CollaborativeSystem.evaluation_records`` swept by ``core.sweep.apply_threshold``).
+Three references, all on the same images: ``CollaborativeSystem.predict_step`` (real routed inference in PyTorch)
+for the decisions (offloaded or not, which expert, final class); eager PyTorch logits of the generalist and of each
+expert on the samples the bundle sent it; and the simulated accuracy at tau of the evaluation path
+(``CollaborativeSystem.evaluation_records`` scored by core.policies).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.sweep import apply_threshold
-from deploy.export import EvalData, ExportError, load_models, torch_inputs, torch_logits
-from deploy.runtime import Bundle, sha256_file
+from core.hashing import file_sha256
+from core.policies import routed_at_threshold
+from datamodules.cifar100 import LabelledImages, eval_tensors
+from deploy.export import ExportError, load_export_models, torch_logits
+from deploy.runtime import Bundle
 
 
 def _checkpoints(
@@ -31,10 +33,10 @@ def _checkpoints(
     missing = [str(p) for p in (g, *es) if not p.is_file()]
     if missing:
         raise ExportError(
-            f"Checkpoint(s) {', '.join(missing)} not found. Pass --generalist and --experts with the checkpoints "
-            "the bundle was exported from (the manifest's paths are relative to where the export ran)."
+            f"Checkpoint(s) {', '.join(missing)} not found. Pass --generalist and --experts with the checkpoints the "
+            "bundle was exported from (the manifest's paths are relative to where the export ran)."
         )
-    changed = [str(p) for p in (g, *es) if sha256_file(p) not in recorded]
+    changed = [str(p) for p in (g, *es) if file_sha256(p) not in recorded]
     if changed:
         raise ExportError(
             f"Checkpoint(s) {', '.join(changed)} are not among the bundle's sources (sha256 differs from "
@@ -46,7 +48,7 @@ def _checkpoints(
 @torch.inference_mode()
 def verify_bundle(
     folder: str | Path,
-    data: EvalData,
+    data: LabelledImages,
     generalist: str | Path | None = None,
     experts: Sequence[str | Path] | None = None,
     atol: float = 1e-4,
@@ -54,20 +56,20 @@ def verify_bundle(
 ) -> dict[str, Any]:
     """Run the bundle and the PyTorch references on ``data``; returns the agreement (``passed`` = all hold)."""
     bundle = Bundle.load(folder)
-    router = bundle.router
+    spec = bundle.router.routing
     g_path, e_paths = _checkpoints(bundle, generalist, experts)
-    models = load_models(g_path, e_paths, router.k, router.confidence)
-    if models.subsets != [list(s) for s in router.subsets]:
+    models = load_export_models(g_path, list(e_paths), spec)
+    if models.subsets != [list(s) for s in bundle.router.subsets]:
         raise ExportError("The checkpoints' expert subsets differ from router.json; pass the bundle's sources.")
     system = models.system
     if system is not None:
-        system.set_temperature(router.temperature)
-        system.tau = router.tau
+        system.set_temperature(spec.temperature)
+        system.tau = spec.tau
     g_diff = e_diff = 0.0
     mismatches = 0
-    runtime_correct, conf, correct_local, correct_offload, offloaded = [], [], [], [], []
+    runtime_correct, offloaded, records = [], [], []
     for start, images, labels in data.batches(batch_size):
-        x = torch_inputs(images)
+        x = eval_tensors(images)
         result = bundle.predict(images)
         g_ref = torch_logits(models.generalist, x)
         g_diff = max(g_diff, float(np.max(np.abs(result.edge.logits - g_ref))))
@@ -80,7 +82,6 @@ def verify_bundle(
         offloaded.append(result.edge.offloaded)
         if system is None:  # generalist-only bundle: G's top-1 is every answer
             mismatches += int(np.sum(result.predictions != np.argmax(g_ref, axis=1)))
-            correct_local.append(np.argmax(g_ref, axis=1) == labels)
             continue
         batch = (x, torch.from_numpy(labels), torch.arange(start, start + len(labels)))
         step = system.predict_step(batch)
@@ -92,23 +93,19 @@ def verify_bundle(
             )
         )
         rec = system.evaluation_records(batch)
-        mismatches += int(np.sum(result.edge.experts != rec[f"expert_k{router.k}"]))
-        conf.append(rec[f"conf_{router.confidence}"])
-        correct_local.append(rec["g_topk_classes"][:, 0] == labels)
-        correct_offload.append(rec[f"pred_k{router.k}"] == labels)
+        mismatches += int(np.sum(result.edge.experts != rec[f"expert_k{spec.k}"]))
+        records.append(rec)
     accuracy = float(np.mean(np.concatenate(runtime_correct)))
     if system is None:
-        simulated = float(np.mean(np.concatenate(correct_local)))
+        simulated = float(np.mean(np.argmax(torch_logits(models.generalist, data.tensors()), axis=1) == data.labels))
     else:
-        at_tau = apply_threshold(
-            np.concatenate(conf), np.concatenate(correct_local), np.concatenate(correct_offload), router.tau
-        )
-        simulated = at_tau["accuracy"]
+        merged = {key: np.concatenate([r[key] for r in records]) for key in records[0]}
+        simulated = routed_at_threshold(merged, spec.k, spec.confidence, spec.tau)["accuracy"]
     report = {
         "bundle": str(folder),
         "split": data.split,
         "num_samples": len(data.labels),
-        "tau": router.tau,
+        "tau": spec.tau,
         "offload_ratio": float(np.mean(np.concatenate(offloaded))),
         "decision_mismatches": mismatches,
         "max_abs_logit_diff_generalist": g_diff,
@@ -116,7 +113,7 @@ def verify_bundle(
         "atol": atol,
         "accuracy_bundle": accuracy,
         "accuracy_simulated": simulated,
-        "reference": "CollaborativeSystem.predict_step" if system is not None else "GeneralistModule (no experts)",
+        "reference": "CollaborativeSystem.predict_step" if system is not None else "ClassifierModule (no experts)",
     }
     report["passed"] = bool(mismatches == 0 and g_diff <= atol and e_diff <= atol and accuracy == simulated)
     return report

@@ -1,7 +1,11 @@
-"""LightningModules: the generalist (and stage-0 base), experts and the collaborative system."""
+"""LightningModules and what they are built from.
 
-from lightning_modules.collaborative import CollaborativeSystem
-from lightning_modules.expert import ExpertModule
-from lightning_modules.generalist import GeneralistModule
+- ``classifier.ClassifierModule``: the 100-way ViT (the edge generalist, or the stage-0 base model).
+- ``expert.ExpertModule``: an expert trained through a stage schedule (``stage_switch``), with routed-in sets
+  (``routed_in``).
+- ``collaborative.CollaborativeSystem``: generalist + experts + router, for evaluation and routed prediction.
+- ``checkpoints``: finding, reading, checking and loading the suite's checkpoints.
+- ``vit_factory``, ``schedules``, ``distributed``: the timm model factory, LR schedules, DDP gathering.
 
-__all__ = ["CollaborativeSystem", "ExpertModule", "GeneralistModule"]
+Nothing is re-exported here: import from the module, so that each command imports only what it uses.
+"""

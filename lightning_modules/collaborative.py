@@ -1,29 +1,27 @@
 """The collaborative system (DESIGN section 3): the edge generalist, the near-edge experts and the router.
 
-Two paths share one routing function (``_route``), so deployment and evaluation decide identically:
+Both paths route through ``core.policies.route_batch`` and offload with ``core.routing.offload_mask``, so deployment
+and evaluation decide identically:
 
-- ``predict_step`` is real routed inference at one threshold ``tau`` and one ``route_k``: only the chosen
-  expert runs, and only on the samples whose confidence is below ``tau``.
-- ``validation_step`` / ``test_step`` evaluate every policy at once without a threshold: G runs once per
-  sample and every distinct (sample, expert) pair that some policy needs (each k's Top-k choice, the oracle
-  choice, the static experts' choices) runs exactly once (``core.routing.experts_needed``); the base
-  ("medium") model runs on every sample. They return per-sample records (O(N x k) numbers, never the experts'
-  logits) that ``callbacks.CollaborativeInferenceCallback`` sweeps over tau.
+- ``predict_step`` is real routed inference at one threshold ``tau`` and one ``route_k``: only the chosen expert
+  runs, and only on the samples whose confidence is below ``tau``.
+- ``validation_step`` / ``test_step`` evaluate every policy at once without a threshold: G runs once per sample and
+  every distinct (sample, expert) pair that some policy needs (each k's Top-k choice, the oracle choice, the static
+  experts' choices) runs exactly once (``core.routing.experts_needed``); the base ("medium") model runs on every
+  sample. They return per-sample records (O(N x k) numbers, never the experts' logits) that core.policies sweeps.
 
-Temperature ``"fit"``: before the first validation epoch the system runs G over the val loader, keeps those
-logits (N_val x classes, G only) to fit T with ``core.routing.fit_temperature`` and reuses them in
-``validation_step`` instead of running G again, so an evaluation still costs one G forward per sample. The
-fitted T is a buffer (saved with the module) and is reused unchanged on test.
+Temperature ``"fit"``: before the first validation epoch the system runs G over the val loader, keeps those logits
+(N_val x classes, G only) to fit T with ``core.routing.fit_temperature`` and reuses them in ``validation_step``
+instead of running G again, so an evaluation still costs one G forward per sample. Under DDP every rank fits on the
+logits of all ranks (shards of unequal length are gathered as objects). The fitted T is a buffer (saved with the
+module) and is reused unchanged on test.
 """
 
 from __future__ import annotations
 
-import glob
 import math
-import pickle
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,22 +32,25 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.errors import PartitionError, RoutingError, SuiteError
+from core.policies import Records, RoutedBatch, generalist_records, merge_records, oracle_assignment, route_batch
 from core.routing import (
-    CONFIDENCE_MEASURES,
-    confidence,
+    FIT,
+    check_k_values,
+    check_measures,
+    check_temperature,
     experts_needed,
     fit_temperature,
-    oracle_experts,
-    select_experts,
-    softmax,
-    top_k,
+    offload_mask,
 )
 from core.subsets import class_to_expert
-from lightning_modules.expert import ExpertModule
-from lightning_modules.generalist import GeneralistModule
-
-Records = dict[str, np.ndarray]
-CheckpointSpec = str | Path
+from lightning_modules.checkpoints import (
+    CheckpointSpec,
+    load_expert_set,
+    load_module,
+    read_checkpoint,
+    require_classes,
+)
+from lightning_modules.distributed import all_gather_objects
 
 
 class CollaborativeSystem(LightningModule):
@@ -79,7 +80,7 @@ class CollaborativeSystem(LightningModule):
         base: nn.Module | None = None,
         k_values: Sequence[int] = (1, 2, 3, 5),
         confidence_measures: Sequence[str] = ("max_prob",),
-        temperature: str | float = "fit",
+        temperature: str | float = FIT,
         tau: float = 0.5,
         route_k: int | None = None,
         num_classes: int | None = None,
@@ -96,23 +97,24 @@ class CollaborativeSystem(LightningModule):
         self.base = base
         self.class_to_expert = _partition_table(subsets, len(self.experts), self.num_classes, "experts")
         self.static_class_to_expert = (
-            _partition_table(
-                static_subsets or [], len(self.static_experts), self.num_classes, "static experts"
-            )
+            _partition_table(static_subsets or [], len(self.static_experts), self.num_classes, "static experts")
             if self.static_experts
             else None
         )
-        self.k_values = _check_k_values(k_values, self.num_classes)
-        self.route_k = _check_k_values([route_k or self.k_values[0]], self.num_classes)[0]
-        self.confidence_measures = _check_measures(confidence_measures)
+        self.k_values = check_k_values(k_values, self.num_classes)
+        self.route_k = check_k_values([route_k or self.k_values[0]], self.num_classes)[0]
+        self.confidence_measures = check_measures(confidence_measures)
         self.tau = float(tau)
-        self.temperature_mode = _check_temperature(temperature)
-        fixed = math.nan if self.temperature_mode == "fit" else float(temperature)
+        temperature = check_temperature(temperature)
+        self.temperature_mode = "fit" if temperature == FIT else "fixed"
+        fixed = math.nan if temperature == FIT else float(temperature)
         self.register_buffer("temperature", torch.tensor(fixed, dtype=torch.float64))
         for model in self._models():
             model.eval()
             model.requires_grad_(False)
         self.forward_counts: Counter[str] = Counter()
+        # The checkpoint files the models came from (from_checkpoints fills it in), for provenance and lineage.
+        self.sources: dict[str, Any] = {}
         # G's val logits from the temperature-fitting pass, looked up by file index (sorted).
         self._cached_index = np.zeros(0, dtype=np.int64)
         self._cached_logits = torch.zeros(0, self.num_classes)
@@ -130,44 +132,35 @@ class CollaborativeSystem(LightningModule):
 
         ``experts`` / ``static_experts`` items are checkpoint files, folders (their ``*.ckpt``) or globs.
         """
-        g_path = Path(generalist)
-        g_hparams = _checkpoint_hparams(g_path, "--generalist")
-        _require_role(
-            g_path,
-            g_hparams,
-            ("generalist",),
-            "--generalist",
-            "the edge generalist (train.py fit -c configs/generalist.yaml)",
-        )
-        num_classes = int(g_hparams.get("num_classes", 100))
+        g_info = read_checkpoint(generalist, "--generalist", ("generalist",))
+        num_classes = g_info.num_classes
         # Cheap argument errors first, before minutes of loading expert weights.
-        _check_k_values(router.get("k_values", [1]), num_classes)
-        _check_measures(router.get("confidence_measures", ["max_prob"]))
-        _check_temperature(router.get("temperature", "fit"))
-        g_model = GeneralistModule.load_from_checkpoint(g_path, map_location="cpu")
-        e_models, e_subsets = _load_expert_set(experts, num_classes, "--experts")
-        s_models, s_subsets = (
-            _load_expert_set(static_experts, num_classes, "--static-experts")
-            if static_experts
-            else ([], None)
-        )
-        b_model = None
+        check_k_values(router.get("k_values", [1]), num_classes)
+        check_measures(router.get("confidence_measures", ["max_prob"]))
+        check_temperature(router.get("temperature", FIT))
+        b_info = None
         if base is not None:
-            b_path = Path(base)
-            b_hparams = _checkpoint_hparams(b_path, "--base")
-            _require_role(b_path, b_hparams, ("base",), "--base", "the stage-0 base (medium) model")
-            _require_classes(b_path, b_hparams, num_classes, "--base")
-            b_model = GeneralistModule.load_from_checkpoint(b_path, map_location="cpu")
-        return cls(
-            g_model,
-            e_models,
-            e_subsets,
-            static_experts=s_models,
-            static_subsets=s_subsets,
-            base=b_model,
+            b_info = read_checkpoint(base, "--base", ("base",))
+            require_classes(b_info, num_classes)
+        expert_set = load_expert_set(experts, num_classes, "--experts")
+        static_set = load_expert_set(static_experts, num_classes, "--static_experts") if static_experts else None
+        system = cls(
+            load_module(g_info),
+            expert_set.models,
+            expert_set.subsets,
+            static_experts=static_set.models if static_set else None,
+            static_subsets=static_set.subsets if static_set else None,
+            base=load_module(b_info) if b_info else None,
             num_classes=num_classes,
             **router,
         )
+        system.sources = {
+            "generalist": g_info.path,
+            "experts": expert_set.paths,
+            "static_experts": static_set.paths if static_set else [],
+            "base": b_info.path if b_info else None,
+        }
+        return system
 
     def _models(self) -> list[nn.Module]:
         return [self.generalist, *self.experts, *self.static_experts, *([self.base] if self.base else [])]
@@ -193,27 +186,21 @@ class CollaborativeSystem(LightningModule):
         value = self.temperature_value
         if math.isnan(value):
             raise SuiteError(
-                "The system's temperature is 'fit' but has not been fitted yet. Run trainer.validate() on "
-                "the val split first (it fits T before evaluating), or pass a fixed temperature such as 1.0."
+                "The system's temperature is 'fit' but has not been fitted yet. Run trainer.validate() on the val "
+                "split first (it fits T before evaluating), or pass a fixed temperature such as 1.0."
             )
         return value
 
     # ---------------------------------------------------------------- routing
-    def _route(self, logits: torch.Tensor, k_values: Sequence[int]) -> dict[str, Any]:
-        """Probabilities, confidences, G's Top-kmax and the chosen expert per k (all numpy, on CPU)."""
-        probs = softmax(logits.detach().float().cpu().numpy(), self._require_temperature())
-        classes, top_probs = top_k(probs, max(k_values))
-        chosen = {
-            k: select_experts(classes[:, :k], top_probs[:, :k], self.class_to_expert, len(self.experts))
-            for k in k_values
-        }
-        return {
-            "probs": probs,
-            "classes": classes,
-            "top_probs": top_probs,
-            "confidence": {m: confidence(probs, m) for m in self.confidence_measures},
-            "chosen": chosen,
-        }
+    def _route(self, logits: torch.Tensor, k_values: Sequence[int]) -> RoutedBatch:
+        return route_batch(
+            logits.detach().float().cpu().numpy(),
+            self._require_temperature(),
+            k_values,
+            self.confidence_measures,
+            self.class_to_expert,
+            len(self.experts),
+        )
 
     def _forward(self, model: nn.Module, images: torch.Tensor, counter: str) -> torch.Tensor:
         self.forward_counts[counter] += int(images.shape[0])
@@ -228,16 +215,13 @@ class CollaborativeSystem(LightningModule):
         images = batch[0]
         logits = self._forward(self.generalist, images, "generalist")
         routed = self._route(logits, [self.route_k])
-        conf = routed["confidence"][self.confidence_measures[0]]
-        # float64 like core.sweep and the deployment runtime: numpy would round tau to float32 otherwise.
-        offloaded = np.asarray(conf, dtype=np.float64) < self.tau
-        prediction = routed["classes"][:, 0].copy()
-        expert = np.where(offloaded, routed["chosen"][self.route_k], -1)
+        conf = routed.confidence[self.confidence_measures[0]]
+        offloaded = offload_mask(conf, self.tau)
+        prediction = routed.topk_classes[:, 0].copy()
+        expert = np.where(offloaded, routed.experts[self.route_k], -1)
         for j in np.unique(expert[offloaded]):
             rows = np.flatnonzero(expert == j)
-            out = self._forward(
-                self.experts[int(j)], images[torch.from_numpy(rows).to(images.device)], "expert"
-            )
+            out = self._forward(self.experts[int(j)], images[torch.from_numpy(rows).to(images.device)], "expert")
             prediction[rows] = out.argmax(-1).cpu().numpy()
         result = {
             "prediction": torch.from_numpy(prediction),
@@ -262,9 +246,7 @@ class CollaborativeSystem(LightningModule):
                 table[rows, j] = out.argmax(-1).cpu().numpy()
         return [table[np.arange(n), a] for a in assignments]
 
-    def _generalist_logits(
-        self, images: torch.Tensor, indices: torch.Tensor, use_cache: bool
-    ) -> torch.Tensor:
+    def _generalist_logits(self, images: torch.Tensor, indices: torch.Tensor, use_cache: bool) -> torch.Tensor:
         if use_cache and len(self._cached_index):
             idx = indices.cpu().numpy()
             pos = np.minimum(np.searchsorted(self._cached_index, idx), len(self._cached_index) - 1)
@@ -277,38 +259,31 @@ class CollaborativeSystem(LightningModule):
         images, labels, indices = batch[0], batch[1], batch[2]
         routed = self._route(self._generalist_logits(images, indices, use_cache), self.k_values)
         label = labels.cpu().numpy().astype(np.int64)
-        rec: Records = {
-            "index": indices.cpu().numpy().astype(np.int64),
-            "label": label,
-            "g_topk_classes": routed["classes"].astype(np.int32),
-            "g_topk_probs": routed["top_probs"].astype(np.float32),
-        }
-        for m, c in routed["confidence"].items():
-            rec[f"conf_{m}"] = np.asarray(c, dtype=np.float32)
-        chosen = [routed["chosen"][k] for k in self.k_values]
-        oracle = oracle_experts(label, self.class_to_expert)
+        rec = generalist_records(routed, label, indices.cpu().numpy())
+        chosen = [routed.experts[k] for k in self.k_values]
+        oracle = oracle_assignment(label, self.class_to_expert)
         preds = self._run_pairs(self.experts, images, [*chosen, oracle], "expert")
         for k, a, p in zip(self.k_values, chosen, preds, strict=False):
             rec[f"expert_k{k}"], rec[f"pred_k{k}"] = a.astype(np.int16), p.astype(np.int32)
         rec["oracle_expert"], rec["pred_oracle"] = oracle.astype(np.int16), preds[-1].astype(np.int32)
         if self.static_class_to_expert is not None:
-            static = [
-                select_experts(
-                    routed["classes"][:, :k],
-                    routed["top_probs"][:, :k],
-                    self.static_class_to_expert,
-                    len(self.static_experts),
-                )
-                for k in self.k_values
-            ]
+            static = routed.experts_for(self.k_values, self.static_class_to_expert, len(self.static_experts))
             static_preds = self._run_pairs(self.static_experts, images, static, "static_expert")
             for k, a, p in zip(self.k_values, static, static_preds, strict=True):
                 rec[f"static_expert_k{k}"], rec[f"static_pred_k{k}"] = a.astype(np.int16), p.astype(np.int32)
         if self.base is not None:
-            rec["pred_base"] = (
-                self._forward(self.base, images, "base").argmax(-1).cpu().numpy().astype(np.int32)
-            )
+            rec["pred_base"] = self._forward(self.base, images, "base").argmax(-1).cpu().numpy().astype(np.int32)
         return rec
+
+    @torch.inference_mode()
+    def records_of(self, images: torch.Tensor, labels: np.ndarray, batch_size: int = 256) -> Records:
+        """Records of a whole labelled split held in memory (file index = position), outside a Trainer."""
+        parts = []
+        for start in range(0, len(labels), batch_size):
+            y = labels[start : start + batch_size]
+            batch = (images[start : start + len(y)], torch.from_numpy(y), torch.arange(start, start + len(y)))
+            parts.append(self.evaluation_records(batch))
+        return merge_records(parts)
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Records:
         return self.evaluation_records(batch, use_cache=True)
@@ -347,21 +322,24 @@ class CollaborativeSystem(LightningModule):
                 logits.append(self._forward(self.generalist, batch[0], "generalist").float())
                 labels.append(batch[1])
                 indices.append(batch[2])
-        if not logits:
+        local_logits = torch.cat(logits) if logits else torch.zeros(0, self.num_classes, device=self.device)
+        local_labels = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, dtype=np.int64)
+        local_index = torch.cat(indices).cpu().numpy() if indices else np.zeros(0, dtype=np.int64)
+        # Every rank fits on all val samples; a sample seen by two ranks (a padded sampler) counts once.
+        shards = all_gather_objects(self.trainer, (local_logits.cpu().numpy(), local_labels, local_index))
+        all_logits = np.concatenate([s[0] for s in shards])
+        all_labels = np.concatenate([s[1] for s in shards]).astype(np.int64)
+        all_index = np.concatenate([s[2] for s in shards])
+        if len(all_index) == 0:
             raise SuiteError(
-                "The val split is empty, so the temperature cannot be fitted. Check --data-dir / --val-size, "
-                "or pass a fixed temperature such as 1.0."
+                "The val split is empty, so the temperature cannot be fitted. Check --data.data_dir / "
+                "--data.val_size, or pass a fixed temperature such as 1.0."
             )
-        local_logits, local_labels, local_index = torch.cat(logits), torch.cat(labels), torch.cat(indices)
-        # Every rank fits on all val samples (DDP padding duplicates removed), so all ranks agree on T.
-        all_logits = self.all_gather(local_logits).reshape(-1, local_logits.shape[-1]).cpu().numpy()
-        all_labels = self.all_gather(local_labels).reshape(-1).cpu().numpy()
-        all_index = self.all_gather(local_index).reshape(-1).cpu().numpy()
         _, first = np.unique(all_index, return_index=True)
-        self.set_temperature(fit_temperature(all_logits[first], all_labels[first].astype(np.int64)))
-        order = torch.argsort(local_index.cpu())
-        self._cached_index = local_index.cpu().numpy()[order.numpy()]
-        self._cached_logits = local_logits.detach()[order.to(local_logits.device)]
+        self.set_temperature(fit_temperature(all_logits[first], all_labels[first]))
+        order = np.argsort(local_index, kind="stable")
+        self._cached_index = local_index[order]
+        self._cached_logits = local_logits.detach()[torch.from_numpy(order).to(local_logits.device)]
 
     def _log_forward_counts(self) -> None:
         for key in ("generalist", "expert", "static_expert", "base"):
@@ -378,155 +356,10 @@ class CollaborativeSystem(LightningModule):
         return None
 
 
-# ------------------------------------------------------------------ helpers
-def _partition_table(
-    subsets: Sequence[Sequence[int]], num_models: int, num_classes: int, what: str
-) -> np.ndarray:
+def _partition_table(subsets: Sequence[Sequence[int]], num_models: int, num_classes: int, what: str) -> np.ndarray:
     if len(subsets) != num_models:
         raise PartitionError(
             f"{num_models} {what} were given with {len(subsets)} subsets; give exactly one subset per model "
             "(subset j is the classes of model j)."
         )
     return class_to_expert([list(map(int, s)) for s in subsets], num_classes)
-
-
-def _check_k_values(k_values: Sequence[int], num_classes: int) -> list[int]:
-    ks = list(k_values)
-    bad = [
-        k
-        for k in ks
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_classes
-    ]
-    if not ks or bad:
-        raise RoutingError(
-            f"k values must be integers in 1..{num_classes} (the number of classes), got {ks!r}. Top-k "
-            "routing sums G's k most probable classes per expert; typical values are 1 2 3 5."
-        )
-    return sorted({int(k) for k in ks})
-
-
-def _check_measures(measures: Sequence[str]) -> list[str]:
-    ms = [measures] if isinstance(measures, str) else list(measures)
-    bad = [m for m in ms if m not in CONFIDENCE_MEASURES]
-    if not ms or bad:
-        raise RoutingError(
-            f"Unknown confidence measure(s) {bad or ms!r}. Use one or more of "
-            f"{', '.join(CONFIDENCE_MEASURES)}."
-        )
-    return list(dict.fromkeys(ms))
-
-
-def _check_temperature(temperature: str | float) -> str:
-    if temperature == "fit":
-        return "fit"
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise RoutingError(
-            f"temperature must be 'fit' (temperature scaling on val) or a number > 0, got {temperature!r}; "
-            "1.0 turns scaling off."
-        )
-    return "fixed"
-
-
-def resolve_checkpoints(specs: Sequence[CheckpointSpec], option: str) -> list[Path]:
-    """Checkpoint files from files, folders (their ``*.ckpt``) and glob patterns, in sorted order."""
-    paths: list[Path] = []
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            found = sorted(p.glob("*.ckpt"))
-        elif p.is_file():
-            found = [p]
-        else:
-            found = sorted(Path(x) for x in glob.glob(str(spec)) if Path(x).is_file())
-        if not found:
-            raise SuiteError(
-                f"{option} {str(spec)!r} matches no checkpoint file. Give checkpoint files, a folder holding "
-                f"the *.ckpt files, or a quoted glob such as 'runs/experts/*/checkpoints/last.ckpt'."
-            )
-        paths += found
-    return list(dict.fromkeys(paths))
-
-
-def _checkpoint_hparams(path: Path, option: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise SuiteError(f"{option} {str(path)!r} does not exist; pass the path of a Lightning .ckpt file.")
-    try:
-        # mmap: reading the hyperparameters must not load every expert's weights twice.
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise SuiteError(
-            f"{option} {str(path)!r} is not a readable Lightning checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Pass a .ckpt file written by train.py."
-        ) from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or "state_dict" not in checkpoint:
-        raise SuiteError(
-            f"{option} {str(path)!r} has no Lightning hyperparameters/state_dict, so it is not a "
-            "checkpoint of this suite's models. Pass a .ckpt file written by train.py."
-        )
-    return dict(hparams)
-
-
-def _require_role(
-    path: Path, hparams: dict[str, Any], roles: tuple[str, ...], option: str, what: str
-) -> None:
-    role = hparams.get("role")
-    if role not in roles:
-        raise SuiteError(
-            f"{option} {str(path)!r} is a checkpoint of a {role or 'model without a role'} model, not of "
-            f"{what} (role {' or '.join(roles)}). Pass the right checkpoint for {option}."
-        )
-
-
-def _require_classes(path: Path, hparams: dict[str, Any], num_classes: int, option: str) -> None:
-    found = hparams.get("num_classes", 100)
-    if found != num_classes:
-        raise SuiteError(
-            f"{option} {str(path)!r} has {found} output classes but the generalist has {num_classes}; every "
-            "model of the system must classify the same label space. Pass checkpoints trained on the same "
-            "classes."
-        )
-
-
-def _load_expert_set(
-    specs: Sequence[CheckpointSpec], num_classes: int, option: str
-) -> tuple[list[nn.Module], list[list[int]]]:
-    """Expert modules ordered by ``expert_index`` and their subsets, after checking they form a partition."""
-    by_index: dict[int, list[tuple[Path, dict[str, Any]]]] = {}
-    for path in resolve_checkpoints(specs, option):
-        hparams = _checkpoint_hparams(path, option)
-        _require_role(path, hparams, ("expert",), option, "an expert")
-        _require_classes(path, hparams, num_classes, option)
-        index = hparams.get("expert_index")
-        if index is None:
-            raise SuiteError(
-                f"{option} {str(path)!r} records no expert_index (its subset is not one of its partition's "
-                "subsets), so its place among the experts is unknown. Train it with --model.expert_index and "
-                "the --model.partition the other experts use."
-            )
-        by_index.setdefault(int(index), []).append((path, hparams))
-    doubled = {j: [str(p) for p, _ in items] for j, items in by_index.items() if len(items) > 1}
-    if doubled:
-        raise SuiteError(
-            f"{option} holds several checkpoints for the same expert index: {doubled}. Pass exactly one "
-            "checkpoint per expert (e.g. only last.ckpt or only best-*.ckpt of each expert run)."
-        )
-    expected = list(range(len(by_index)))
-    if sorted(by_index) != expected:
-        raise PartitionError(
-            f"{option} gives experts with indices {sorted(by_index)}, but the indices must be "
-            f"0..{len(by_index) - 1} with none missing. Pass the checkpoints of every "
-            "expert of the partition."
-        )
-    subsets = [list(map(int, by_index[j][0][1].get("subset") or [])) for j in expected]
-    try:
-        class_to_expert(subsets, num_classes)
-    except PartitionError as err:
-        files = ", ".join(str(by_index[j][0][0]) for j in expected)
-        raise PartitionError(f"The checkpoints of {option} ({files}) do not fit together: {err}") from None
-    models = [ExpertModule.load_from_checkpoint(by_index[j][0][0], map_location="cpu") for j in expected]
-    return models, subsets

@@ -24,13 +24,19 @@ import sys
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Tiny models on a shared 2-core CPU: one intra-op thread per process (subprocesses inherit it). Several threads
+# spin-wait on each other on tensors this small and make the suite several times slower when the machine is busy.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from fake_cifar100 import write_fake_cifar100
+
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"

@@ -8,7 +8,8 @@ import torch
 from lightning import Trainer
 
 from core.subsets import superclass_partition
-from lightning_modules import ExpertModule, GeneralistModule
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.expert import ExpertModule
 
 TINY = {"embed_dim": 16, "depth": 1, "num_heads": 2}
 
@@ -26,7 +27,7 @@ def write_tiny_checkpoints(folder: Path, superclasses_per_expert: int = 5) -> tu
     superclasses each)."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    generalist = save_checkpoint(GeneralistModule(**TINY), folder / "generalist.ckpt")
+    generalist = save_checkpoint(ClassifierModule(**TINY), folder / "generalist.ckpt")
     experts = []
     for j, subset in enumerate(superclass_partition(superclasses_per_expert)):
         torch.manual_seed(j + 1)

@@ -30,9 +30,7 @@ def _split(per_class: int, rng: np.random.Generator, name: str) -> dict:
     }
 
 
-def write_fake_cifar100(
-    root: str | Path, train_per_class: int = 6, test_per_class: int = 2, seed: int = 0
-) -> Path:
+def write_fake_cifar100(root: str | Path, train_per_class: int = 6, test_per_class: int = 2, seed: int = 0) -> Path:
     """Write ``root/cifar-100-python/{meta,train,test}`` (test omitted when ``test_per_class`` is 0)."""
     folder = Path(root) / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,9 +48,7 @@ def write_fake_cifar100(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir")
     parser.add_argument("--train-per-class", type=int, default=6)
     parser.add_argument("--test-per-class", type=int, default=2)

@@ -48,7 +48,8 @@ def fit_head(module: torch.nn.Module, images: np.ndarray, labels: np.ndarray, ri
     """Set the classifier head by ridge regression (float64 numpy) of one-hot targets on the frozen features,
     so that the golden models are informative (temperature inside its bounds, routing that means something)."""
     vit = module.model.vit
-    x = (images.astype(np.float32) / 255.0 - np.float32([0.5071, 0.4865, 0.4409])) / np.float32([0.2673, 0.2564, 0.2762])
+    mean, std = np.float32([0.5071, 0.4865, 0.4409]), np.float32([0.2673, 0.2564, 0.2762])
+    x = (images.astype(np.float32) / 255.0 - mean) / std
     with torch.no_grad():
         features = vit.forward_head(vit.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())), True)
     f = features.double().numpy()
@@ -84,7 +85,6 @@ def build_setup(root: Path) -> dict[str, Path]:
     """Write the data folder and the checkpoints (generalist, base, 4 experts, 4 static experts) under ``root``."""
     sys.path.insert(0, str(HERE))
     from fake_cifar100 import write_fake_cifar100
-
     from golden_models import classifier, expert
 
     from core.subsets import superclass_partition
@@ -94,8 +94,9 @@ def build_setup(root: Path) -> dict[str, Path]:
     paths = {
         "data": data,
         # The generalist's head is fitted with a strong ridge (a weaker model), the base's with a light one.
-        "generalist": _save(fit_head(numpy_weights(classifier("generalist", **TINY), 1), images, labels, 300.0),
-                            root / "g.ckpt"),
+        "generalist": _save(
+            fit_head(numpy_weights(classifier("generalist", **TINY), 1), images, labels, 300.0), root / "g.ckpt"
+        ),
         "base": _save(fit_head(numpy_weights(classifier("base", **TINY), 2), images, labels, 30.0), root / "base.ckpt"),
         "experts": root / "experts",
         "static": root / "static",

@@ -9,28 +9,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import evaluate
-from lightning_modules import ExpertModule, GeneralistModule
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.expert import ExpertModule
 
 
-def classifier(role: str, **shape) -> GeneralistModule:
-    return GeneralistModule(arch="vit_tiny" if role == "generalist" else "vit_small", role=role, **shape)
+def classifier(role: str, **shape) -> ClassifierModule:
+    return ClassifierModule(arch="vit_tiny" if role == "generalist" else "vit_small", role=role, **shape)
 
 
 def expert(index: int, partition: int, **shape) -> ExpertModule:
-    return ExpertModule(expert_index=index, partition=partition, **shape)
+    return ExpertModule(expert_index=index, partition=partition, arch="vit_small", **shape)
 
 
 def evaluate_main(
-    paths: dict[str, Path], out: Path, val_size: int, k_values: Sequence[int], measures: Sequence[str],
+    paths: dict[str, Path],
+    out: Path,
+    val_size: int,
+    k_values: Sequence[int],
+    measures: Sequence[str],
     profiles: Sequence[str],
 ) -> None:
     args = [
-        "--generalist", str(paths["generalist"]), "--experts", str(paths["experts"]),
-        "--static-experts", str(paths["static"]), "--base", str(paths["base"]),
-        "--data-dir", str(paths["data"]), "--no-check-integrity", "--val-size", str(val_size), "--split", "test",
-        "--k", *map(str, k_values), "--confidence", *measures, "--out", str(out), "--num-workers", "0",
-        "--batch-size", "32", "--accelerator", "cpu", "--wandb-mode", "disabled",
-    ]
-    for p in profiles:
-        args += ["--profile", p]
+        "--generalist", str(paths["generalist"]), "--experts", f"[{paths['experts']}]",
+        "--static_experts", f"[{paths['static']}]", "--base", str(paths["base"]),
+        "--data.data_dir", str(paths["data"]), "--data.check_integrity", "false", "--data.val_size", str(val_size),
+        "--data.num_workers", "0", "--data.batch_size", "32", "--split", "test",
+        "--k", str(list(k_values)), "--confidence", f"[{', '.join(measures)}]", "--out", str(out),
+        "--profiles", f"[{', '.join(profiles)}]", "--accelerator", "cpu", "--wandb.mode", "disabled",
+    ]  # fmt: skip
     assert evaluate.main(args) == 0

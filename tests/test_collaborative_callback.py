@@ -9,14 +9,16 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from test_collaborative_system import cpu_trainer, image_loader, tiny_system
 from torch.utils.data import DataLoader, DistributedSampler
 
-from callbacks.collaborative_eval import CollaborativeInferenceCallback, merge_records
-from callbacks.reporting import CURVE_COLUMNS, compute_report
+from callbacks.collaborative_eval import CollaborativeInferenceCallback
+from callbacks.reporting import CURVE_COLUMNS
 from callbacks.wandb_logging import SuiteWandbLogger
 from core.costs import load_profile
+from core.policies import evaluate_policies, merge_records
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = [REPO / "configs/profiles/edge_arm_wifi.yaml", REPO / "configs/profiles/edge_jetson_ethernet.yaml"]
@@ -139,12 +141,22 @@ def test_ddp_merge_drops_padding_and_gives_the_single_process_curves():
     assert sum(len(r["index"]) for r in ranks) == 38
     merged = merge_records(ranks)
     assert merged.keys() == single.keys()
+    # Decisions, classes and indices are exact; probabilities of another batch composition differ in the last bits.
     for key in single:
-        np.testing.assert_array_equal(merged[key], single[key])
+        if single[key].dtype.kind == "f":
+            np.testing.assert_allclose(merged[key], single[key], rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(merged[key], single[key])
     profiles = [load_profile(p) for p in PROFILES]
-    a, b = compute_report(single, profiles), compute_report(merged, profiles)
+    a, b = evaluate_policies(single, profiles), evaluate_policies(merged, profiles)
     assert a.curves.keys() == b.curves.keys()
     for key in a.curves:
-        for col in ("tau", "offload_ratio", "accuracy"):
+        for col in ("offload_ratio", "accuracy"):
             np.testing.assert_array_equal(a.curves[key][col], b.curves[key][col])
-    assert a.operating_points == b.operating_points and a.scalars == b.scalars
+        np.testing.assert_allclose(a.curves[key]["tau"], b.curves[key]["tau"], rtol=1e-6)
+    assert a.scalars == b.scalars
+    for pa, pb in zip(a.operating_points, b.operating_points, strict=True):
+        assert (
+            pa.keys() == pb.keys() and pa["offload_ratio"] == pb["offload_ratio"] and pa["accuracy"] == pb["accuracy"]
+        )
+        assert pa["tau"] == pytest.approx(pb["tau"], rel=1e-6)

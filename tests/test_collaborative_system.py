@@ -20,14 +20,16 @@ from torch.utils.data import DataLoader, TensorDataset
 from core.errors import PartitionError, RoutingError, SuiteError
 from core.routing import count_pairs, experts_needed, fit_temperature, select_experts, softmax, top_k
 from core.subsets import class_to_expert, superclass_partition
-from lightning_modules import CollaborativeSystem, ExpertModule, GeneralistModule
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.collaborative import CollaborativeSystem
+from lightning_modules.expert import ExpertModule
 
 TINY = {"embed_dim": 16, "depth": 1, "num_heads": 2, "drop_path_rate": 0.0}
 
 
-def tiny_vit(seed: int, **kwargs) -> GeneralistModule:
+def tiny_vit(seed: int, **kwargs) -> ClassifierModule:
     torch.manual_seed(seed)
-    return GeneralistModule(**TINY, **kwargs)
+    return ClassifierModule(**TINY, **kwargs)
 
 
 def tiny_system(
@@ -241,8 +243,8 @@ def build_checkpoints(root: Path) -> Checkpoints:
     torch.manual_seed(0)
     ck = Checkpoints(
         root,
-        _save(trainer, GeneralistModule(**TINY), root / "g.ckpt"),
-        _save(trainer, GeneralistModule(arch="vit_small", role="base", **TINY), root / "base.ckpt"),
+        _save(trainer, ClassifierModule(**TINY), root / "g.ckpt"),
+        _save(trainer, ClassifierModule(arch="vit_small", role="base", **TINY), root / "base.ckpt"),
         root / "experts",
         root / "static",
         root / "experts20",
@@ -296,7 +298,7 @@ def _bad_sets(ck: Checkpoints, tmp: Path) -> dict[str, tuple[dict, str]]:
     shutil.copytree(ck.experts, doubled)
     shutil.copy(ck.experts / "e0.ckpt", doubled / "e0-best.ckpt")
     torch.manual_seed(0)
-    g10 = _save(cpu_trainer(), GeneralistModule(num_classes=10, **TINY), tmp / "g10.ckpt")
+    g10 = _save(cpu_trainer(), ClassifierModule(num_classes=10, **TINY), tmp / "g10.ckpt")
     not_ckpt = tmp / "notes.ckpt"
     not_ckpt.write_text("not a checkpoint")
     e = [ck.experts]

@@ -63,9 +63,7 @@ def test_sample_costs_hand_computed():
     assert np.allclose(costs["system_energy_mj"], [50.0, 273.0])
     # near-edge medium (6 ms): latency 22, edge 50 + 9 + 2 * 9 = 77, system 77 + 300 = 377
     med = sample_costs(PROFILE, np.array([True]), near_model="medium")
-    assert np.allclose(
-        [med["latency_ms"][0], med["edge_energy_mj"][0], med["system_energy_mj"][0]], [22, 77, 377]
-    )
+    assert np.allclose([med["latency_ms"][0], med["edge_energy_mj"][0], med["system_energy_mj"][0]], [22, 77, 377])
     with pytest.raises(ProfileError, match="expert_xl"):
         sample_costs(PROFILE, np.array([True]), near_model="expert_xl")
 

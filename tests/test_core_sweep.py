@@ -11,11 +11,11 @@ from core.costs import EdgeDevice, Link, NearEdgeDevice, Profile, baseline_costs
 from core.errors import RoutingError
 from core.sweep import (
     accuracy_at_offload,
+    add_costs,
     apply_threshold,
     choose_operating_point,
     normalised_auc,
     offload_to_reach,
-    policy_curve,
     reductions,
     summarise_curve,
     sweep_thresholds,
@@ -83,12 +83,12 @@ def test_sweep_bad_input():
         sweep_thresholds(np.array([0.1, 0.2]), np.array([0.5, 1.0]), np.ones(2, bool))
 
 
-def test_policy_curve_costs():
+def test_add_costs_adds_the_profiles_mean_costs():
     conf = np.array([0.9, 0.2, 0.5, 0.5])
-    curve = policy_curve(conf, np.ones(4, bool), np.ones(4, bool), profile=PROFILE)
+    curve = add_costs(sweep_thresholds(conf, np.ones(4, bool), np.ones(4, bool)), PROFILE)
     assert np.allclose(curve["latency_ms"], [10.0, 12.5, 17.5, 20.0])
     assert np.allclose(curve["system_energy_mj"], 50 + curve["offload_ratio"] * 223)
-    assert "latency_ms" not in policy_curve(conf, np.ones(4, bool), np.ones(4, bool))
+    assert "latency_ms" not in add_costs(sweep_thresholds(conf, np.ones(4, bool), np.ones(4, bool)), None)
 
 
 def _hand_curve():
@@ -156,7 +156,7 @@ def test_operating_point_rules():
 
 def test_apply_threshold_reproduces_sweep_points():
     conf, loc, off = _random_case(500, 7)
-    curve = policy_curve(conf, loc, off, profile=PROFILE)
+    curve = add_costs(sweep_thresholds(conf, loc, off), PROFILE)
     for i in (0, 5, len(curve["tau"]) // 2, len(curve["tau"]) - 1):
         applied = apply_threshold(conf, loc, off, curve["tau"][i], profile=PROFILE)
         for key in ("offload_ratio", "accuracy", "latency_ms", "edge_energy_mj", "system_energy_mj"):
@@ -172,8 +172,6 @@ def test_reductions():
     base = baseline_costs(PROFILE)
     red = reductions(point, base)
     # vs edge medium: latency 1 - 15/40 = 0.625; energy 1 - 60/200 = 0.7; system 1 - 150/200 = 0.25
-    assert red["edge_medium"] == pytest.approx(
-        {"latency_ms": 0.625, "edge_energy_mj": 0.7, "system_energy_mj": 0.25}
-    )
+    assert red["edge_medium"] == pytest.approx({"latency_ms": 0.625, "edge_energy_mj": 0.7, "system_energy_mj": 0.25})
     assert red["edge_generalist"]["latency_ms"] == pytest.approx(1 - 15 / 10)
     assert math.isnan(reductions(point, {"zero": {"latency_ms": 0.0}})["zero"]["latency_ms"])

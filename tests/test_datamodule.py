@@ -14,7 +14,7 @@ from fake_cifar100 import write_fake_cifar100
 from core.cifar100 import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from core.errors import SuiteError
 from core.splits import stratified_split
-from datamodules import CIFAR100DataModule
+from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.cifar100_files import DataError, load_meta, load_split
 
 # The fake folders are re-packed copies: each load with check_integrity off warns (tested once below).

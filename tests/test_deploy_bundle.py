@@ -12,39 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from deploy_helpers import write_tiny_checkpoints
 
 from core.costs import load_profile
-from core.errors import PartitionError, SuiteError
-from core.routing import confidence, softmax
-from core.subsets import superclass_partition
+from core.errors import PartitionError, RoutingError, SuiteError
+from core.hashing import file_sha256
+from core.options import DataOptions
+from core.policies import deployable_tau, route_batch
+from core.routing import RouterSpec, confidence, offload_mask, softmax
+from core.subsets import class_to_expert, superclass_partition
 from core.sweep import sweep_thresholds
+from datamodules.cifar100 import LabelledImages, eval_tensors, labelled_images
 from deploy.__main__ import main
-from deploy.export import (
-    ExportError,
-    export_bundle,
-    load_eval_data,
-    load_models,
-    operating_tau,
-    torch_inputs,
-    torch_logits,
-)
+from deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE, ROUTER_FILE, BundleError
+from deploy.export import ExportError, export_bundle, load_export_models, torch_logits
+from deploy.model_card import profile_status
 from deploy.profile_bundle import profile_bundle, write_profile
-from deploy.runtime import (
-    MANIFEST_FILE,
-    ROUTER_FILE,
-    Bundle,
-    BundleError,
-    EdgeRuntime,
-    ImageError,
-    NearEdgeRuntime,
-    OffloadRequest,
-    RequestError,
-    combine,
-    preprocess,
-    sha256_file,
-)
+from deploy.runtime import Bundle, EdgeRuntime, ImageError, NearEdgeRuntime, combine, preprocess
 from deploy.verify import verify_bundle
+from deploy.wire import OffloadRequest, RequestError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE = REPO_ROOT / "configs" / "profiles" / "edge_arm_wifi.yaml"
@@ -52,23 +39,23 @@ TEMPERATURE = 1.5
 VAL_SIZE = 100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU: one thread avoids oversubscription (several times faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
+def _data_args(root: Path) -> list[str]:
+    """The ``--data.*`` options of a small val split of the fake CIFAR-100 folder."""
+    return [
+        "--data.data_dir", str(root), "--data.check_integrity", "false", "--data.val_size", str(VAL_SIZE),
+        "--data.num_workers", "0",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def val_data(fake_cifar_root: Path):
-    return load_eval_data(fake_cifar_root, "val", check_integrity=False, val_size=VAL_SIZE)
+def val_data(fake_cifar_root: Path) -> LabelledImages:
+    options = DataOptions(data_dir=str(fake_cifar_root), check_integrity=False, val_size=VAL_SIZE, num_workers=0)
+    return labelled_images(options, "val")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +68,7 @@ def images(val_data) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tau(checkpoints, images) -> float:
     """A threshold that offloads about half of ``images`` (between two of G's confidences)."""
-    g_logits = torch_logits(load_models(checkpoints[0], []).generalist, torch_inputs(images))
+    g_logits = torch_logits(load_export_models(checkpoints[0], [], RouterSpec()).generalist, eval_tensors(images))
     conf = np.sort(confidence(softmax(g_logits, TEMPERATURE), "max_prob"))
     return float((conf[len(conf) // 2 - 1] + conf[len(conf) // 2]) / 2)
 
@@ -90,7 +77,8 @@ def tau(checkpoints, images) -> float:
 def bundle_dir(checkpoints, val_data, tau, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "b1"
     g, experts = checkpoints
-    export_bundle(g, experts, out, tau=tau, temperature=TEMPERATURE, data=val_data, batch_size=64)
+    routing = RouterSpec(tau=tau, temperature=TEMPERATURE)
+    export_bundle(g, experts, out, routing=routing, data=val_data, profile=load_profile(PROFILE), batch_size=64)
     return out
 
 
@@ -110,54 +98,87 @@ def _rewrite_router(folder: Path, edit) -> None:
     edit(router)
     (folder / ROUTER_FILE).write_text(json.dumps(router))
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    manifest["files"][ROUTER_FILE]["sha256"] = sha256_file(folder / ROUTER_FILE)
+    manifest["files"][ROUTER_FILE]["sha256"] = file_sha256(folder / ROUTER_FILE)
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _assert_decisions_are_the_core_policy(edge, logits: np.ndarray, spec: RouterSpec, table: np.ndarray | None):
+    """The runtime's routing of ``logits`` is core.policies.route_batch + core.routing.offload_mask."""
+    num_experts = 0 if table is None else int(table.max()) + 1
+    routed = route_batch(logits, spec.temperature, [spec.k], [spec.confidence], table, num_experts)
+    conf = routed.confidence[spec.confidence]
+    np.testing.assert_array_equal(edge.confidences, conf)
+    np.testing.assert_array_equal(edge.predictions, routed.topk_classes[:, 0])
+    if table is None:
+        assert np.all(edge.experts == -1) and not edge.offloaded.any()
+    else:
+        np.testing.assert_array_equal(edge.experts, routed.experts[spec.k])
+        np.testing.assert_array_equal(edge.offloaded, offload_mask(conf, spec.tau))
+    np.testing.assert_array_equal(edge.request.indices, np.flatnonzero(edge.offloaded))
+    np.testing.assert_array_equal(edge.request.experts, edge.experts[edge.offloaded])
 
 
 # ----------------------------------------------------------------------------------------------- export
 def test_export_writes_a_complete_self_contained_bundle(bundle_dir, checkpoints, tau):
     g, experts = checkpoints
     files = sorted(p.name for p in bundle_dir.iterdir())
-    assert files == sorted(["generalist.onnx", *(f"expert_{j}.onnx" for j in range(4)), ROUTER_FILE, MANIFEST_FILE])
+    expected = ["generalist.onnx", *(f"expert_{j}.onnx" for j in range(4)), ROUTER_FILE, MANIFEST_FILE, MODEL_CARD_FILE]
+    assert files == sorted(expected)
     manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
-    assert set(manifest["files"]) == set(files) - {MANIFEST_FILE}
+    assert set(manifest["files"]) == set(files) - {MANIFEST_FILE}  # the model card is listed too
     for name, entry in manifest["files"].items():
-        assert entry["sha256"] == sha256_file(bundle_dir / name)
-    assert manifest["sources"]["generalist"]["sha256"] == sha256_file(g)
-    assert [e["sha256"] for e in manifest["sources"]["experts"]] == [sha256_file(p) for p in experts]
+        assert entry["sha256"] == file_sha256(bundle_dir / name)
+        assert entry["bytes"] == (bundle_dir / name).stat().st_size
+    assert manifest["sources"]["generalist"]["sha256"] == file_sha256(g)
+    assert [e["sha256"] for e in manifest["sources"]["experts"]] == [file_sha256(p) for p in experts]
     assert {"torch", "timm", "onnx"} <= set(manifest["versions"])
     evaluation = manifest["evaluation"]
     assert evaluation["num_samples"] == VAL_SIZE and len(evaluation["experts"]) == 4
     assert evaluation["collaboration"]["tau"] == tau
+    spec = RouterSpec(k=1, confidence="max_prob", temperature=TEMPERATURE, tau=tau)
+    assert manifest["routing"] == {**spec.to_dict(), "temperature_source": "given"}
+    base = load_profile(PROFILE)
+    assert manifest["profile"] == {"name": base.name, "description": base.description}
     router = json.loads((bundle_dir / ROUTER_FILE).read_text())
     assert [e["subset"] for e in router["experts"]] == superclass_partition(5)
     assert router["routing"] == {**router["routing"], "k": 1, "tau": tau, "temperature": TEMPERATURE}
+    assert router["routing"] == spec.to_dict()
     assert len(router["classes"]["names"]) == 100 and len(router["classes"]["superclass_names"]) == 20
 
 
-def test_operating_tau_is_the_middle_of_the_chosen_confidence_gap():
+def test_model_card_names_the_routing_and_the_assumed_profile(bundle_dir, tau):
+    card = (bundle_dir / MODEL_CARD_FILE).read_text(encoding="utf-8")
+    assert card.startswith("# Model card")
+    assert f"< tau = {tau}" in card and f"softmax(logits / {TEMPERATURE:.4g})" in card
+    assert "temperature: given" in card
+    name = load_profile(PROFILE).name
+    assert f"`{name}`: ASSUMED numbers, not measurements" in card and "MEASURED" not in card
+    assert card.count("| expert |") == 1 and all(f"\n| {j} | 25: " in card for j in range(4))
+
+
+def test_deployable_tau_is_the_middle_of_the_chosen_confidence_gap():
     conf = np.array([0.1, 0.2, 0.2, 0.4, 0.9])
     # Offloading the two lowest-confidence samples (conf 0.1, 0.2...) fixes them; the rest are right locally.
     curve = sweep_thresholds(conf, np.array([0, 0, 0, 1, 1], dtype=bool), np.ones(5, dtype=bool))
-    assert operating_tau(curve, gap=0.0) == pytest.approx((0.2 + 0.4) / 2)  # offload exactly conf < 0.4
-    assert operating_tau(curve, gap=1.0) < 0.1  # offloading nothing is within a gap of 1
+    assert deployable_tau(curve, gap=0.0) == pytest.approx((0.2 + 0.4) / 2)  # offload exactly conf < 0.4
+    assert deployable_tau(curve, gap=1.0) < 0.1  # offloading nothing is within a gap of 1
     all_fixed = sweep_thresholds(conf, np.zeros(5, dtype=bool), np.ones(5, dtype=bool))
-    assert operating_tau(all_fixed, gap=0.0) > 0.9  # offload all
+    assert deployable_tau(all_fixed, gap=0.0) > 0.9  # offload all
 
 
 # ------------------------------------------------------------------------------------------- parity
 def test_preprocessing_equals_the_training_eval_transform(bundle, images):
-    np.testing.assert_array_equal(preprocess(images, bundle.router), torch_inputs(images).numpy())
+    np.testing.assert_array_equal(preprocess(images, bundle.router), eval_tensors(images).numpy())
 
 
 @torch.inference_mode()
 def test_runtime_matches_collaborative_system(bundle, checkpoints, images, tau):
     g, experts = checkpoints
-    models = load_models(g, experts)
+    models = load_export_models(g, experts, bundle.router.routing)
     system = models.system
     system.set_temperature(TEMPERATURE)
     system.tau = tau
-    x = torch_inputs(images)
+    x = eval_tensors(images)
     ref = system.predict_step((x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x))))
     result = bundle.predict(images)
     assert 0.2 < result.edge.offloaded.mean() < 0.8  # both paths are exercised
@@ -172,6 +193,33 @@ def test_runtime_matches_collaborative_system(bundle, checkpoints, images, tau):
         assert np.max(np.abs(answer.logits[rows] - torch_ref)) < 1e-4
 
 
+def test_runtime_decisions_are_the_core_routing_policy(bundle, images, tau):
+    result = bundle.predict(images)
+    spec = RouterSpec(k=1, confidence="max_prob", temperature=TEMPERATURE, tau=tau)
+    assert bundle.router.routing == spec
+    table = class_to_expert(superclass_partition(5))  # built here, not read from the bundle
+    _assert_decisions_are_the_core_policy(result.edge, result.edge.logits, spec, table)
+    assert 0 < result.edge.offloaded.sum() < len(images)
+    np.testing.assert_array_equal(result.answered_by, np.where(result.edge.offloaded, result.edge.experts, -1))
+
+
+def test_runtime_follows_the_routing_of_router_json(bundle_copy, bundle, images, tau):
+    """k, measure and temperature are read from router.json: another spec gives core.policies' other decisions."""
+    spec = RouterSpec(k=3, confidence="margin", temperature=0.7, tau=0.05)
+
+    def reroute(router):
+        router["routing"] = spec.to_dict()
+
+    _rewrite_router(bundle_copy, reroute)
+    edge = EdgeRuntime.load(bundle_copy).run(images)
+    logits = bundle.edge.run(images).logits
+    np.testing.assert_array_equal(edge.logits, logits)
+    _assert_decisions_are_the_core_policy(edge, logits, spec, class_to_expert(superclass_partition(5)))
+    default = bundle.edge.run(images)
+    assert not np.array_equal(edge.confidences, default.confidences)  # the measure and T did change
+    assert not np.array_equal(edge.offloaded, default.offloaded)
+
+
 def test_dynamic_batch_gives_the_same_answers(bundle, images):
     full = bundle.predict(images)
     for lo, hi in ((0, 1), (3, 10)):
@@ -182,17 +230,21 @@ def test_dynamic_batch_gives_the_same_answers(bundle, images):
 
 
 def test_verify_command_reports_parity_on_val(bundle_dir, fake_cifar_root, capsys):
-    data_args = ["--data-dir", str(fake_cifar_root), "--no-check-integrity", "--val-size", str(VAL_SIZE)]
-    assert main(["verify", str(bundle_dir), *data_args, "--batch-size", "32", "--limit", "20"]) == 0
+    args = ["verify", "--bundle", str(bundle_dir), *_data_args(fake_cifar_root), "--data.batch_size", "32"]
+    assert main([*args, "--limit", "20"]) == 0
     out = capsys.readouterr().out
     assert "PARITY OK" in out and re.search(r"decision_mismatches +0\n", out)
+    assert re.search(r"num_samples +20\n", out)
+    assert main([*args, "--limit", "4", "--atol", "-1"]) == 1  # a failed parity check
+    assert "PARITY FAILED" in capsys.readouterr().out
 
 
 def test_verify_accuracy_equals_simulation_and_fails_on_a_loose_tolerance_breach(bundle_dir, val_data):
     report = verify_bundle(bundle_dir, val_data, batch_size=32)
     assert report["passed"] and report["accuracy_bundle"] == report["accuracy_simulated"]
     assert report["num_samples"] == VAL_SIZE and 0 < report["offload_ratio"] < 1
-    few = type(val_data)(val_data.images[:16], val_data.labels[:16], "val")
+    assert report["decision_mismatches"] == 0
+    few = LabelledImages(val_data.images[:16], val_data.labels[:16], val_data.indices[:16], "val")
     assert not verify_bundle(bundle_dir, few, atol=-1.0)["passed"]  # no tolerance can be met
 
 
@@ -230,11 +282,11 @@ def test_runtime_imports_and_runs_without_torch(bundle_dir, images, tmp_path):
         "    sys.modules[name] = None\n"
         "import numpy as np\n"
         "from deploy.runtime import Bundle\n"
-        "import deploy.profile_bundle\n"
+        "import deploy.bundle_format, deploy.wire, deploy.profile_bundle\n"
         "from deploy.__main__ import main\n"
         f"p = Bundle.load({str(bundle_dir)!r}).predict(np.load({str(tmp_path / 'images.npy')!r}))\n"
         "print(int((p.answered_by >= 0).sum()))\n"
-        f"sys.exit(main(['predict', {str(bundle_dir)!r}, '--images', {str(tmp_path / 'images.npy')!r}, "
+        f"sys.exit(main(['predict', '--bundle', {str(bundle_dir)!r}, '--images', {str(tmp_path / 'images.npy')!r}, "
         f"'--out', {str(tmp_path / 'p.csv')!r}]))\n"
     )
     run = subprocess.run(
@@ -246,19 +298,41 @@ def test_runtime_imports_and_runs_without_torch(bundle_dir, images, tmp_path):
     assert rows[0] == "index,prediction,class,confidence,answered_by" and len(rows) == len(images) + 1
 
 
+def test_predict_command_reads_a_config_and_a_split(bundle_dir, bundle, fake_cifar_root, val_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as printed:
+        main(["predict", "--bundle", str(bundle_dir), "--split", "val", *_data_args(fake_cifar_root), "--print_config"])
+    assert printed.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["bundle"] == str(bundle_dir) and config["split"] == "val"
+    assert config["data"]["val_size"] == VAL_SIZE and config["data"]["check_integrity"] is False
+    (tmp_path / "predict.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "val.csv"
+    assert main(["predict", "-c", str(tmp_path / "predict.yaml"), "--limit", "10", "--out", str(out)]) == 0
+    expected = bundle.predict(val_data.images[:10])
+    accuracy = np.mean(expected.predictions == val_data.labels[:10])
+    assert f"accuracy {accuracy:.4f}" in capsys.readouterr().out
+    rows = [r.split(",") for r in out.read_text().splitlines()[1:]]
+    assert [int(r[1]) for r in rows] == expected.predictions.tolist()
+    assert [int(r[4]) for r in rows] == expected.answered_by.tolist()
+    assert main(["predict", "--bundle", str(bundle_dir)]) == 2  # neither --images nor --split
+    assert "exactly one input" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ tampered bundles
 @pytest.mark.parametrize(
     ("name", "message"),
     [("expert_2.onnx", "expert_2.onnx has changed"), ("generalist.onnx", "generalist.onnx has changed"),
-     (ROUTER_FILE, "router.json has changed")],
+     (ROUTER_FILE, "router.json has changed"), (MODEL_CARD_FILE, "MODEL_CARD.md has changed")],
 )  # fmt: skip
-def test_a_changed_byte_is_refused(bundle_copy, name, message):
+def test_a_changed_byte_is_refused(bundle_copy, name, message, capsys):
     data = bytearray((bundle_copy / name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (bundle_copy / name).write_bytes(bytes(data))
     with pytest.raises(BundleError, match=message):
         Bundle.load(bundle_copy)
-    assert main(["predict", str(bundle_copy), "--images", "unused.npy"]) == 2
+    assert main(["predict", "--bundle", str(bundle_copy), "--images", "unused.npy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
 def test_missing_files_are_refused(bundle_copy):
@@ -286,10 +360,17 @@ def test_router_that_does_not_match_the_expert_files_is_refused(bundle_copy):
 def test_router_with_unusable_values_is_refused(bundle_copy):
     def break_partition(router):
         router["experts"][0]["subset"] = router["experts"][0]["subset"][1:]
-        router["routing"]["k"] = 0
+        router["routing"]["k"] = 101
 
     _rewrite_router(bundle_copy, break_partition)
-    with pytest.raises(BundleError, match=r"k=0 is outside.*not a partition"):
+    with pytest.raises(BundleError, match=r"k=101 is outside 1\.\.100.*not a partition"):  # all problems at once
+        Bundle.load(bundle_copy)
+
+    def zero_k(router):
+        router["routing"]["k"] = 0
+
+    _rewrite_router(bundle_copy, zero_k)  # RouterSpec itself refuses k=0
+    with pytest.raises(BundleError, match=r"not a valid router file \(RoutingError: k must be an integer >= 1"):
         Bundle.load(bundle_copy)
 
 
@@ -317,44 +398,111 @@ def test_integer_images_within_range_are_accepted(bundle, images):
     )
 
 
-def test_export_refuses_an_existing_folder_and_force_replaces_only_bundles(checkpoints, tmp_path, bundle_dir):
+def test_export_refuses_an_existing_folder_and_force_replaces_only_bundles(checkpoints, tmp_path, bundle_dir, capsys):
     g, experts = checkpoints
     with pytest.raises(ExportError, match="already exists"):
-        export_bundle(g, experts, bundle_dir, tau=0.5)
+        export_bundle(g, experts, bundle_dir, routing=RouterSpec(tau=0.5))
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="not a bundle"):
-        export_bundle(g, experts, other, tau=0.5, force=True)
+        export_bundle(g, experts, other, routing=RouterSpec(tau=0.5), force=True)
     assert (other / "keep.txt").read_text() == "mine"
-    assert main(["export", "--generalist", str(g), "--experts", *map(str, experts), "--out", str(bundle_dir)]) == 2
+    args = [
+        "export",
+        "--generalist",
+        str(g),
+        "--experts",
+        json.dumps(list(map(str, experts))),
+        "--out",
+        str(bundle_dir),
+    ]
+    assert main([*args, "--evaluate_on", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "already exists" in err and "Traceback" not in err
+    assert main([*args[:-1], str(other), "--evaluate_on", "none", "--routing.tau", "0.5", "--force", "true"]) == 2
+    assert "not a bundle" in capsys.readouterr().err and (other / "keep.txt").read_text() == "mine"
 
 
 def test_export_refuses_checkpoints_that_do_not_partition_the_classes(checkpoints, tmp_path, capsys):
     g, experts = checkpoints
     with pytest.raises(PartitionError):
-        export_bundle(g, experts[:3], tmp_path / "b", tau=0.5)
+        export_bundle(g, experts[:3], tmp_path / "b", routing=RouterSpec(tau=0.5))
     with pytest.raises(SuiteError, match="generalist"):
-        export_bundle(experts[0], experts, tmp_path / "b", tau=0.5)
-    with pytest.raises(ExportError, match="--tau"):
+        export_bundle(experts[0], experts, tmp_path / "b", routing=RouterSpec(tau=0.5))
+    with pytest.raises(ExportError, match=r"--routing\.tau"):
         export_bundle(g, experts, tmp_path / "b")
-    with pytest.raises(ExportError, match="k=0"):
-        export_bundle(g, experts, tmp_path / "b", tau=0.5, k=0)
-    assert main(["export", "--generalist", str(g), "--experts", *map(str, experts[1:]), "--out", str(tmp_path)]) == 2
+    with pytest.raises(RoutingError, match=r"k values must be integers in 1\.\.100.*got \[101\]"):
+        export_bundle(g, experts, tmp_path / "b", routing=RouterSpec(k=101, tau=0.5))
+    args = ["export", "--generalist", str(g), "--out", str(tmp_path / "b"), "--evaluate_on", "none"]
+    partial = json.dumps(list(map(str, experts[1:])))
+    assert main([*args, "--experts", partial, "--routing.tau", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "indices [1, 2, 3]" in err and "with none missing" in err
+    assert main([*args, "--experts", partial]) == 2  # no tau and no data
+    assert "--routing.tau" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / ".b.partial").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("k", 0, r"k must be an integer >= 1 \(Top-k of the expert choice\), got 0"),
+        ("confidence", "certainty", r"Unknown confidence measure\(s\) \['certainty'\]"),
+        ("temperature", -1.0, r"temperature must be 'fit' \(temperature scaling on val\) or a number > 0, got -1"),
+        ("tau", float("inf"), r"tau must be a finite number \(offload where confidence < tau\), got inf"),
+    ],
+)
+def test_unusable_routing_settings_are_refused_before_any_export(checkpoints, tmp_path, capsys, option, value, message):
+    g, experts = checkpoints
+    with pytest.raises(RoutingError, match=message):
+        RouterSpec(**{option: value})
+    args = ["export", "--generalist", str(g), "--experts", json.dumps(list(map(str, experts)))]
+    args += ["--out", str(tmp_path / "b"), "--evaluate_on", "none", f"--routing.{option}", str(value)]
+    if option == "tau":  # jsonargparse itself refuses a non-finite float: a usage error, exit code 2
+        with pytest.raises(SystemExit) as refused:
+            main(args)
+        assert refused.value.code == 2 and 'Parser key "routing.tau"' in capsys.readouterr().err
+    else:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and re.search(message, err) and "Traceback" not in err
     assert not (tmp_path / "b").exists()
-    assert "error:" in capsys.readouterr().err
+
+
+def test_export_print_config_shows_the_parsed_options(checkpoints, tmp_path, capsys):
+    g, experts = checkpoints
+    args = ["export", "--generalist", str(g), "--experts", json.dumps(list(map(str, experts))), "--out", "B"]
+    with pytest.raises(SystemExit) as printed:
+        main([*args, "--routing.k", "2", "--routing.tau", "0.3", "--routing.temperature", "1.5", "--print_config"])
+    assert printed.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["routing"] == {"k": 2, "confidence": "max_prob", "temperature": 1.5, "tau": 0.3}
+    assert config["experts"] == list(map(str, experts)) and config["evaluate_on"] == "val"
+    assert config["data"]["data_dir"] == "data" and config["force"] is False
+    assert not Path("B").exists()
+    for command in ("verify", "profile"):
+        with pytest.raises(SystemExit) as printed:
+            main([command, "--print_config"])
+        assert printed.value.code in (0, None) and "bundle:" in capsys.readouterr().out
 
 
 def test_generalist_only_bundle_answers_everything_locally(checkpoints, images, tmp_path):
     out = tmp_path / "g_only"
-    assert main(["export", "--generalist", str(checkpoints[0]), "--out", str(out), "--torch-export"]) == 0
+    args = ["export", "--generalist", str(checkpoints[0]), "--out", str(out), "--torch_export", "true"]
+    assert main([*args, "--evaluate_on", "none", "--profile", str(PROFILE)]) == 0
     bundle = Bundle.load(out)  # verifies the torch.export program's hash too
-    assert "generalist.pt2" in bundle.manifest["files"]
+    assert "generalist.pt2" in bundle.manifest["files"] and MODEL_CARD_FILE in bundle.manifest["files"]
+    assert bundle.manifest["routing"]["temperature_source"] == "default" and bundle.manifest["evaluation"] is None
+    assert bundle.router.routing == RouterSpec(temperature=1.0) and bundle.router.num_experts == 0
+    card = (out / MODEL_CARD_FILE).read_text(encoding="utf-8")
+    assert "tau = n/a (no experts)" in card and "generalist-only bundle" in card and "ASSUMED" in card
     result = bundle.predict(images)
     assert np.all(result.answered_by == -1)
-    x = torch_inputs(images)
-    g_logits = torch_logits(load_models(checkpoints[0], []).generalist, x)
+    x = eval_tensors(images)
+    g_logits = torch_logits(load_export_models(checkpoints[0], [], RouterSpec()).generalist, x)
     np.testing.assert_array_equal(result.predictions, np.argmax(g_logits, axis=1))
+    _assert_decisions_are_the_core_policy(result.edge, result.edge.logits, bundle.router.routing, None)
     program = torch.export.load(str(out / "generalist.pt2")).module()
     np.testing.assert_allclose(program(x[:5]).detach().numpy(), g_logits[:5], atol=1e-5)
 
@@ -372,15 +520,21 @@ def test_profiler_writes_a_profile_that_load_profile_accepts(bundle_dir, tmp_pat
         float(np.median([timings[f"expert_{j}.onnx"]["batch1_ms"] for j in range(4)]))
     )
     assert loaded.edge.power_active_w == base.edge.power_active_w and loaded.link == base.link
+    assert "MEASURED" in profile_status(loaded) and "ASSUMED" in profile_status(base)  # what a model card says
     with pytest.raises(SuiteError, match="already exists"):
         write_profile(profile, path)
 
 
-def test_profile_command_measures_one_section_and_keeps_the_other(bundle_dir, tmp_path):
+def test_profile_command_measures_one_section_and_keeps_the_other(bundle_dir, tmp_path, capsys):
     out = tmp_path / "edge.yaml"
-    args = ["profile", str(bundle_dir), "--base", str(PROFILE), "--out", str(out), "--section", "edge"]
-    assert main([*args, "--batch-size", "2", "--warmup", "0", "--repeats", "2", "--max-experts", "1"]) == 0
+    args = ["profile", "--bundle", str(bundle_dir), "--base", str(PROFILE), "--out", str(out), "--section", "edge"]
+    quick = ["--batch_size", "2", "--warmup", "0", "--repeats", "2", "--max_experts", "1"]
+    assert main([*args, *quick]) == 0
     measured, base = load_profile(out), load_profile(PROFILE)
     assert measured.near_edge == base.near_edge
     assert measured.edge.latency_ms["medium"] == measured.meta["measured_edge"]["models"]["expert_0.onnx"]["batch1_ms"]
-    assert main([*args, "--batch-size", "2"]) == 2  # exists, no --force
+    assert main([*args, "--batch_size", "2"]) == 2  # exists, no --force
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, *quick, "--section", "near_edge", "--force", "true"]) == 0
+    replaced = load_profile(out)
+    assert replaced.edge == base.edge and "measured_near_edge" in replaced.meta

@@ -7,28 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from deploy_helpers import TINY, write_tiny_checkpoints
 from lightning import Trainer
 
 from callbacks.export_bundle import ExportBundleCallback
-from core.errors import SuiteError
+from core.errors import RoutingError, SuiteError
+from core.hashing import file_sha256
+from core.options import DataOptions
+from core.policies import deployable_tau, route_batch
+from core.routing import RouterSpec, fit_temperature, offload_mask
 from core.sweep import sweep_thresholds
-from datamodules.cifar100 import CIFAR100DataModule
-from deploy.export import load_eval_data, load_models, operating_tau, torch_inputs, torch_logits
-from deploy.runtime import Bundle, route
-from lightning_modules import GeneralistModule
+from datamodules.cifar100 import CIFAR100DataModule, labelled_images
+from deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE
+from deploy.export import load_export_models, torch_logits
+from deploy.runtime import Bundle
+from lightning_modules.classifier import ClassifierModule
 
 VAL_SIZE = 100
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU: one thread avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_fit_exports_the_trained_generalist_with_the_given_experts(fake_cifar_root: Path, tmp_path: Path):
@@ -48,32 +43,47 @@ def test_fit_exports_the_trained_generalist_with_the_given_experts(fake_cifar_ro
         enable_model_summary=False,
         callbacks=[callback],
     )
-    trainer.fit(GeneralistModule(**TINY), datamodule=dm)
+    trainer.fit(ClassifierModule(**TINY), datamodule=dm)
 
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert callback.manifest == manifest
     source = Path(manifest["sources"]["generalist"]["checkpoint"])
     assert source == out.with_name("bundle.ckpt")  # no ModelCheckpoint: the weights at the end of fit
+    assert manifest["sources"]["generalist"]["sha256"] == file_sha256(source)
     assert [Path(e["checkpoint"]) for e in manifest["sources"]["experts"]] == experts
     assert manifest["routing"]["temperature_source"] == "val"
+    assert manifest["evaluation"]["split"] == "val" and manifest["evaluation"]["num_samples"] == VAL_SIZE
+    assert manifest["files"][MODEL_CARD_FILE]["sha256"] == file_sha256(out / MODEL_CARD_FILE)
 
     # tau and T are the val operating point of the trained weights, recomputed here independently.
-    data = load_eval_data(fake_cifar_root, "val", check_integrity=False, val_size=VAL_SIZE)
-    models = load_models(source, experts)
+    options = DataOptions(data_dir=str(fake_cifar_root), check_integrity=False, val_size=VAL_SIZE, num_workers=0)
+    data = labelled_images(options, "val")
     bundle = Bundle.load(out)
-    g_logits = torch_logits(models.generalist, torch_inputs(data.images))
-    conf, chosen = route(g_logits, bundle.router)
-    x = torch_inputs(data.images)
+    spec = bundle.router.routing
+    assert (spec.k, spec.confidence) == (1, "max_prob")
+    models = load_export_models(source, experts, spec)
+    x = data.tensors()
+    g_logits = torch_logits(models.generalist, x)
+    assert spec.temperature == pytest.approx(fit_temperature(g_logits, data.labels))
+    routed = route_batch(g_logits, spec.temperature, [spec.k], [spec.confidence], bundle.router.class_to_expert(), 2)
+    conf, chosen = routed.confidence[spec.confidence], routed.experts[spec.k]
     expert_pred = np.stack([torch_logits(e, x).argmax(1) for e in models.experts])[chosen, np.arange(len(chosen))]
     curve = sweep_thresholds(conf, g_logits.argmax(1) == data.labels, expert_pred == data.labels)
-    assert bundle.router.tau == pytest.approx(operating_tau(curve, 0.005))
-    assert manifest["evaluation"]["collaboration"]["tau"] == bundle.router.tau
-    assert bundle.predict(data.images).predictions.shape == (VAL_SIZE,)
+    assert spec.tau == pytest.approx(deployable_tau(curve, 0.005))
+    assert manifest["evaluation"]["collaboration"]["tau"] == spec.tau
+    result = bundle.predict(data.images)
+    assert result.predictions.shape == (VAL_SIZE,)
+    np.testing.assert_array_equal(result.edge.offloaded, offload_mask(result.edge.confidences, spec.tau))
 
 
 def test_callback_refuses_an_incomplete_configuration_and_an_existing_folder(tmp_path: Path):
     with pytest.raises(SuiteError, match="generalist_checkpoint"):
         ExportBundleCallback(str(tmp_path / "b"), as_role="expert")
+    with pytest.raises(RoutingError, match="k must be an integer >= 1"):  # routing settings fail before training
+        ExportBundleCallback(str(tmp_path / "b"), k=0)
+    callback = ExportBundleCallback(str(tmp_path / "b"), k=2, confidence="margin", temperature=1.5, tau=0.3)
+    assert callback.routing == RouterSpec(k=2, confidence="margin", temperature=1.5, tau=0.3)
     (tmp_path / "b").mkdir()
     callback = ExportBundleCallback(str(tmp_path / "b"))
     with pytest.raises(SuiteError, match="already exists"):
-        callback.setup(Trainer(logger=False, enable_progress_bar=False), GeneralistModule(**TINY), "fit")
+        callback.setup(Trainer(logger=False, enable_progress_bar=False), ClassifierModule(**TINY), "fit")

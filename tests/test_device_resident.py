@@ -15,10 +15,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from core.errors import SuiteError
-from datamodules import CIFAR100DataModule
+from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.device_resident import PAD, DeviceResidentLoader, EpochShards
 from datamodules.transforms import CIFAR100_MEAN, CIFAR100_STD, build_transform
-from lightning_modules import GeneralistModule
+from lightning_modules.classifier import ClassifierModule
 
 SIZE = 32
 
@@ -174,7 +174,7 @@ def _fit(root: Path, out: Path, max_epochs: int, ckpt_path: str | None = None) -
         enable_model_summary=False,
         callbacks=[recorder, ModelCheckpoint(dirpath=out, filename="{epoch}", save_top_k=-1)],
     )
-    model = GeneralistModule(embed_dim=16, depth=1, num_heads=2, warmup_epochs=0)
+    model = ClassifierModule(embed_dim=16, depth=1, num_heads=2, warmup_epochs=0)
     trainer.fit(model, datamodule=_datamodule(root), ckpt_path=ckpt_path)
     return recorder
 

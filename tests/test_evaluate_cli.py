@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import pickle
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from test_collaborative_system import Checkpoints, shared_checkpoints
 
 import evaluate
@@ -27,9 +29,9 @@ def collab_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
 
 def base_args(ck: Checkpoints, data: Path, out: Path) -> list[str]:
     return [
-        "--generalist", str(ck.generalist), "--experts", str(ck.experts), "--data-dir", str(data),
-        "--no-check-integrity", "--val-size", "100", "--k", "1", "2", "--out", str(out), "--num-workers", "0",
-        "--batch-size", "64", "--accelerator", "cpu", "--wandb-mode", "offline",
+        "--generalist", str(ck.generalist), "--experts", f"[{ck.experts}]", "--data.data_dir", str(data),
+        "--data.check_integrity", "false", "--data.val_size", "100", "--k", "[1, 2]", "--out", str(out),
+        "--data.num_workers", "0", "--data.batch_size", "64", "--accelerator", "cpu", "--wandb.mode", "offline",
     ]  # fmt: skip
 
 
@@ -37,12 +39,22 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as info:
         evaluate.main(["--help"])
     assert info.value.code == 0
-    text = capsys.readouterr().out
-    for action in evaluate.build_parser()._actions:
-        for option in action.option_strings:
-            assert option in text
-        assert action.help, action.dest
-    assert "curves.csv" in text and "summary.json" in text and "records.csv" in text
+    text = " ".join(capsys.readouterr().out.split())
+    parameters = inspect.signature(evaluate.evaluate).parameters
+    for name in parameters:
+        assert f"--{name}" in text, name
+    documented = inspect.getdoc(evaluate.evaluate)
+    assert all(f"{name}:" in documented for name in parameters)
+    for option in ("--data.data_dir", "--data.check_integrity", "--wandb.mode", "--config", "--print_config"):
+        assert option in text
+
+
+def test_print_config_shows_every_resolved_option(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["--generalist", "g.ckpt", "--experts", "[e/]", "--out", str(tmp_path), "--print_config"])
+    assert info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["generalist"] == "g.ckpt" and printed["data"]["val_size"] == 5000 and printed["temperature"] == "fit"
 
 
 def test_evaluate_val_in_process_then_refuses_to_overwrite(
@@ -52,8 +64,8 @@ def test_evaluate_val_in_process_then_refuses_to_overwrite(
     capsys,
 ):
     out = tmp_path / "eval"
-    args = [*base_args(collab_checkpoints, fake_cifar_root, out), "--static-experts", str(collab_checkpoints.static),
-            "--base", str(collab_checkpoints.base), "--confidence", "max_prob", "margin"]  # fmt: skip
+    args = [*base_args(collab_checkpoints, fake_cifar_root, out), "--static_experts", f"[{collab_checkpoints.static}]",
+            "--base", str(collab_checkpoints.base), "--confidence", "[max_prob, margin]"]  # fmt: skip
     assert evaluate.main(args) == 0
     with (out / "val" / "curves.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -66,6 +78,8 @@ def test_evaluate_val_in_process_then_refuses_to_overwrite(
     for column in ("index", "label", "g_pred", "g_top2_prob", "conf_margin", "expert_k2", "pred_k2", "correct_k2",
                    "oracle_expert", "pred_oracle", "static_pred_k1", "pred_base", "correct_base"):  # fmt: skip
         assert column in header
+    assert json.loads((out / "val" / "complete.json").read_text())["files"]
+    assert not list(out.glob(".*.partial"))
     summary = json.loads((out / "val" / "summary.json").read_text())
     assert summary["num_samples"] == 100 and summary["k_values"] == [1, 2]
     assert summary["operating_points"] and summary["scalars"] and summary["profiles"]["edge_arm_wifi"]["baselines"]
@@ -76,6 +90,7 @@ def test_evaluate_val_in_process_then_refuses_to_overwrite(
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
     assert "already holds results" in err and "--force" in err and "Traceback" not in err
+    assert evaluate.main([*args, "--force", "true"]) == 0
 
 
 def _empty_test_split(root: Path, source: Path) -> Path:
@@ -107,31 +122,38 @@ def test_bad_inputs_exit_2_with_a_message(
         (overlap / f"e{j}.ckpt").write_bytes((ck.experts / f"e{j}.ckpt").read_bytes())
     (overlap / "e1.ckpt").write_bytes((ck.experts20 / "e01.ckpt").read_bytes())
     empty = _empty_test_split(tmp_path / "empty", fake_cifar_root)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ck.generalist.read_bytes()[:1000])
     cases = {
-        "overlap": (["--experts", str(overlap)], "more than one expert"),
+        "overlap": (["--experts", f"[{overlap}]"], "more than one expert"),
         "not a generalist": (["--generalist", str(ck.experts / "e0.ckpt")], "not of the edge generalist"),
-        "not an expert": (["--experts", str(ck.generalist)], "not of an expert"),
-        "unknown measure": (["--confidence", "variance"], "Unknown confidence measure"),
-        "k < 1": (["--k", "0"], "k values must be integers in 1..100"),
-        "k > 100": (["--k", "1", "101"], "k values must be integers in 1..100"),
+        "not an expert": (["--experts", f"[{ck.generalist}]"], "not of an expert"),
+        "unknown measure": (["--confidence", "[variance]"], "Unknown confidence measure"),
+        "k < 1": (["--k", "[0]"], "k values must be integers in 1..100"),
+        "k > 100": (["--k", "[1, 101]"], "k values must be integers in 1..100"),
         "bad profile": (
-            ["--profile", str(bad_profile)],
+            ["--profiles", f"[{bad_profile}]"],
             "missing fields: edge.power_idle_w; invalid fields: link.rtt_ms",
         ),
-        "empty split": (["--data-dir", str(empty), "--split", "test", "--temperature", "1.0"], "empty"),
+        "empty split": (["--data.data_dir", str(empty), "--split", "test", "--temperature", "1.0"], "empty"),
+        "batch size 0": (["--data.batch_size", "0"], "--data.batch_size is 0"),
+        "workers -2": (["--data.num_workers", "-2"], "--data.num_workers is -2"),
+        "truncated generalist": (["--generalist", str(truncated)], "not a readable Lightning checkpoint"),
+        "missing generalist": (["--generalist", str(tmp_path / "nope.ckpt")], "does not exist"),
     }
     for name, (extra, match) in cases.items():
-        out = tmp_path / name.replace(" ", "_")
-        code = evaluate.main([*base_args(ck, fake_cifar_root, out), *extra, "--wandb-mode", "disabled"])
+        out = tmp_path / ("out_" + name.replace(" ", "_"))
+        code = evaluate.main([*base_args(ck, fake_cifar_root, out), *extra, "--wandb.mode", "disabled"])
         err = capsys.readouterr().err
         assert code == 2, name
         assert match in " ".join(err.split()), (name, err)
         assert "Traceback" not in err, name
+        assert not out.exists(), name  # refused before anything was written
 
 
 def test_evaluate_test_split_in_a_subprocess(collab_checkpoints: Checkpoints, fake_cifar_root: Path, tmp_path: Path):
     out = tmp_path / "eval"
-    args = [*base_args(collab_checkpoints, fake_cifar_root, out), "--split", "test", "--wandb-mode", "disabled"]
+    args = [*base_args(collab_checkpoints, fake_cifar_root, out), "--split", "test", "--wandb.mode", "disabled"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=300)  # fmt: skip

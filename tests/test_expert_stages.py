@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 from lightning import Callback, Trainer, seed_everything
+from test_generalist import reference_factor
 
 from core.errors import PartitionError, SuiteError
-from datamodules import CIFAR100DataModule, ExpertDataModule
-from lightning_modules import ExpertModule, GeneralistModule
-from lightning_modules.generalist import warmup_cosine
-from lightning_modules.stages import Stage, locate, parse_stages, schedule_steps, static_step_budget
+from core.schedule import Stage, locate, parse_stages, schedule_steps, static_step_budget
+from datamodules.cifar100 import CIFAR100DataModule
+from datamodules.expert_data import ExpertDataModule
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.expert import ExpertModule
+from lightning_modules.schedules import restart_schedule
 
 TINY = {"embed_dim": 16, "depth": 2, "num_heads": 2, "drop_path_rate": 0.0}
 BATCH = 16
@@ -123,7 +126,27 @@ def test_locate_and_step_counts() -> None:
     # 125 subset images, batch 16: rho 1 -> ceil(125/16) = 8 batches, rho 0.5 -> ceil(125/8) = 16.
     assert schedule_steps(stages, 125, 16) == 2 * 8 + 3 * 16
     assert schedule_steps(stages, 125, 16, num_replicas=2) == 2 * 4 + 3 * 8
-    assert static_step_budget(101, 4, stages, 125, 16) == 25 + 64
+    # Static-from-base gets exactly the progressive stages' steps; static-from-init adds stage 0's.
+    assert static_step_budget("from_base", 101, 64) == 64
+    assert static_step_budget("from_init", 101, 64) == 165
+    with pytest.raises(SuiteError, match="variant"):
+        static_step_budget("from_scratch", 101, 64)
+
+
+def test_a_restarted_stage_schedule_resumes_at_the_step_it_left() -> None:
+    def lrs(steps_done: int, n: int) -> list[float]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = restart_schedule(optimizer, 3e-4, 5, 40, steps_done)
+        out = []
+        for _ in range(n):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    full = lrs(0, 40)
+    assert full == pytest.approx([3e-4 * reference_factor(s, 5, 40) for s in range(40)], rel=1e-9)
+    assert lrs(17, 23) == pytest.approx(full[17:], rel=1e-12)
 
 
 # ----- stage switching ------------------------------------------------------------------------------------------
@@ -166,9 +189,9 @@ def test_stages_switch_the_learning_rate_on_a_continuous_step_axis(switched) -> 
     t, _, rec = switched
     lrs = [r["lr"] for r in rec.rows]
     n0 = sum(r["epoch"] == 0 for r in rec.rows)
-    expected0 = [1e-3 * warmup_cosine(s, 16, n0) for s in range(n0)]
-    expected1 = [1e-4 * warmup_cosine(s, 0, len(lrs) - n0) for s in range(len(lrs) - n0)]
-    assert np.allclose(lrs, expected0 + expected1, rtol=1e-6, atol=1e-12)
+    expected0 = [1e-3 * reference_factor(s, 16, n0) for s in range(n0)]
+    expected1 = [1e-4 * reference_factor(s, 0, len(lrs) - n0) for s in range(len(lrs) - n0)]
+    assert np.allclose(lrs, expected0 + expected1, rtol=1e-9, atol=1e-15)
     assert t.global_step == len(lrs)
     assert t.callback_metrics["stage"].item() == 1.0
 
@@ -201,7 +224,7 @@ def test_expert_metrics_are_logged(switched) -> None:
 # ----- starting points ------------------------------------------------------------------------------------------
 def test_static_expert_starts_from_the_same_init_as_stage_0() -> None:
     seed_everything(42)
-    base = GeneralistModule(arch="vit_small", role="base", **TINY)
+    base = ClassifierModule(arch="vit_small", role="base", **TINY)
     seed_everything(42)
     static = ExpertModule(expert_index=0, partition=5, **TINY)
     base_state, static_state = base.model.state_dict(), static.model.state_dict()
@@ -210,7 +233,7 @@ def test_static_expert_starts_from_the_same_init_as_stage_0() -> None:
 
 
 def _save_base(tmp_path: Path, root: Path, **shape) -> Path:
-    module = GeneralistModule(arch="vit_small", role="base", **{**TINY, **shape})
+    module = ClassifierModule(arch="vit_small", role="base", **{**TINY, **shape})
     t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     dm = CIFAR100DataModule(data_dir=str(root), check_integrity=False, val_size=100, batch_size=BATCH, num_workers=0)
     t.fit(module, datamodule=dm)
@@ -247,4 +270,4 @@ def test_static_steps_cut_the_run_at_the_budget(fake_cifar_root: Path, tmp_path:
     assert t.global_step == 19
     assert module.stages == [Stage(epochs=3, lr=1e-3, rho=1.0)]  # ceil(19 / ceil(125 / 16))
     lrs = [r["lr"] for r in rec.rows]
-    assert np.allclose(lrs, [1e-3 * warmup_cosine(s, 0, 19) for s in range(19)])  # cosine ends at the budget
+    assert np.allclose(lrs, [1e-3 * reference_factor(s, 0, 19) for s in range(19)])  # cosine ends at the budget

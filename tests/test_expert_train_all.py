@@ -36,12 +36,13 @@ def job_config(tmp_path: Path, data_dir: Path) -> Path:
     config = {
         "out": str(tmp_path / "out"),
         "partition": 10,  # 2 experts of 10 superclasses
-        "mode": "both",
+        "variants": ["progressive", "static", "static_init"],
         "base_config": [str(CONFIG_DIR / "base.yaml")],
         "progressive_config": [str(CONFIG_DIR / "expert.yaml")],
         "static_config": [str(CONFIG_DIR / "expert_static.yaml")],
         "common_config": [str(CONFIG_DIR / "trainer" / "cpu.yaml")],
-        "args": [f"--data.data_dir={data_dir}", *RUN_ARGS],
+        "data": {"data_dir": str(data_dir), "check_integrity": False, "val_size": 100},
+        "args": RUN_ARGS,
         "base_args": ["--trainer.max_epochs=1"],
         "progressive_args": [PROGRESSIVE],
         "static_args": ["--model.stages=[{epochs: 1, lr: 1.0e-3, rho: 1.0}]"],
@@ -56,7 +57,8 @@ def test_train_all_experts_then_resume_without_retraining(fake_cifar_root: Path,
     config = job_config(tmp_path, fake_cifar_root)
     out = tmp_path / "out"
     base = out / "base" / "base.ckpt"
-    ckpt = {(m, j): out / "experts" / m / f"expert_{j}.ckpt" for m in ("progressive", "static") for j in (0, 1)}
+    variants = ("progressive", "static", "static_init")
+    ckpt = {(m, j): out / m / f"expert_{j}.ckpt" for m in variants for j in (0, 1)}
 
     # A first job that stops after one expert, as if it had been killed.
     assert train_experts.main(["--config", str(config), "--max_experts", "1"]) == 0
@@ -75,16 +77,36 @@ def test_train_all_experts_then_resume_without_retraining(fake_cifar_root: Path,
     assert progressive["base_checkpoint"] == str(base) and progressive["base_checkpoint_sha256"]
     assert [s["rho"] for s in progressive["stages"]] == [0.5, 0.8]
     static = torch.load(ckpt["static", 1], weights_only=False)["hyper_parameters"]
-    assert static["base_checkpoint"] is None and static["subset"] == progressive["subset"]
+    assert static["base_checkpoint"] == str(base) and static["subset"] == progressive["subset"]
+    static_init = torch.load(ckpt["static_init", 1], weights_only=False)["hyper_parameters"]
+    assert static_init["base_checkpoint"] is None and static_init["subset"] == progressive["subset"]
+    # Every expert reads the partition written once next to them.
+    assert progressive["partition"] == {"subsets": train_experts.parse_partition_spec(str(out / "partition.json"))}
 
-    # A static expert runs exactly its share of stage 0 plus its progressive stages.
+    # Static-from-base runs exactly the progressive stages' steps; static-from-init adds stage 0's steps.
     base_steps = torch.load(base, weights_only=False)["global_step"]
     for j in (0, 1):
-        steps = {
-            m: json.loads(ckpt[m, j].with_suffix(".json").read_text())["global_step"] for m in ("progressive", "static")
-        }
-        assert steps["static"] == round(base_steps / 2) + steps["progressive"]
+        steps = {m: json.loads(ckpt[m, j].with_suffix(".json").read_text())["global_step"] for m in variants}
+        assert steps["static"] == steps["progressive"]
+        assert steps["static_init"] == base_steps + steps["progressive"]
         assert json.loads(ckpt["static", j].with_suffix(".json").read_text())["val/subset_acc"] >= 0
+
+
+def test_the_readmes_partition_argument_is_a_number_of_superclasses_per_expert() -> None:
+    job, _ = train_experts.parse_job(["--partition", "5"])
+    assert job.partition == 5 and len(train_experts.parse_partition_spec(job.partition)) == 4
+
+
+def test_a_truncated_generalist_checkpoint_is_refused_before_stage_0(
+    fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    truncated = tmp_path / "g.ckpt"
+    truncated.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    config = job_config(tmp_path, fake_cifar_root)
+    assert train_experts.main(["--config", str(config), "--generalist_checkpoint", str(truncated)]) == 2
+    err = capsys.readouterr().err
+    assert "--generalist_checkpoint" in err and "not a readable Lightning checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -93,6 +115,10 @@ def test_train_all_experts_then_resume_without_retraining(fake_cifar_root: Path,
         (["--experts", "[2]"], "out of range"),
         (["--partition", "[[0, 1], [1]]"], "do not partition"),
         (["--parallel", "2"], "GPUs"),
+        (["--variants", "[progressive, mixed]"], "variants"),
+        (["--generalist_checkpoint", "missing.ckpt"], "does not exist"),
+        (["--progressive_args", '["--model.stages=[{epochs: 1, rho: 2.0}]"]'], "outside [0, 1]"),
+        (["--static_args", "[--model.no_such_option=1]"], "no_such_option"),
     ],
 )
 def test_train_experts_bad_input_exits_2(

@@ -1,8 +1,9 @@
-"""GeneralistModule: learning, mixup/cutmix, the LR schedule, eval metrics, checkpoints."""
+"""ClassifierModule: learning, mixup/cutmix, the LR schedule, eval metrics, checkpoints."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from core.cifar100 import FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
-from lightning_modules import GeneralistModule
-from lightning_modules.generalist import warmup_cosine
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.schedules import warmup_cosine
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2)
 # Tests call the *_step methods without a Trainer, where self.log only warns.
@@ -39,7 +40,7 @@ def quiet_trainer(**kwargs) -> Trainer:
 
 def test_training_step_overfits_a_batch():
     torch.manual_seed(0)
-    module = GeneralistModule(**TINY, drop_path_rate=0.0)
+    module = ClassifierModule(**TINY, drop_path_rate=0.0)
     batch = random_batch(16)
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
     losses = []
@@ -54,16 +55,16 @@ def test_training_step_overfits_a_batch():
 
 def test_mixup_and_cutmix_train_on_soft_targets():
     torch.manual_seed(0)
-    module = GeneralistModule(**TINY, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    module = ClassifierModule(**TINY, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
     images, labels = random_batch(8)
     targets_seen = []
-    plain_loss = module.training_loss
+    plain_loss = module.compute_loss
 
-    def spy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def spy(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         targets_seen.append(targets)
-        return plain_loss(logits, targets)
+        return plain_loss(images, targets)
 
-    module.training_loss = spy
+    module.compute_loss = spy
     loss = module.training_step((images.clone(), labels), 0)
     assert torch.isfinite(loss) and loss.requires_grad
     (targets,) = targets_seen
@@ -76,12 +77,28 @@ def test_mixup_and_cutmix_train_on_soft_targets():
     assert torch.all(own[differs] + other[differs] > 0.85) and torch.all(other[differs] > 0.001)
 
 
-def test_warmup_cosine_factor():
-    factors = [warmup_cosine(step, 10, 110) for step in range(111)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0) and factors[10] == 1.0
-    assert all(a < b for a, b in itertools.pairwise(factors[:10]))
-    assert all(a > b for a, b in itertools.pairwise(factors[10:]))
-    assert factors[60] == pytest.approx(0.5) and factors[110] == pytest.approx(0.0, abs=1e-12)
+def reference_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The suite's hand-written schedule before torch's schedulers replaced it (commit 6e52915)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@pytest.mark.parametrize(("warmup", "total"), [(10, 110), (1, 10), (0, 50), (3, 3), (10, 5), (39, 4000)])
+def test_library_schedule_gives_the_previous_lr_at_every_step(warmup: int, total: int):
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = warmup_cosine(optimizer, warmup, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.1 * reference_factor(s, warmup, total) for s in range(total)]
+    assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    rising = lrs[: min(warmup, total)]
+    assert all(a < b for a, b in itertools.pairwise(rising))
+    assert all(a > b for a, b in itertools.pairwise(lrs[warmup:]))
 
 
 class RecordLR(Callback):
@@ -93,17 +110,17 @@ class RecordLR(Callback):
 
 
 def test_lr_warms_up_for_warmup_epochs_then_decays_by_cosine():
-    module = GeneralistModule(**TINY, lr=1e-2, warmup_epochs=1)
+    module = ClassifierModule(**TINY, lr=1e-2, warmup_epochs=1)
     loader = DataLoader(TensorDataset(*random_batch(64)), batch_size=8)
     recorder = RecordLR()
     quiet_trainer(max_epochs=4, callbacks=[recorder]).fit(module, loader)
     steps_per_epoch, total = 8, 32
-    expected = [1e-2 * warmup_cosine(s, steps_per_epoch, total) for s in range(total)]
-    assert recorder.lrs == pytest.approx(expected)
-    assert max(recorder.lrs) == recorder.lrs[steps_per_epoch - 1] == pytest.approx(1e-2)
+    expected = [1e-2 * reference_factor(s, steps_per_epoch, total) for s in range(total)]
+    assert recorder.lrs == pytest.approx(expected, rel=1e-9)
+    assert max(recorder.lrs) == pytest.approx(recorder.lrs[steps_per_epoch - 1]) == pytest.approx(1e-2)
     assert recorder.lrs[-1] < 1e-2 * 0.01
     # Weight decay spares norms, biases, the class token and position embeddings.
-    decay, no_decay = module.trainer.optimizers[0].param_groups
+    no_decay, decay = module.trainer.optimizers[0].param_groups
     assert decay["weight_decay"] == module.hparams.weight_decay and no_decay["weight_decay"] == 0
     vit, exempt = module.model.vit, {id(p) for p in no_decay["params"]}
     assert id(vit.pos_embed) in exempt and id(vit.cls_token) in exempt
@@ -137,7 +154,7 @@ def labelled_loader(classes: list[int], per_class: int = 2) -> DataLoader:
 def test_val_metrics_accuracy_top5_ece_and_superclasses():
     fish = SUPERCLASSES.index("fish")
     correct = {int(c) for c in torch.nonzero(torch.as_tensor(FINE_TO_COARSE) == fish)}
-    module = GeneralistModule(**TINY)
+    module = ClassifierModule(**TINY)
     module.model = LabelReader(correct)
     (metrics,) = quiet_trainer().validate(module, labelled_loader(list(range(NUM_CLASSES))), verbose=False)
     assert metrics["val/acc"] == pytest.approx(len(correct) / NUM_CLASSES)
@@ -156,13 +173,13 @@ def test_val_metrics_accuracy_top5_ece_and_superclasses():
 
 
 def test_checkpoint_alone_rebuilds_the_model(tmp_path: Path):
-    module = GeneralistModule(**TINY, role="base", lr=5e-3, warmup_epochs=0.5)
+    module = ClassifierModule(**TINY, role="base", lr=5e-3, warmup_epochs=0.5)
     trainer = quiet_trainer(max_steps=3)
     trainer.fit(module, DataLoader(TensorDataset(*random_batch(24)), batch_size=8))
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     images = random_batch(4, seed=1)[0]
     expected = module.eval()(images)
 
-    loaded = GeneralistModule.load_from_checkpoint(tmp_path / "model.ckpt", map_location="cpu").eval()
+    loaded = ClassifierModule.load_from_checkpoint(tmp_path / "model.ckpt", map_location="cpu").eval()
     assert loaded.hparams.role == "base" and loaded.hparams.depth == 1
     assert torch.equal(loaded(images), expected)

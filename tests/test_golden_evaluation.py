@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from pathlib import Path
 
 import pytest
 from golden_evaluation import GOLDEN_FILE, build_setup, run_evaluation

@@ -1,4 +1,5 @@
-"""pipeline.py end to end on generated data with tiny models (the real `mini` preset, shrunk), resume, errors."""
+"""pipeline.py end to end on generated data with tiny models (tests/conf/pipeline_tiny.yaml): fingerprinted steps
+that are reused only when fresh, reruns of exactly the affected steps, and bad input."""
 
 from __future__ import annotations
 
@@ -11,32 +12,8 @@ from conftest import CONFIG_DIR, REPO_ROOT
 import pipeline
 import train_experts
 
-MINI = CONFIG_DIR / "experiments" / "mini.yaml"
-# Later in the argument list than every preset value: tiny ViTs, no W&B, no workers, a small val split.
-TINY_RUN = [
-    "--data.val_size=100",
-    "--data.batch_size=16",
-    "--data.num_workers=0",
-    "--model.embed_dim=16",
-    "--model.depth=1",
-    "--model.num_heads=2",
-    "--trainer.max_epochs=1",
-    "--trainer.logger=false",
-    "--trainer.callbacks=[]",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
-
-
-def pipeline_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--config", str(MINI), "--data_dir", str(data_dir), "--check_integrity", "false", "--out", str(out),
-        "--common_args", json.dumps(TINY_RUN),
-        "--evaluate_args", json.dumps(["--k", "1", "2", "--val-size", "100", "--num-workers", "0",
-                                       "--wandb-mode", "disabled", "--accelerator", "cpu"]),
-        "--export_args", json.dumps(["--k", "2", "--val-size", "100"]),
-        *extra,
-    ]  # fmt: skip
+TINY = REPO_ROOT / "tests" / "conf" / "pipeline_tiny.yaml"
+PRESETS = sorted(p for p in (CONFIG_DIR / "experiments").glob("*.yaml") if "experts_config" in p.read_text())
 
 
 @pytest.fixture(autouse=True)
@@ -44,61 +21,113 @@ def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO_ROOT)  # the presets name their configs relative to the repository
 
 
-PRESETS = sorted(p for p in (CONFIG_DIR / "experiments").glob("*.yaml") if "experts_config" in p.read_text())
+def run(data_dir: Path, out: Path, *extra: str) -> int:
+    return pipeline.main(["--config", str(TINY), "--data.data_dir", str(data_dir), "--out", str(out), *extra])
 
 
-def test_mini_preset_has_four_experts() -> None:
-    opts = pipeline.build_parser().parse_args(["--config", str(MINI)])
-    assert opts.preset == "mini" and opts.seeds == [0]
-    experts = train_experts.build_parser().parse_args(["--config", opts.experts_config])
-    assert len(train_experts.parse_partition_spec(experts.partition)) == 4
+def markers(out: Path) -> dict[str, str]:
+    """Fingerprint of every finished step (from its completion marker)."""
+    found = {}
+    for path in sorted(out.rglob(pipeline.MARKER)):
+        found[str(path.parent.relative_to(out))] = json.loads(path.read_text())["fingerprint"]
+    return found
+
+
+def finished_at(out: Path) -> dict[str, int]:
+    return {str(p.parent.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob(pipeline.MARKER)}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_every_pipeline_preset_parses_and_names_existing_configs(preset: Path) -> None:
-    opts = pipeline.build_parser().parse_args(["--config", str(preset)])
-    experts = train_experts.build_parser().parse_args(["--config", opts.experts_config])
-    configs = [*opts.generalist_config, *experts.base_config, *experts.progressive_config, *experts.static_config,
-               *experts.common_config]
-    assert all(Path(c).is_file() for c in configs), configs
+    parser = pipeline.build_parser()
+    opts = parser.instantiate(parser.parse_args(["--config", str(preset)]))
+    job = train_experts.load_job(opts.experts_config)
+    configs = [*opts.generalist_config, *job.base_config, *job.progressive_config, *job.static_config]
+    assert all(Path(c).is_file() for c in [*configs, *job.common_config]), configs
     assert opts.preset == preset.stem
+    assert all(Path(p).is_file() for p in opts.evaluate.profiles or [])
 
 
-def test_pipeline_end_to_end_resumes_without_redoing_steps(fake_cifar_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "mini"
+def test_pipeline_runs_reuses_fresh_steps_and_reruns_exactly_what_changed(fake_cifar_root: Path, tmp_path: Path):
+    out = tmp_path / "tiny"
     # An interrupted job: only the generalist step finished.
-    assert pipeline.main(pipeline_args(fake_cifar_root, out, "--steps", "[generalist]")) == 0
-    generalist = out / "seed_0" / "generalist" / "generalist.ckpt"
-    first_mtime = generalist.stat().st_mtime_ns
-    assert not (out / "seed_0" / "base").exists()
+    assert run(fake_cifar_root, out, "--steps", "[generalist]") == 0
+    first = markers(out)
+    assert list(first) == ["seed_0/generalist"]
 
-    assert pipeline.main(pipeline_args(fake_cifar_root, out)) == 0
-    assert generalist.stat().st_mtime_ns == first_mtime  # not retrained
+    assert run(fake_cifar_root, out) == 0
+    done = markers(out)
+    assert set(done) == {"seed_0/generalist", "seed_0/experts", "seed_0/eval", "seed_0/bundle.step"}
+    assert done["seed_0/generalist"] == first["seed_0/generalist"]  # reused, not retrained
     seed = out / "seed_0"
-    experts = [f"expert_{j}.ckpt" for j in range(4)]
-    for mode in ("progressive", "static"):
-        assert sorted(p.name for p in (seed / "experts" / mode).glob("*.ckpt")) == experts
-    assert (seed / "eval" / "val" / "summary.json").is_file()
-    assert (seed / "bundle" / "manifest.json").is_file()
-
+    for variant in ("progressive", "static", "static_init"):
+        assert sorted(p.name for p in (seed / "experts" / variant).glob("*.ckpt")) == ["expert_0.ckpt", "expert_1.ckpt"]
+    assert (seed / "eval" / "val" / "complete.json").is_file() and (seed / "bundle" / "manifest.json").is_file()
     report = (out / "report.md").read_text()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["seeds"] == [0] and set(summary["experts"]) == {"0", "1", "2", "3"}
-    assert {"routed@k1", "routed@k2", "static@k1", "base@k0", "oracle@k0", "random@k1"} <= set(summary["curves"])
-    assert "python pipeline.py --config" in report
-    assert "one seed only" in report and "Progressive experts above static experts" in report
-    assert any(p.suffix == ".png" for p in (out / "plots").iterdir())
+    assert "python pipeline.py --config" in report and "one seed only" in report
 
-    # A second complete run skips every step and only rewrites the report.
-    done = {p: p.stat().st_mtime_ns for p in seed.rglob("*.ckpt")}
-    assert pipeline.main(pipeline_args(fake_cifar_root, out)) == 0
-    assert {p: p.stat().st_mtime_ns for p in done} == done
+    # Nothing changed: every step is fresh and skipped.
+    stamps = finished_at(out)
+    assert run(fake_cifar_root, out) == 0
+    assert finished_at(out) == stamps
+
+    # An evaluation argument changed: the evaluation reruns; training and export (which do not read it) do not.
+    assert run(fake_cifar_root, out, "--evaluate.k", "[1]") == 0
+    after = finished_at(out)
+    assert [k for k in after if after[k] != stamps[k]] == ["seed_0/eval"]
+    summary = json.loads((seed / "eval" / "val" / "summary.json").read_text())
+    assert summary["k_values"] == [1]
+
+    # A generalist argument changed: the generalist reruns ...
+    changed = ["--evaluate.k", "[1]", "--generalist_args", "[--model.lr=5.0e-4]"]
+    assert run(fake_cifar_root, out, *changed, "--steps", "[generalist]") == 0
+    again = finished_at(out)
+    assert [k for k in again if again[k] != after[k]] == ["seed_0/generalist"]
+    # ... and every step that reads its checkpoint is stale now (their recorded input hash no longer matches).
+    parser = pipeline.build_parser()
+    argv = ["--config", str(TINY), "--data.data_dir", str(fake_cifar_root), "--out", str(out), *changed]
+    seed_run = pipeline.SeedRun(parser.instantiate(parser.parse_args(argv)), 0)
+    assert {s: seed_run.fresh(s, seed_run.step_record(s)) for s in ("generalist", "experts", "evaluate", "export")} == {
+        "generalist": True, "experts": False, "evaluate": False, "export": False
+    }  # fmt: skip
+
+    # --force_step reruns a fresh step.
+    assert run(fake_cifar_root, out, *changed, "--steps", "[generalist]", "--force_step", "[generalist]") == 0
+    forced = finished_at(out)
+    assert [k for k in forced if forced[k] != again[k]] == ["seed_0/generalist"]
 
 
-def test_missing_step_input_is_a_clear_error(
-    fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+def test_outputs_that_no_finished_step_vouches_for_are_not_reused(fake_cifar_root: Path, tmp_path: Path):
+    out = tmp_path / "stale"
+    assert run(fake_cifar_root, out, "--steps", "[generalist]") == 0
+    # Results from elsewhere (a committed example, an older run) sitting where the pipeline writes.
+    val = out / "seed_0" / "eval" / "val"
+    val.mkdir(parents=True)
+    (val / "summary.json").write_text(json.dumps({"stale": True}))
+    (val / "complete.json").write_text(json.dumps({"files": ["summary.json"]}))
+    experts = out / "seed_0" / "experts" / "progressive"
+    experts.mkdir(parents=True)
+    (experts / "expert_0.ckpt").write_text("not from this run")
+    assert run(fake_cifar_root, out, "--steps", "[generalist, experts, evaluate]") == 0
+    assert "stale" not in json.loads((val / "summary.json").read_text())
+    assert (experts / "expert_0.ckpt").read_bytes()[:2] == b"PK"  # retrained: a real (zip) checkpoint
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "[evaluate]"], "Step 'evaluate' of seed 0 needs"),
+        (["--force_step", "[evaluation]"], "force_step"),
+        (["--seeds", "[0, 0]"], "distinct"),
+        (["--experts_config", "missing.yaml"], "does not exist"),
+        (["--evaluate.k", "[0]"], "k values must be integers"),
+    ],
+)
+def test_bad_input_is_a_clear_error_before_anything_is_written(
+    fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
-    code = pipeline.main(pipeline_args(fake_cifar_root, tmp_path / "empty", "--steps", "[evaluate]"))
+    out = tmp_path / "empty"
+    assert run(fake_cifar_root, out, *extra) == 2
     err = capsys.readouterr().err
-    assert code == 2
-    assert "Step 'evaluate' of seed 0 needs" in err and "generalist.ckpt" in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()

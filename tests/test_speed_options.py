@@ -12,7 +12,7 @@ from lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
 import train
-from lightning_modules import GeneralistModule
+from lightning_modules.classifier import ClassifierModule
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2, drop_path_rate=0.0, warmup_epochs=0)
 
@@ -26,7 +26,7 @@ def _batches(count: int, size: int, seed: int = 0) -> list[tuple[torch.Tensor, t
     ]  # fmt: skip
 
 
-def _fit(module: GeneralistModule, batches: list, callbacks: list[Callback] = (), **trainer_kwargs) -> Trainer:
+def _fit(module: ClassifierModule, batches: list, callbacks: list[Callback] = (), **trainer_kwargs) -> Trainer:
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=1,
@@ -43,17 +43,17 @@ def _fit(module: GeneralistModule, batches: list, callbacks: list[Callback] = ()
     return trainer
 
 
-def _weights(module: GeneralistModule) -> dict[str, torch.Tensor]:
+def _weights(module: ClassifierModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
 
-def _changed(before: dict[str, torch.Tensor], module: GeneralistModule) -> bool:
+def _changed(before: dict[str, torch.Tensor], module: ClassifierModule) -> bool:
     return any(not torch.equal(before[k], v) for k, v in module.model.state_dict().items())
 
 
 def test_bf16_mixed_runs_the_network_in_bfloat16():
     torch.manual_seed(0)
-    module = GeneralistModule(**TINY)
+    module = ClassifierModule(**TINY)
     dtypes = []
     module.model.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
     before = _weights(module)
@@ -70,8 +70,8 @@ def test_compile_trains_and_keeps_the_eager_parameter_names():
     counters = torch._dynamo.utils.counters
     counters.clear()
     # aot_eager traces forward and backward like inductor but skips its code generation (minutes on 2 cores).
-    module = GeneralistModule(**TINY, compile=True, compile_backend="aot_eager")
-    eager_keys = list(GeneralistModule(**TINY).state_dict())
+    module = ClassifierModule(**TINY, compile=True, compile_backend="aot_eager")
+    eager_keys = list(ClassifierModule(**TINY).state_dict())
     before = _weights(module)
     trainer = _fit(module, _batches(2, 8))
     assert counters["stats"]["unique_graphs"] > 0, "torch.compile never captured the network"
@@ -89,7 +89,7 @@ class GradientRecorder(Callback):
 
 def test_gradient_accumulation_equals_the_full_batch():
     torch.manual_seed(0)
-    reference = GeneralistModule(**TINY)
+    reference = ClassifierModule(**TINY)
     ((images, labels, indices),) = _batches(1, 16)
     halves = [(images[:8], labels[:8], indices[:8]), (images[8:], labels[8:], indices[8:])]
     gradients = {}
@@ -121,4 +121,4 @@ def test_speed_preset_trains_through_the_cli(fake_cifar_root: Path, tmp_path: Pa
     assert checkpoint["hyper_parameters"]["compile"] is True
     assert checkpoint["global_step"] == 2  # 4 batches, accumulated in pairs
     # Compiled training saves eager parameter names: the checkpoint loads into an uncompiled module.
-    GeneralistModule(embed_dim=16, depth=1, num_heads=2).load_state_dict(checkpoint["state_dict"])
+    ClassifierModule(embed_dim=16, depth=1, num_heads=2).load_state_dict(checkpoint["state_dict"])

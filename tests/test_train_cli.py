@@ -16,7 +16,7 @@ from conftest import CONFIG_DIR, REPO_ROOT, TrainedRun
 from fake_cifar100 import write_fake_cifar100
 
 import train
-from lightning_modules import GeneralistModule
+from lightning_modules.classifier import ClassifierModule
 
 GENERALIST = str(CONFIG_DIR / "generalist.yaml")
 pytestmark = [
@@ -60,7 +60,7 @@ def test_fit_writes_checkpoints_and_offline_wandb_run(tiny_generalist_run: Train
     assert saved["model"]["init_args"]["depth"] == 1
     # The checkpoint alone rebuilds the trained network.
     checkpoint = torch.load(run.last_ckpt, map_location="cpu", weights_only=False)
-    model = GeneralistModule.load_from_checkpoint(run.last_ckpt, map_location="cpu")
+    model = ClassifierModule.load_from_checkpoint(run.last_ckpt, map_location="cpu")
     assert (model.hparams.embed_dim, model.hparams.depth, model.hparams.num_heads) == (16, 1, 2)
     for name, value in model.state_dict().items():
         assert torch.equal(value, checkpoint["state_dict"][name]), name
@@ -105,7 +105,7 @@ def test_checkpoint_of_another_architecture_is_refused(tiny_generalist_run: Trai
         str(tiny_generalist_run.last_ckpt),
     ]
     code, out, err = run_cli(capsys, ["validate", "-c", GENERALIST, *args])
-    assert_clean_error(code, out, err, "depth: config 2, checkpoint 1")
+    assert_clean_error(code, out, err, "expected depth=2, found depth=1")
 
 
 def test_test_without_test_file_is_refused(fake_cifar_train_only: Path, cli_args, tiny_model_args, capsys):

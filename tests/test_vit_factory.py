@@ -85,19 +85,19 @@ def test_pretrained224_checkpoint_restores_without_the_weights_file(deit_weights
     """A checkpoint holds every weight: restoring must not fetch ImageNet weights (offline, file gone)."""
     from lightning import Trainer
 
-    from lightning_modules import GeneralistModule
+    from lightning_modules.classifier import ClassifierModule
 
     path, _ = deit_weights
     copy = tmp_path / "deit_copy.pth"
     copy.write_bytes(path.read_bytes())
-    module = GeneralistModule(preset="pretrained224", pretrained_path=str(copy), **TINY)
+    module = ClassifierModule(preset="pretrained224", pretrained_path=str(copy), **TINY)
     trainer = Trainer(logger=False, accelerator="cpu", enable_checkpointing=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "g.ckpt")
     copy.unlink()
     with pytest.raises(SuiteError, match="does not exist"):  # building it anew needs the file ...
-        GeneralistModule(preset="pretrained224", pretrained_path=str(copy), **TINY)
-    restored = GeneralistModule.load_from_checkpoint(tmp_path / "g.ckpt", map_location="cpu")  # ... restoring not
+        ClassifierModule(preset="pretrained224", pretrained_path=str(copy), **TINY)
+    restored = ClassifierModule.load_from_checkpoint(tmp_path / "g.ckpt", map_location="cpu")  # ... restoring not
     images = torch.randn(2, 3, 32, 32)
     module.eval(), restored.eval()
     assert torch.equal(module(images), restored(images))

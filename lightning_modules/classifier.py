@@ -1,8 +1,10 @@
-"""All-class ViT classifier: the edge generalist, and (with ``arch: vit_small``) the stage-0 base expert."""
+"""The ViT classifier LightningModule: a 100-way ViT whose role is the edge generalist or the stage-0 base.
+
+ExpertModule (lightning_modules/expert.py) extends it with a subset and a stage schedule.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
@@ -10,28 +12,19 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from torch.optim.lr_scheduler import LambdaLR
+from timm.optim import param_groups_weight_decay
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassStatScores
 
 from core.cifar100 import FINE_TO_COARSE, SUPERCLASSES
-from core.errors import SuiteError
-from lightning_modules.vit_factory import Preset, create_vit
+from lightning_modules.schedules import warmup_cosine
+from lightning_modules.vit_factory import Preset, architecture_mismatch, create_vit
 
-# Init arguments that fix the network's shape: a checkpoint must agree on them to load.
-ARCHITECTURE_KEYS = ("arch", "preset", "num_classes", "embed_dim", "depth", "num_heads")
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate factor: linear warm-up from ~0 to 1, then cosine decay to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+Role = Literal["generalist", "base", "expert"]
 
 
-class GeneralistModule(LightningModule):
-    """A 100-way ViT trained on all CIFAR-100 classes.
+class ClassifierModule(LightningModule):
+    """A 100-way ViT trained on all CIFAR-100 classes (role ``generalist`` or ``base``).
 
     Args:
         arch: ``vit_tiny`` (generalist), ``vit_small`` (base/experts) or ``vit_base``.
@@ -39,9 +32,10 @@ class GeneralistModule(LightningModule):
         pretrained_path: local weights file for ``pretrained224`` instead of the hub.
         fetch_pretrained: load the ``pretrained224`` ImageNet weights at construction; ``load_from_checkpoint``
             turns it off, since the checkpoint holds every weight (so restoring needs no network).
-        embed_dim, depth, num_heads: override the arch's shape.
-        role: what this model is in the collaboration (``generalist``, ``base`` or ``expert``); recorded in
-            checkpoints so tools can refuse the wrong kind.
+        embed_dim, depth, num_heads, patch_size: override the arch's shape (patch: scratch32 only).
+        role: what this model is in the collaboration: ``generalist`` (the edge model) or ``base`` (stage 0, the
+            "one medium model" baseline); ExpertModule sets ``expert``. Recorded in checkpoints so that tools can
+            refuse the wrong kind.
         lr, weight_decay, warmup_epochs: AdamW with linear warm-up then cosine decay, stepped per batch.
         label_smoothing, mixup_alpha, cutmix_alpha: regularisation; mixup/cutmix are off at 0.
         compile, compile_backend: ``torch.compile`` the network in place when a Trainer sets the model up
@@ -61,8 +55,9 @@ class GeneralistModule(LightningModule):
         embed_dim: int | None = None,
         depth: int | None = None,
         num_heads: int | None = None,
+        patch_size: int | None = None,
         drop_path_rate: float = 0.1,
-        role: Literal["generalist", "base", "expert"] = "generalist",
+        role: Role = "generalist",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_epochs: float = 5.0,
@@ -76,7 +71,16 @@ class GeneralistModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_vit(
-            arch, preset, num_classes, pretrained_path, drop_path_rate, embed_dim, depth, num_heads, fetch_pretrained
+            arch,
+            preset,
+            num_classes,
+            pretrained_path,
+            drop_path_rate,
+            embed_dim,
+            depth,
+            num_heads,
+            fetch_pretrained,
+            patch_size,
         )
         self.mixup = (
             Mixup(mixup_alpha, cutmix_alpha, label_smoothing=label_smoothing, num_classes=num_classes)
@@ -111,25 +115,30 @@ class GeneralistModule(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.ndim == 2:  # soft targets from mixup/cutmix
-            return SoftTargetCrossEntropy()(logits, targets)
-        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+    def check_inputs(self) -> None:
+        """Check the files this module reads (none for a classifier; ExpertModule reads base and generalist)."""
+
+    def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, loss) of a training batch; ``targets`` are class ids, or soft targets from mixup/cutmix."""
+        logits = self(images)
+        if targets.ndim == 2:
+            return logits, SoftTargetCrossEntropy()(logits, targets)
+        return logits, F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        images, labels = batch[0], batch[1]
-        targets = labels
+        images, targets = batch[0], batch[1]
         if self.mixup is not None:
-            images, targets = self.mixup(images, labels)
-        loss = self.training_loss(self(images), targets)
+            images, targets = self.mixup(images, targets)
+        _, loss = self.compute_loss(images, targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch: tuple, metrics: MetricCollection, prefix: str) -> None:
+    def _eval_step(self, batch: tuple, metrics: MetricCollection, prefix: str) -> torch.Tensor:
         images, labels = batch[0], batch[1]
         logits = self(images)
         self.log(f"{prefix}loss", F.cross_entropy(logits, labels), sync_dist=True)
         metrics.update(logits.float().softmax(-1), labels)
+        return logits
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val/")
@@ -159,35 +168,27 @@ class GeneralistModule(LightningModule):
     def predict_step(self, batch: tuple, batch_idx: int) -> dict[str, torch.Tensor]:
         return {"logits": self(batch[0]), "labels": batch[1], "indices": batch[2]}
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                # No weight decay on norms, biases, tokens and position embeddings (the timm/DeiT convention).
-                (no_decay if param.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
+    def optimizer(self) -> torch.optim.Optimizer:
+        """AdamW without weight decay on norms, biases, tokens and position embeddings (timm's parameter groups)."""
+        groups = param_groups_weight_decay(
+            self.model, self.hparams.weight_decay, no_weight_decay_list=self.model.no_weight_decay()
         )
+        return torch.optim.AdamW(groups, lr=self.hparams.lr)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer()
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = max(1, round(self.hparams.warmup_epochs * total / epochs))
-        scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        scheduler = warmup_cosine(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> GeneralistModule:
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> ClassifierModule:
         # The checkpoint holds every weight: do not fetch the preset's ImageNet weights first (works offline).
         kwargs.setdefault("fetch_pretrained", False)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        found = checkpoint.get("hyper_parameters", {})
-        pairs = {key: (self.hparams.get(key), found.get(key)) for key in ARCHITECTURE_KEYS}
-        mismatched = {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
-        if mismatched:
-            details = "; ".join(f"{k}: config {want!r}, checkpoint {got!r}" for k, (want, got) in mismatched.items())
-            raise SuiteError(
-                f"The checkpoint does not match the model config ({details}). Use the config the checkpoint was "
-                f"trained with, or set those --model.* values to the checkpoint's."
-            )
+        # Refuse weights of another shape with a message rather than a state-dict size error.
+        architecture_mismatch(self.hparams, checkpoint.get("hyper_parameters", {}), raise_as="--ckpt_path")
