@@ -32,6 +32,7 @@ from core.errors import SuiteError
 from core.options import DataOptions, WandbOptions
 from core.policies import Report, check_operating_rule
 from core.routing import FIT, check_k_values, check_measures, check_temperature
+from core.stats import MIN_RESAMPLES
 from datamodules.cifar100 import evaluation_datamodule
 from lightning_modules.collaborative import CollaborativeSystem
 
@@ -56,8 +57,15 @@ def check_arguments(
     gap: float,
     budget: float | None,
     profiles: list[str] | None,
+    within_points: float = 0.5,
+    delta: float = 0.005,
+    bootstrap: int = 1000,
 ) -> tuple[list[int], list[str], list[Profile]]:
     """The routing and reporting options, checked (k values, measures, profiles loaded) before any work."""
+    if bootstrap < MIN_RESAMPLES:
+        raise SuiteError(f"--bootstrap must be >= {MIN_RESAMPLES} resamples for a 95 % interval, got {bootstrap}.")
+    if not (within_points >= 0 and delta >= 0):
+        raise SuiteError(f"--within_points and --delta must be >= 0, got {within_points} and {delta}.")
     k_values = check_k_values(k or [1, 2, 3, 5], 100)
     measures = check_measures(confidence or ["max_prob"])
     check_temperature(temperature)
@@ -71,6 +79,7 @@ def evaluate(
     experts: list[str],
     out: str,
     static_experts: list[str] | None = None,
+    static_init_experts: list[str] | None = None,
     base: str | None = None,
     data: DataOptions = DataOptions(),
     split: Literal["val", "test"] = "val",
@@ -82,6 +91,10 @@ def evaluate(
     gap: float = 0.005,
     budget: float | None = None,
     random_seed: int = 0,
+    reference: Literal["base", "oracle", "generalist"] | None = None,
+    within_points: float = 0.5,
+    delta: float = 0.005,
+    bootstrap: int = 1000,
     force: bool = False,
     wandb: WandbOptions = WandbOptions(),
     accelerator: str = "auto",
@@ -94,7 +107,10 @@ def evaluate(
         generalist: checkpoint of the edge generalist (role generalist).
         experts: expert checkpoints: files, folders (their *.ckpt) or quoted globs; must partition the classes.
         out: output folder (refuses finished results unless --force).
-        static_experts: static-expert checkpoints (same forms as --experts), the single-stage baseline.
+        static_experts: static-from-base expert checkpoints (same forms as --experts): the single-stage baseline that
+            starts from the stage-0 weights with the progressive stages' step budget.
+        static_init_experts: static-from-init expert checkpoints: single stage from the seeded init, with the full
+            per-expert budget (stage 0's steps plus the progressive stages').
         base: checkpoint of the stage-0 base model (role base), the "medium model" policy.
         data: the CIFAR-100 folder and split settings, as in training.
         split: split to report; test evaluates val first (temperature and operating point chosen there).
@@ -107,6 +123,12 @@ def evaluate(
         gap: within_gap: accuracy gap to all-offloaded (0.005 = 0.5 points).
         budget: latency (ms) or energy (mJ) budget of the budget rules.
         random_seed: seed of the random-offload policy.
+        reference: the accuracy the offload_within_* scalars are measured against (default base when --base is
+            given, else oracle).
+        within_points: X of "the offload needed to come within X accuracy points of the reference".
+        delta: "up to" cost reductions count thresholds whose accuracy is at least the baseline's minus delta
+            (accuracy units; 0.005 = 0.5 points).
+        bootstrap: paired-bootstrap resamples behind every finding's 95 % interval (at least 100).
         force: replace the results already in --out.
         wandb: the W&B run (mode, project, name, group, tags, require_online).
         accelerator: Lightning accelerator: auto, cpu, gpu, ...
@@ -117,22 +139,35 @@ def evaluate(
     """
     out_dir = Path(out)
     splits = ["val"] if split == "val" else ["val", "test"]
-    k_values, measures, loaded_profiles = check_arguments(k, confidence, temperature, rule, gap, budget, profiles)
+    k_values, measures, loaded_profiles = check_arguments(
+        k, confidence, temperature, rule, gap, budget, profiles, within_points, delta, bootstrap
+    )
     check_output_folder(out_dir, splits, force)
     datamodule = evaluation_datamodule(data)
     for name in splits:  # every split on disk and non-empty before any model runs
         datamodule.dataset(name)
+    if reference == "base" and base is None:
+        raise SuiteError("--reference base needs the base model: pass --base BASE.ckpt, or choose oracle.")
     system = CollaborativeSystem.from_checkpoints(
         generalist,
         experts,
-        static_experts=static_experts,
+        baselines={"static": static_experts, "static_init": static_init_experts},
         base=base,
         k_values=k_values,
         confidence_measures=measures,
         temperature=temperature,
     )
     callback = CollaborativeInferenceCallback(
-        out_dir=out_dir, profiles=loaded_profiles, rule=rule, gap=gap, budget=budget, random_seed=random_seed
+        out_dir=out_dir,
+        profiles=loaded_profiles,
+        rule=rule,
+        gap=gap,
+        budget=budget,
+        random_seed=random_seed,
+        reference=reference,
+        within_points=within_points,
+        delta=delta,
+        bootstrap=bootstrap,
     )
     logger = None
     if resolve_wandb_mode(wandb.mode) != "disabled":

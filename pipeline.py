@@ -45,7 +45,7 @@ from core.costs import load_profile
 from core.errors import SuiteError
 from core.fingerprint import fingerprint
 from core.options import DataOptions
-from core.results_report import aggregate, render_markdown
+from core.results_report import render_markdown, report_summary
 from datamodules.cifar100_files import download, split_file
 from deploy.__main__ import export as export_command
 
@@ -70,7 +70,8 @@ CODE = {
     "export": ("deploy.__main__", "deploy.export", "lightning_modules.classifier", "lightning_modules.expert"),
 }
 # Arguments of evaluate.evaluate / deploy export that the pipeline sets itself, per seed.
-EVALUATE_OWN = {"generalist", "experts", "out", "static_experts", "base", "data", "split", "force"}
+EVALUATE_OWN = {"generalist", "experts", "out", "static_experts", "static_init_experts", "base", "data", "split"}
+EVALUATE_OWN |= {"force"}
 EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on"}
 console = Console()
 
@@ -265,6 +266,7 @@ class SeedRun:
                 generalist=str(self.generalist),
                 experts=[str(self.experts["progressive"])],
                 static_experts=static.get("static"),
+                static_init_experts=static.get("static_init"),
                 base=str(self.base),
                 data=self.data,
                 split=self.opts.split,
@@ -313,7 +315,7 @@ def git_commit() -> str:
 
 def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str]) -> Path:
     out = Path(opts.out)
-    agg = aggregate([run.results() for run in runs])
+    results = [run.results() for run in runs]
     plots_dir = out / "plots"
     if plots_dir.exists():
         shutil.rmtree(plots_dir)
@@ -326,8 +328,8 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str]) -> P
         "command": " ".join(["python pipeline.py", *argv]),
         "commit (when the report was written)": git_commit(),
     }
-    write_text_atomic(out / "report.md", render_markdown(agg, header, plots))
-    write_json_atomic(out / "summary.json", {"header": header, **agg}, default=list)
+    write_text_atomic(out / "report.md", render_markdown(results, header, plots))
+    write_json_atomic(out / "summary.json", {"header": header, **report_summary(results)}, default=list)
     return out / "report.md"
 
 
@@ -365,7 +367,9 @@ def check_options(opts: Namespace) -> None:
     if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds):
         raise SuiteError(f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers.")
     e = opts.evaluate
-    evaluate.check_arguments(e.k, e.confidence, e.temperature, e.rule, e.gap, e.budget, e.profiles)
+    evaluate.check_arguments(
+        e.k, e.confidence, e.temperature, e.rule, e.gap, e.budget, e.profiles, e.within_points, e.delta, e.bootstrap
+    )
     if not opts.export.gap >= 0:
         raise SuiteError(f"--export.gap must be >= 0 (accuracy units), got {opts.export.gap!r}.")
     if opts.export.profile is not None:

@@ -1,25 +1,23 @@
 """Training samples/s of DDP on 2 CPU processes (gloo) against 1 process, side by side in one run.
 
-    python benchmarks/bench_ddp.py [--batch-size 64] [--steps 15] [--repeats 2] [--threads-per-process 1]
+    python benchmarks/bench_ddp.py [--batch_size 64] [--steps 15] [--repeats 2] [--threads_per_process 1]
 
 The same small ViT (ClassifierModule, embed 96, depth 4, heads 3) trains through Lightning on in-memory random
 batches: once with ``devices=1``, once with ``devices=2, strategy=ddp_spawn``, alternately ``--repeats`` times.
-``--batch-size`` is per device, as in the configs, so DDP processes twice the samples per step; samples/s counts
-all ranks. Every process gets ``--threads-per-process`` torch threads, so the ideal ratio is 2.0 when the machine
+``--batch_size`` is per device, as in the configs, so DDP processes twice the samples per step; samples/s counts
+all ranks. Every process gets ``--threads_per_process`` torch threads, so the ideal ratio is 2.0 when the machine
 has two free cores (gradient all-reduce and the per-step synchronisation are the loss).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
-from bench_train_step import StepTimer
-from lightning import Trainer
+from common import StepTimer, quiet_trainer, run_cli
 from torch.utils.data import TensorDataset
 
 from lightning_modules.classifier import ClassifierModule
@@ -47,52 +45,54 @@ class RateRecorder(StepTimer):
             self.path.write_text(json.dumps(samples / (self.end - self.start)))
 
 
-def samples_per_second(devices: int, args: argparse.Namespace, workdir: Path) -> float:
-    steps = args.warmup + args.steps
+def samples_per_second(
+    devices: int, batch_size: int, steps: int, warmup: int, threads_per_process: int, workdir: Path
+) -> float:
+    total = warmup + steps
     generator = torch.Generator().manual_seed(0)
-    n = steps * args.batch_size * devices
+    n = total * batch_size * devices
     data = TensorDataset(
         torch.randn(n, 3, 32, 32, generator=generator),
         torch.randint(0, 100, (n,), generator=generator),
         torch.arange(n),
     )
     result = workdir / f"rate_{devices}.json"
-    recorder = RateRecorder(args.warmup, args.threads_per_process, args.batch_size, result)
-    trainer = Trainer(
-        accelerator="cpu",
+    recorder = RateRecorder(warmup, threads_per_process, batch_size, result)
+    trainer = quiet_trainer(
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         callbacks=[recorder],
     )
     model = ClassifierModule(embed_dim=96, depth=4, num_heads=3, warmup_epochs=0)
-    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=args.batch_size))
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=batch_size))
     return json.loads(result.read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=64, help="per device")
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads-per-process", type=int, default=1)
-    args = parser.parse_args()
+def main(
+    batch_size: int = 64, steps: int = 15, warmup: int = 3, repeats: int = 2, threads_per_process: int = 1
+) -> None:
+    """DDP on 2 CPU processes against 1 process, samples/s (see the module docstring).
 
+    Args:
+        batch_size: training batch per device (DDP steps on twice the samples).
+        steps: timed steps per measurement.
+        warmup: untimed steps before them.
+        repeats: measurements per setting, alternating; medians are printed.
+        threads_per_process: torch threads of every process.
+    """
     rates: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as workdir:
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for devices in rates:
-                rates[devices].append(samples_per_second(devices, args, Path(workdir)))
+                rates[devices].append(
+                    samples_per_second(devices, batch_size, steps, warmup, threads_per_process, Path(workdir))
+                )
     medians = {devices: statistics.median(values) for devices, values in rates.items()}
     print(
-        f"ClassifierModule embed 96 / depth 4, batch {args.batch_size} per device, {args.steps} timed steps x "
-        f"{args.repeats} repeats (alternating), {args.threads_per_process} thread(s) per process, gloo"
+        f"ClassifierModule embed 96 / depth 4, batch {batch_size} per device, {steps} timed steps x "
+        f"{repeats} repeats (alternating), {threads_per_process} thread(s) per process, gloo"
     )
     for devices, values in rates.items():
         label = "1 process " if devices == 1 else "DDP 2 proc"
@@ -101,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, __doc__)

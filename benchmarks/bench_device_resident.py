@@ -1,7 +1,7 @@
 """Images/s delivered by the device-resident training path against the DataLoader path, side by side.
 
-    python benchmarks/bench_device_resident.py --data-dir ../shared/data/cifar100 [--no-check-integrity]
-    python benchmarks/bench_device_resident.py --fake   # a generated 50k-image folder (pixels do not matter)
+    python benchmarks/bench_device_resident.py --data.data_dir ../shared/data/cifar100 [--data.check_integrity false]
+    python benchmarks/bench_device_resident.py --fake true   # a generated 50k-image folder (pixels do not matter)
 
 Both paths deliver ``basic``-augmented (pad-4 crop + flip), normalised training batches of the same DataModule;
 they run alternately ``--repeats`` times, each timing ``--batches`` batches after the first (worker start-up and
@@ -11,88 +11,63 @@ device-resident path runs on the CPU, as here; on a GPU it runs on the model's d
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
-import tempfile
-import time
-from collections.abc import Iterable
-from pathlib import Path
 
 import torch
+from common import data_source, delivered_rate, run_cli
 
+from core.options import DataOptions
 from datamodules.cifar100 import CIFAR100DataModule
 
 
-def delivered_rate(loader: Iterable, batches: int, batch_size: int) -> float:
-    """Images/s over ``batches`` batches after the first."""
-    iterator = iter(loader)
-    next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * batch_size / (time.perf_counter() - start)
+def main(
+    data: DataOptions = DataOptions(),
+    fake: bool = False,
+    batch_size: int = 128,
+    batches: int = 20,
+    repeats: int = 3,
+    workers: int = 2,
+    threads: int | None = None,
+) -> None:
+    """Device-resident against DataLoader delivery, images/s (see the module docstring).
 
+    Args:
+        data: the CIFAR-100 folder (``--data.data_dir``, ``--data.check_integrity``) and its train/val split;
+            the batch and workers are ``--batch_size`` and ``--workers``.
+        fake: generate a 50k-image folder instead of reading ``--data.data_dir``.
+        batch_size: training batch of both paths.
+        batches: timed batches per measurement.
+        repeats: measurements per path, alternating; medians are printed.
+        workers: DataLoader workers of the DataLoader path.
+        threads: torch threads of the main process (on a busy CPU, 1 avoids oversubscription); default torch's.
+    """
+    source = data_source(data, fake)
+    if threads:
+        torch.set_num_threads(threads)
 
-def fake_data_dir(train_per_class: int) -> str:
-    """A generated CIFAR-100 folder with ``train_per_class`` images per class (tests/fake_cifar100.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from fake_cifar100 import write_fake_cifar100
-
-    return str(write_fake_cifar100(tempfile.mkdtemp(prefix="fake_cifar_"), train_per_class, 1))
-
-
-def add_data_source_args(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir`` or ``--fake``, and ``--no-check-integrity``: the data options of the throughput benchmarks."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", help="folder that contains cifar-100-python/")
-    source.add_argument("--fake", action="store_true", help="generate a 50k-image folder instead")
-    parser.add_argument("--no-check-integrity", action="store_true", help="load a re-packed copy (md5 differs)")
-
-
-def data_source(args: argparse.Namespace) -> tuple[str, bool]:
-    """(data_dir, check_integrity) for the options of ``add_data_source_args``; pixels do not change speed."""
-    if args.fake:
-        return fake_data_dir(500), False
-    return args.data_dir, not args.no_check_integrity
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_source_args(parser)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the DataLoader path")
-    parser.add_argument(
-        "--threads", type=int, help="torch threads of the main process (on a busy CPU, 1 avoids oversubscription)"
-    )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    data_dir, check_integrity = data_source(args)
     common = dict(
-        check_integrity=check_integrity,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
+        check_integrity=source.check_integrity,
+        val_size=source.val_size,
+        split_seed=source.split_seed,
+        batch_size=batch_size,
+        num_workers=workers,
         augmentation="basic",
     )
     paths = {
-        "dataloader": CIFAR100DataModule(data_dir, device_resident=False, **common),
-        "device-resident": CIFAR100DataModule(data_dir, device_resident=True, **common),
+        "dataloader": CIFAR100DataModule(source.data_dir, device_resident=False, **common),
+        "device-resident": CIFAR100DataModule(source.data_dir, device_resident=True, **common),
     }
     for datamodule in paths.values():
         datamodule.setup("fit")
     rates: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name, datamodule in paths.items():
-            rates[name].append(delivered_rate(datamodule.train_dataloader(), args.batches, args.batch_size))
+            rates[name].append(delivered_rate(datamodule.train_dataloader(), batches, batch_size))
 
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(
-        f"basic augmentation, batch {args.batch_size}, {args.batches} batches x {args.repeats} repeats "
-        f"(alternating), CPU, {torch.get_num_threads()} threads, DataLoader workers {args.workers}"
+        f"basic augmentation, batch {batch_size}, {batches} batches x {repeats} repeats "
+        f"(alternating), CPU, {torch.get_num_threads()} threads, DataLoader workers {workers}"
     )
     for name, values in rates.items():
         print(f"  {name:>15}: median {medians[name]:8.0f} images/s  (all: {[round(v) for v in values]})")
@@ -101,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, __doc__)

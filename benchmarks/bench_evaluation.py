@@ -1,6 +1,6 @@
 """Benchmark of the collaborative evaluation (issue 4 performance targets), all ratios measured in one run.
 
-    python benchmarks/bench_evaluation.py [--n 512] [--repeats 5] [--experts 20]
+    python benchmarks/bench_evaluation.py [--n 512] [--repeats 5] [--experts 20] [--batch_size 512]
 
 Random-init ViTs (G: embed 64, depth 2; experts: embed 96, depth 3) on random 32x32 images, CPU. Reports:
 
@@ -9,13 +9,12 @@ Random-init ViTs (G: embed 64, depth 2; experts: embed 96, depth 3) on random 32
    so that oracle routing needs no extra pairs, as with an accurate G; with k = 1 2 3 5 the floor is G plus the
    distinct (sample, expert) pairs, reported too.
 2. running every expert on every sample vs the evaluation; target >= 10x with 20 experts.
-3. the sweep (compute_report) for 10,000 samples x 4 k x all policies x 2 profiles; target < 1 s.
+3. the sweep (core.policies.evaluate_policies) for 10,000 samples x 4 k x all policies x 2 profiles; target < 1 s.
 4. records memory per sample (O(k)) vs N x experts x 100 float32 logits.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -23,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning import Trainer
+from common import quiet_trainer, run_cli
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.collaborative_eval import CollaborativeInferenceCallback, merge_records
-from callbacks.reporting import compute_report
+from callbacks.collaborative_eval import CollaborativeInferenceCallback
 from core.costs import load_profile
+from core.policies import evaluate_policies, merge_records
 from core.subsets import superclass_partition
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.collaborative import CollaborativeSystem
@@ -63,15 +62,7 @@ def passes(models: list[torch.nn.Module], loader: DataLoader) -> None:
 
 def evaluate(system: CollaborativeSystem, loader: DataLoader) -> CollaborativeInferenceCallback:
     callback = CollaborativeInferenceCallback(out_dir=None, profiles=PROFILES, print_table=False)
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        callbacks=[callback],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    trainer = quiet_trainer(callbacks=[callback])
     trainer.validate(system, dataloaders=loader, verbose=False)
     return callback
 
@@ -92,52 +83,54 @@ def synthetic_records(n: int, ks: list[int], num_experts: int, seed: int = 0) ->
     return rec
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=512, help="evaluated samples")
-    parser.add_argument("--experts", type=int, default=20, help="number of experts (divides 20)")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats per timing (median)")
-    parser.add_argument("--batch-size", type=int, default=512, help="batch size of every pass")
-    args = parser.parse_args()
+def main(n: int = 512, experts: int = 20, repeats: int = 5, batch_size: int = 512) -> None:
+    """Collaborative evaluation against its floors, and the sweep (see the module docstring).
+
+    Args:
+        n: evaluated samples.
+        experts: number of experts (divides 20).
+        repeats: repeats per timing (median).
+        batch_size: batch size of every pass.
+    """
     torch.set_grad_enabled(False)
 
     g = vit(0, 64, 2, 2)
-    experts = [vit(1 + j, 96, 3, 3) for j in range(args.experts)]
-    images = torch.rand(args.n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    labels = torch.cat([g(x).argmax(-1) for x in images.split(args.batch_size)])  # an "accurate" G
-    loader = DataLoader(TensorDataset(images, labels, torch.arange(args.n)), batch_size=args.batch_size)
-    subsets = superclass_partition(20 // args.experts)
+    expert_vits = [vit(1 + j, 96, 3, 3) for j in range(experts)]
+    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.cat([g(x).argmax(-1) for x in images.split(batch_size)])  # an "accurate" G
+    loader = DataLoader(TensorDataset(images, labels, torch.arange(n)), batch_size=batch_size)
+    subsets = superclass_partition(20 // experts)
 
     def system(ks: list[int]) -> CollaborativeSystem:
-        return CollaborativeSystem(g, experts, subsets, k_values=ks, temperature=1.0)
+        return CollaborativeSystem(g, expert_vits, subsets, k_values=ks, temperature=1.0)
 
     one = system([1])
     multi = system([1, 2, 3, 5])
     evaluate(one, loader)  # warm-up (allocations, lazy imports)
     pairs = evaluate(multi, loader).reports["val"].meta["forwards"]["expert"]
-    repeated = DataLoader(TensorDataset(images.repeat(pairs // args.n + 1, 1, 1, 1)[:pairs]), args.batch_size)
+    repeated = DataLoader(TensorDataset(images.repeat(pairs // n + 1, 1, 1, 1)[:pairs]), batch_size)
     t = median_times(
         {
-            "floor": lambda: passes([g, experts[0]], loader),
+            "floor": lambda: passes([g, expert_vits[0]], loader),
             "eval": lambda: evaluate(one, loader),
-            "floor_multi": lambda: (passes([g], loader), passes([experts[0]], repeated)),
+            "floor_multi": lambda: (passes([g], loader), passes([expert_vits[0]], repeated)),
             "eval_multi": lambda: evaluate(multi, loader),
         },
-        args.repeats,
+        repeats,
     )
     t_floor, t_eval, t_floor_multi, t_eval_multi = t["floor"], t["eval"], t["floor_multi"], t["eval_multi"]
-    t_all = median_times({"all": lambda: passes([g, *experts], loader)}, 1)["all"]
+    t_all = median_times({"all": lambda: passes([g, *expert_vits], loader)}, 1)["all"]
 
-    rec = synthetic_records(10_000, [1, 2, 3, 5], args.experts)
+    rec = synthetic_records(10_000, [1, 2, 3, 5], experts)
     profiles = [load_profile(p) for p in PROFILES]
-    t_sweep = median_times({"sweep": lambda: compute_report(rec, profiles)}, args.repeats)["sweep"]
-    report = compute_report(rec, profiles)
+    t_sweep = median_times({"sweep": lambda: evaluate_policies(rec, profiles)}, repeats)["sweep"]
+    report = evaluate_policies(rec, profiles)
 
     real = merge_records([multi.evaluation_records(batch) for batch in loader])  # the k = 1 2 3 5 records
     rec_bytes = sum(v.nbytes for v in real.values())
-    logits_bytes = args.n * args.experts * 100 * 4
+    logits_bytes = n * experts * 100 * 4
 
-    print(f"CPU threads: {torch.get_num_threads()}, N = {args.n}, experts = {args.experts}, repeats = {args.repeats}")
+    print(f"CPU threads: {torch.get_num_threads()}, N = {n}, experts = {experts}, repeats = {repeats}")
     print(f"1. evaluation k=1 (Lightning + routing + sweep)   {t_eval:7.3f} s")
     print(
         f"   floor: G pass + one expert pass per sample     {t_floor:7.3f} s   ratio {t_eval / t_floor:.3f}x "
@@ -149,19 +142,19 @@ def main() -> None:
         f"{t_eval_multi / t_floor_multi:.3f}x"
     )
     print(
-        f"2. every expert on every sample ({args.experts} experts) {t_all:7.3f} s   {t_all / t_eval:.1f}x the "
+        f"2. every expert on every sample ({experts} experts) {t_all:7.3f} s   {t_all / t_eval:.1f}x the "
         f"k=1 evaluation (target >= 10x), {t_all / t_eval_multi:.1f}x the k=1,2,3,5 one"
     )
     print(
         f"3. sweep of 10,000 samples x 4 k x {len(report.curves)} curves x {len(profiles)} profiles "
-        f"(compute_report): {t_sweep:.3f} s (target < 1 s)"
+        f"(evaluate_policies): {t_sweep:.3f} s (target < 1 s)"
     )
     print(
-        f"4. records: {rec_bytes / args.n:.0f} B/sample with k = 1 2 3 5 (O(k)); all experts' logits would be "
-        f"{logits_bytes / args.n:.0f} B/sample ({logits_bytes / rec_bytes:.0f}x more); "
+        f"4. records: {rec_bytes / n:.0f} B/sample with k = 1 2 3 5 (O(k)); all experts' logits would be "
+        f"{logits_bytes / n:.0f} B/sample ({logits_bytes / rec_bytes:.0f}x more); "
         f"{len(real['index'])} samples"
     )
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, __doc__)

@@ -1,28 +1,33 @@
 """One-shot GPU throughput table: training images/s of the generalist and the expert architecture, DataLoader
 path against device-resident path, bf16, with and without torch.compile (about 5 minutes on one H100).
 
-    python benchmarks/gpu_throughput.py --data-dir data [--no-check-integrity]
-    python benchmarks/gpu_throughput.py --fake     # a generated 50k-image folder: pixels do not change speed
+    python benchmarks/gpu_throughput.py --data.data_dir data [--data.check_integrity false]
+    python benchmarks/gpu_throughput.py --fake true   # a generated 50k-image folder: pixels do not change speed
 
 Every cell trains through Lightning (``Trainer(precision="bf16-mixed")``) on ``basic`` augmentation (pad-4 crop
-+ flip; the device-resident path's augmentation) with ``--batch-size`` per step and times ``--steps`` steps after
++ flip; the device-resident path's augmentation) with ``--batch_size`` per step and times ``--steps`` steps after
 ``--warmup`` (which absorbs compilation), synchronising the GPU at both ends. "expert" is the expert/base
 architecture (vit_small, scratch32) on all classes: an expert's class subset changes what it sees, not its speed.
+There is no CPU path: without a CUDA device the command stops with a message (bench_device_resident.py measures
+the two data paths on the CPU).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from typing import Literal
 
 import torch
-from bench_device_resident import add_data_source_args, data_source
-from lightning import Callback, Trainer
+from common import data_source, quiet_trainer, run_cli
+from lightning import Callback
 
+from core.errors import SuiteError
+from core.options import DataOptions
 from datamodules.cifar100 import CIFAR100DataModule
 from lightning_modules.classifier import ClassifierModule
 
 MODELS = {"generalist": "vit_tiny", "expert": "vit_small"}
+ModelName = Literal["generalist", "expert"]
 
 
 class SyncedTimer(Callback):
@@ -44,59 +49,79 @@ class SyncedTimer(Callback):
 
 
 def images_per_second(
-    arch: str, device_resident: bool, compile_model: bool, data: tuple[str, bool], args: argparse.Namespace
+    arch: str,
+    device_resident: bool,
+    compile_model: bool,
+    source: DataOptions,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    workers: int,
 ) -> float:
-    data_dir, check_integrity = data
-    total = args.warmup + args.steps
-    timer = SyncedTimer(args.warmup, total)
-    trainer = Trainer(
+    total = warmup + steps
+    timer = SyncedTimer(warmup, total)
+    trainer = quiet_trainer(
         accelerator="gpu",
-        devices=1,
         precision="bf16-mixed",
         max_steps=total,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[timer],
     )
     datamodule = CIFAR100DataModule(
-        data_dir,
-        check_integrity=check_integrity,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
+        source.data_dir,
+        check_integrity=source.check_integrity,
+        val_size=source.val_size,
+        split_seed=source.split_seed,
+        batch_size=batch_size,
+        num_workers=workers,
         augmentation="basic",
         device_resident=device_resident,
     )
     model = ClassifierModule(arch=arch, preset="scratch32", warmup_epochs=0, compile=compile_model)
     trainer.fit(model, datamodule=datamodule)
-    return args.steps * args.batch_size / (timer.end - timer.start)
+    return steps * batch_size / (timer.end - timer.start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_source_args(parser)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=60, help="timed steps per cell")
-    parser.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation happens here)")
-    parser.add_argument("--workers", type=int, default=12, help="DataLoader workers of the DataLoader path")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-    args = parser.parse_args()
+def main(
+    data: DataOptions = DataOptions(),
+    fake: bool = False,
+    batch_size: int = 256,
+    steps: int = 60,
+    warmup: int = 15,
+    workers: int = 12,
+    models: tuple[ModelName, ...] = ("generalist", "expert"),
+) -> None:
+    """The GPU throughput table (see the module docstring); needs a CUDA device.
+
+    Args:
+        data: the CIFAR-100 folder (``--data.data_dir``, ``--data.check_integrity``) and its train/val split;
+            the batch and workers are ``--batch_size`` and ``--workers``.
+        fake: generate a 50k-image folder instead of reading ``--data.data_dir``.
+        batch_size: training batch per step.
+        steps: timed steps per cell.
+        warmup: untimed steps first (compilation happens here).
+        workers: DataLoader workers of the DataLoader path.
+        models: which rows to measure, e.g. ``--models '[generalist]'``.
+    """
+    if not models:
+        raise SuiteError("--models is empty; give one or both of generalist and expert, e.g. --models '[expert]'.")
     if not torch.cuda.is_available():
-        parser.error("no CUDA device: this benchmark is for a GPU machine (bench_device_resident.py runs on CPU).")
+        raise SuiteError("no CUDA device: this benchmark is for a GPU machine (bench_device_resident.py runs on CPU).")
     torch.set_float32_matmul_precision("high")
-    data = data_source(args)
+    source = data_source(data, fake)
 
     rows = []
-    for name in args.models:
+    for name in models:
         for compile_model in (False, True):
-            rates = [images_per_second(MODELS[name], resident, compile_model, data, args) for resident in (False, True)]
+            rates = [
+                images_per_second(MODELS[name], resident, compile_model, source, batch_size, steps, warmup, workers)
+                for resident in (False, True)
+            ]
             rows.append((name, MODELS[name], "yes" if compile_model else "no", *rates))
 
     print(
-        f"\n{torch.cuda.get_device_name()}, bf16-mixed, batch {args.batch_size}, basic augmentation, "
-        f"{args.steps} timed steps after {args.warmup}, DataLoader workers {args.workers}"
+        f"\n{torch.cuda.get_device_name()}, bf16-mixed, batch {batch_size}, basic augmentation, "
+        f"{steps} timed steps after {warmup}, DataLoader workers {workers}"
     )
     print("| model | arch | compile | DataLoader img/s | device-resident img/s | ratio |")
     print("|---|---|---|---:|---:|---:|")
@@ -108,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, __doc__)

@@ -3,20 +3,24 @@ has core.policies turn them into the curves, scalars and operating points of DES
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 
-from callbacks.reporting import rich_table, wandb_payload, write_outputs
+from callbacks.plots import write_plots
+from callbacks.reporting import findings_table, log_wandb, plot_files, rich_table, wandb_payload, write_outputs
 from core.costs import Profile, load_profile
 from core.errors import SuiteError
+from core.hashing import file_sha256
 from core.policies import Records, Report, check_operating_rule, evaluate_policies, merge_records
+from core.stats import MIN_RESAMPLES
+from lightning_modules.distributed import all_gather_objects
 
 
 class CollaborativeInferenceCallback(Callback):
@@ -34,6 +38,11 @@ class CollaborativeInferenceCallback(Callback):
         every_n_epochs: during ``fit``, evaluate only every n validation epochs (sanity checks never).
         rule, gap, budget: ``core.sweep.choose_operating_point`` settings.
         random_seed: seed of the random-offload policy.
+        reference: the accuracy ``offload_within_*`` is measured against (``base``, ``oracle`` or ``generalist``;
+            default base when evaluated, else oracle).
+        within_points: X of "the offload needed to come within X points of the reference".
+        delta: "up to" reductions count thresholds whose accuracy is at least the baseline's minus delta.
+        bootstrap: paired-bootstrap resamples behind every finding's 95 % interval (>= 100).
         print_table: print the rich table on rank zero.
         wandb_max_points: thin each curve to about this many points in W&B (the CSV keeps every threshold).
     """
@@ -49,6 +58,10 @@ class CollaborativeInferenceCallback(Callback):
         random_seed: int = 0,
         print_table: bool = True,
         wandb_max_points: int = 200,
+        reference: str | None = None,
+        within_points: float = 0.5,
+        delta: float = 0.005,
+        bootstrap: int = 1000,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
@@ -61,6 +74,13 @@ class CollaborativeInferenceCallback(Callback):
         self.random_seed = random_seed
         self.print_table = print_table
         self.wandb_max_points = wandb_max_points
+        self.reference, self.within_points, self.delta = reference, within_points, delta
+        if bootstrap < MIN_RESAMPLES or not within_points >= 0 or not delta >= 0:
+            raise SuiteError(
+                f"Need bootstrap >= {MIN_RESAMPLES} resamples (got {bootstrap}), within_points >= 0 (got "
+                f"{within_points}) and delta >= 0 (got {delta}); the defaults are 1000, 0.5 and 0.005."
+            )
+        self.bootstrap = bootstrap
         self.reports: dict[str, Report] = {}
         self._parts: list[Records] = []
         self._active = False
@@ -98,10 +118,7 @@ class CollaborativeInferenceCallback(Callback):
             "forwards": dict(getattr(pl_module, "forward_counts", {})),
         }
         self._parts, self._active = [], False
-        gathered = [local]
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            gathered = [None] * trainer.world_size
-            dist.all_gather_object(gathered, local)
+        gathered = all_gather_objects(trainer, local)
         if not trainer.is_global_zero:
             return
         records = merge_records([g["records"] for g in gathered])
@@ -121,26 +138,46 @@ class CollaborativeInferenceCallback(Callback):
             rule=self.rule,
             gap=self.gap,
             budget=self.budget,
-            val_points=val.operating_points if val else ([] if split == "test" else None),
+            val=val,
+            reference=self.reference,
+            within_points=self.within_points,
+            delta=self.delta,
+            resamples=self.bootstrap,
         )
         report.meta = {
             "temperature": float(getattr(pl_module, "temperature_value", float("nan"))),
             "forwards": {k: int(v) for k, v in sorted(forwards.items())},
             "operating_rule": {"rule": self.rule, "gap": self.gap, "budget": self.budget, "chosen_on": "val"},
+            "bootstrap": {"resamples": self.bootstrap, "level": 0.95, "paired_over": f"the {split} samples"},
             "epoch": trainer.current_epoch,
+            "sources": _sources(pl_module),
         }
         self.reports[split] = report
         self._publish(trainer, report, records)
 
     def _publish(self, trainer: Trainer, report: Report, records: Records) -> None:
-        if self.out_dir is not None:
-            write_outputs(report, records, self.out_dir / report.split)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                history, summary = wandb_payload(report, self.wandb_max_points)
-                logger.experiment.log(history)
-                logger.experiment.summary.update(summary)
+        folder = write_outputs(report, records, self.out_dir / report.split) if self.out_dir is not None else None
+        runs = [logger.experiment for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if runs:
+            with tempfile.TemporaryDirectory() as scratch:
+                # Without an output folder the plots are drawn for W&B only (wandb copies them when logged).
+                pngs = plot_files(folder) if folder is not None else write_plots(report, records, Path(scratch))
+                payload = wandb_payload(report, self.wandb_max_points, pngs)
+                for run in runs:
+                    log_wandb(run, payload)
         if self.print_table:
             console = Console()
             # Logs and pipes get rich's 80 columns by default, too narrow for the table.
-            (console if console.is_terminal else Console(width=200)).print(rich_table(report))
+            console = console if console.is_terminal else Console(width=200)
+            console.print(rich_table(report))
+            if report.findings:
+                console.print(findings_table(report))
+
+
+def _sources(module: LightningModule) -> dict[str, Any]:
+    """The checkpoint files the evaluated models came from, with their sha256 (provenance and W&B lineage)."""
+    out: dict[str, Any] = {}
+    for role, value in getattr(module, "sources", {}).items():
+        paths = value if isinstance(value, list) else [value] if value is not None else []
+        out[role] = [{"path": str(p), "sha256": file_sha256(p)} for p in paths]
+    return out

@@ -8,13 +8,17 @@ import json
 import math
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.costs import COST_KEYS, Profile, baseline_costs
-from core.policies import Report
+from callbacks.plots import write_plots
+from core.costs import COST_KEYS, baseline_costs
+from core.deferral import FEATURE_NAMES
+from core.policies import FUSE_WEIGHTS, Report
+from core.sweep import _EPS as SWEEP_SLACK
 
 CURVE_COLUMNS = ("policy", "k", "confidence", "profile", "tau", "offload_ratio", "accuracy", *COST_KEYS)
 RESULT_FILES = ("curves.csv", "summary.json", "records.csv")
@@ -46,11 +50,16 @@ def thin_indices(offload_ratio: np.ndarray, max_points: int | None) -> np.ndarra
 
 
 def _json_safe(value: Any) -> Any:
-    # JSON has no NaN/inf: they become null, which every JSON reader accepts.
-    if isinstance(value, dict):
+    # JSON has no NaN/inf: they become null, which every JSON reader accepts. numpy arrays become (nested) lists,
+    # tuples lists, numpy scalars Python numbers.
+    if isinstance(value, Mapping):
         return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):
@@ -59,7 +68,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def summary_dict(report: Report) -> dict[str, Any]:
-    """The content of ``summary.json``."""
+    """The content of ``summary.json`` (the documented output interface: README, "Output files")."""
     return _json_safe(
         {
             "split": report.split,
@@ -70,15 +79,33 @@ def summary_dict(report: Report) -> dict[str, Any]:
             "profiles": {
                 p.name: {"description": p.description, "baselines": baseline_costs(p)} for p in report.profiles
             },
+            "references": report.references,
+            "hit_rates": {str(k): v for k, v in report.hit_rates.items()},
+            "fitted": report.fitted.to_dict(),
             "scalars": report.scalars,
             "reference_points": report.reference_points,
             "operating_points": report.operating_points,
+            "up_to_reductions": report.up_to,
+            "findings": [f.to_dict() for f in report.findings],
+            # The per-strategy cost grids are left out (S x cost x grid floats); the cheapest strategy per grid
+            # cell ("best"), feasibility and accuracies are kept.
+            "break_even": [{k: v for k, v in entry.items() if k != "costs"} for entry in report.break_even],
         }
     )
 
 
+# 2-D record arrays other than G's Top-k, and how their columns are named: "<key>.<suffix>".
+def _matrix_suffixes(key: str, width: int) -> list[str]:
+    if key == "g_features":
+        return list(FEATURE_NAMES)
+    if key.startswith("fused_k"):
+        return [f"w{w:g}" for w in FUSE_WEIGHTS]
+    return [str(i) for i in range(width)]
+
+
 def record_columns(records: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Flat per-sample columns for ``records.csv`` (Top-k matrices split per rank, correct flags added)."""
+    """Flat per-sample columns for ``records.csv``: G's Top-k split per rank, other matrices one column per entry
+    (``g_features.<feature>``, ``fused_k<k>.w<weight>``), and a ``correct_*`` flag next to every prediction."""
     label = records["label"]
     cols: dict[str, np.ndarray] = {"index": records["index"], "label": label}
     top_c, top_p = records["g_topk_classes"], records["g_topk_probs"]
@@ -89,8 +116,11 @@ def record_columns(records: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     for key, value in records.items():
         if key in cols or key.startswith("g_topk"):
             continue
+        if value.ndim == 2:
+            cols.update({f"{key}.{sfx}": value[:, i] for i, sfx in enumerate(_matrix_suffixes(key, value.shape[1]))})
+            continue
         cols[key] = value
-        if key.startswith(("pred_", "static_pred_")):
+        if "pred_" in key:
             cols[key.replace("pred_", "correct_", 1)] = value == label
     return cols
 
@@ -104,6 +134,38 @@ def write_records_csv(records: Mapping[str, np.ndarray], path: Path) -> None:
         writer.writerows(zip(*as_lists, strict=True))
 
 
+def read_records_csv(path: str | Path) -> dict[str, np.ndarray]:
+    """The records of a ``records.csv`` (the inverse of ``record_columns``, without the derived columns)."""
+    with Path(path).open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    table = {name: [r[i] for r in rows] for i, name in enumerate(header)}
+
+    def array(values: list[str], floating: bool) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32 if floating else np.int64)
+
+    records: dict[str, np.ndarray] = {"index": array(table["index"], False), "label": array(table["label"], False)}
+    ranks = sorted(
+        int(n[len("g_top") : -len("_class")]) for n in header if n.startswith("g_top") and n.endswith("_class")
+    )
+    records["g_topk_classes"] = np.stack([array(table[f"g_top{r}_class"], False) for r in ranks], axis=1)
+    records["g_topk_probs"] = np.stack([array(table[f"g_top{r}_prob"], True) for r in ranks], axis=1)
+    matrices: dict[str, list[str]] = {}
+    for name in header:
+        if name in ("index", "label", "g_pred", "g_correct") or name.startswith(("g_top", "correct_")):
+            continue
+        if "correct_" in name and name.replace("correct_", "pred_", 1) in table:
+            continue
+        if "." in name:
+            matrices.setdefault(name.split(".", 1)[0], []).append(name)
+            continue
+        records[name] = array(table[name], name.startswith(("conf_", "g_max_prob")))
+    for key, names in matrices.items():
+        records[key] = np.stack([array(table[n], key == "g_features") for n in names], axis=1)
+    return records
+
+
 def write_curves_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
@@ -111,70 +173,6 @@ def write_curves_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         writer.writerows(
             {c: ("" if isinstance(r[c], float) and math.isnan(r[c]) else r[c]) for c in CURVE_COLUMNS} for r in rows
         )
-
-
-def line_label(key: tuple[str, int, str]) -> str:
-    policy, k, _ = key
-    return f"{policy} k={k}" if k else policy
-
-
-def chart_lines(report: Report, x: str, profile: Profile | None, max_points: int | None = None) -> dict[str, tuple]:
-    """One (xs, ys) line per curve policy of the primary measure (plus random), for plots and W&B charts."""
-    primary = report.measures[0]
-    lines = {}
-    for key in report.curves:
-        if key[2] not in (primary, "random"):
-            continue
-        full = report.curve_with_costs(key, profile)
-        idx = thin_indices(full["offload_ratio"], max_points)
-        lines[line_label(key)] = (full[x][idx], full["accuracy"][idx])
-    return lines
-
-
-CHART_AXES = {
-    "offload_ratio": "offload ratio",
-    "latency_ms": "mean latency per sample (ms)",
-    "edge_energy_mj": "edge energy per sample (mJ)",
-    "system_energy_mj": "system energy per sample (mJ)",
-}
-
-
-def chart_specs(report: Report) -> list[tuple[str, str, Profile | None]]:
-    """(name, x column, profile) of every accuracy chart: vs offload ratio, and vs each cost per profile."""
-    specs: list[tuple[str, str, Profile | None]] = [("acc_vs_offload", "offload_ratio", None)]
-    for p in report.profiles:
-        specs += [(f"acc_vs_{x.removesuffix('_ms').removesuffix('_mj')}/{p.name}", x, p) for x in COST_KEYS]
-    return specs
-
-
-def write_plots(report: Report, folder: Path) -> list[Path]:
-    """PNG line charts (one line per policy) into ``folder``; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, x, profile in chart_specs(report):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, (xs, ys) in chart_lines(report, x, profile).items():
-            ax.plot(xs, ys, label=label, linestyle="--" if label.startswith("random") else "-", linewidth=1.2)
-        if profile is not None:
-            for bname, costs in baseline_costs(profile).items():
-                ax.axvline(costs[x], color="grey", linestyle=":", linewidth=0.8)
-                ax.annotate(bname, (costs[x], ax.get_ylim()[0]), rotation=90, fontsize=7, color="grey")
-        ax.set_xlabel(CHART_AXES[x])
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{report.split}: accuracy vs {CHART_AXES[x]}" + (f" ({profile.name})" if profile else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = folder / (name.replace("/", "__") + ".png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Path) -> Path:
@@ -189,7 +187,7 @@ def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Pat
     write_curves_csv(curve_rows(report), tmp / "curves.csv")
     (tmp / "summary.json").write_text(json.dumps(summary_dict(report), indent=2))
     write_records_csv(records, tmp / "records.csv")
-    plots = write_plots(report, tmp / "plots")
+    plots = write_plots(report, records, tmp / "plots")
     files = [*RESULT_FILES, *(f"plots/{p.name}" for p in plots)]
     marker = {"split": report.split, "num_samples": report.num_samples, "files": files}
     (tmp / COMPLETE_FILE).write_text(json.dumps(marker, indent=2))
@@ -197,6 +195,15 @@ def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Pat
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+def plot_files(folder: Path) -> list[Path]:
+    """The PNGs of a finished results folder, as its completion marker lists them."""
+    try:
+        files = json.loads((Path(folder) / COMPLETE_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [Path(folder) / f for f in files if f.endswith(".png")]
 
 
 def is_complete(folder: Path) -> bool:
@@ -209,29 +216,97 @@ def is_complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in files)
 
 
-def wandb_payload(report: Report, max_points: int = 200) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(history entries: the curves table and line charts; summary scalars) under ``collab_<split>/``."""
+# W&B curves: every curve resampled on offload levels 0, 1, ..., 100 % (history rows against this step metric).
+OFFLOAD_GRID_PCT = np.arange(101)
+FINDING_COLUMNS = ("group", "claim", "a_label", "b_label", "a", "b", "difference", "low", "high", "verdict", "unit")
+
+
+def _metric_part(text: str) -> str:
+    # W&B nests history keys at "." (a profile called "a.b" would become two levels): keep names flat.
+    return str(text).replace(".", "_")
+
+
+def curve_metric(split: str, key: tuple[str, int, str], column: str, profile: str | None = None) -> str:
+    """W&B history name of one curve column: ``collab_<split>/curves/<policy>_k<k>_<measure>/<column>[/<profile>]``
+    (k = 0 for the policies without Top-k), so that one name means the same curve in every run."""
+    policy, k, measure = key
+    name = f"collab_{split}/curves/{policy}_k{k}_{_metric_part(measure)}/{column}"
+    return f"{name}/{_metric_part(profile)}" if profile else name
+
+
+def grid_indices(offload_ratio: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Per grid level, the curve point with the largest offload ratio <= the level (core.sweep.accuracy_at_offload's
+    rule, with its slack), so a grid value never exceeds its offload budget."""
+    x = np.asarray(offload_ratio, dtype=np.float64)
+    return np.searchsorted(x, np.asarray(grid, dtype=np.float64) + SWEEP_SLACK, side="right") - 1
+
+
+def curves_on_grid(report: Report, grid_pct: np.ndarray = OFFLOAD_GRID_PCT) -> dict[str, np.ndarray]:
+    """Every curve's accuracy and, per profile, its mean costs at the offload levels ``grid_pct`` (in %), by W&B
+    metric name (``curve_metric``)."""
+    grid = np.asarray(grid_pct, dtype=np.float64) / 100.0
+    out: dict[str, np.ndarray] = {}
+    for key, curve in report.curves.items():
+        idx = grid_indices(curve["offload_ratio"], grid)
+        out[curve_metric(report.split, key, "accuracy")] = np.asarray(curve["accuracy"], dtype=np.float64)[idx]
+        for profile in report.profiles:
+            costed = report.curve_with_costs(key, profile)
+            for c in COST_KEYS:
+                out[curve_metric(report.split, key, c, profile.name)] = np.asarray(costed[c], dtype=np.float64)[idx]
+    return out
+
+
+@dataclass
+class WandbPayload:
+    """What one evaluation logs to W&B (``log_wandb``): ``media`` (the exact curves table, the findings table and
+    the plots) in one history row; ``rows``, the curves on the offload grid, one history row per level against
+    ``step_metric``; the metrics of those rows (``curve_metrics``, also matched by ``curve_glob``); the summary."""
+
+    step_metric: str
+    curve_glob: str
+    curve_metrics: list[str]
+    media: dict[str, Any]
+    rows: list[dict[str, float]]
+    summary: dict[str, Any]
+
+
+def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] = ()) -> WandbPayload:
+    """The W&B content of a report under ``collab_<split>/``:
+
+    - ``offload_pct`` (the step metric) and ``curves/<policy>_k<k>_<measure>/accuracy`` and
+      ``.../{latency_ms,edge_energy_mj,system_energy_mj}/<profile>``: every curve on offload levels 0..100 % in
+      1 % steps (``curves_on_grid``), one history row per level, so that runs overlay in W&B's native line plots;
+    - ``curves``: the curves.csv rows as a wandb.Table, thinned to about ``max_points`` points per curve;
+    - ``findings``: the findings as a wandb.Table; ``plots/<name>``: each PNG of ``plots`` as a wandb.Image;
+    - summary scalars ``<policy>/k<k>/<measure>/<scalar>``, the operating points and their reductions, the
+      reference accuracies, the hit rates and the numeric metadata (forwards, temperature, ...).
+    """
     import wandb
 
     prefix = f"collab_{report.split}"
     rows = curve_rows(report, max_points)
-    table = wandb.Table(columns=list(CURVE_COLUMNS), data=[[r[c] for c in CURVE_COLUMNS] for r in rows])
-    history: dict[str, Any] = {f"{prefix}/curves": table}
-    for name, x, profile in chart_specs(report):
-        lines = chart_lines(report, x, profile, max_points)
-        history[f"{prefix}/{name}"] = wandb.plot.line_series(
-            xs=[xs.tolist() for xs, _ in lines.values()],
-            ys=[ys.tolist() for _, ys in lines.values()],
-            keys=list(lines),
-            title=f"{report.split}: accuracy vs {CHART_AXES[x]}" + (f" ({profile.name})" if profile else ""),
-            xname=CHART_AXES[x],
-        )
+    media: dict[str, Any] = {
+        f"{prefix}/curves": wandb.Table(columns=list(CURVE_COLUMNS), data=[[r[c] for c in CURVE_COLUMNS] for r in rows])
+    }
+    findings = [_json_safe([f.to_dict()[c] for c in FINDING_COLUMNS]) for f in report.findings]
+    media[f"{prefix}/findings"] = wandb.Table(columns=list(FINDING_COLUMNS), data=findings)
+    for path in plots:
+        name = Path(path).stem
+        media[f"{prefix}/plots/{name}"] = wandb.Image(str(path), caption=f"{report.split}: {name}")
+    step = f"{prefix}/offload_pct"
+    grid = curves_on_grid(report)
+    history = [
+        {step: int(level), **{name: float(values[i]) for name, values in grid.items()}}
+        for i, level in enumerate(OFFLOAD_GRID_PCT)
+    ]
     summary: dict[str, Any] = {f"{prefix}/num_samples": report.num_samples}
     for key, value in report.meta.items():
         if isinstance(value, (int, float)):
             summary[f"{prefix}/{key}"] = value
         elif isinstance(value, dict):
             summary.update({f"{prefix}/{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
+    summary.update({f"{prefix}/references/{name}": v for name, v in report.references.items()})
+    summary.update({f"{prefix}/hit_rate/k{k}": v for k, v in report.hit_rates.items()})
     for s in report.scalars:
         base = f"{prefix}/{s['policy']}/k{s['k']}/{s['confidence']}"
         summary.update({f"{base}/{name}": v for name, v in s.items() if name not in ("policy", "k", "confidence")})
@@ -241,7 +316,61 @@ def wandb_payload(report: Report, max_points: int = 200) -> tuple[dict[str, Any]
         summary.update({f"{base}/{c}": p[c] for c in CURVE_COLUMNS[4:]})
         for bname, red in p["reductions"].items():
             summary.update({f"{base}/reduction_vs_{bname}/{c}": v for c, v in red.items()})
-    return history, _json_safe(summary)
+    return WandbPayload(step, f"{prefix}/curves/*", list(grid), media, history, _json_safe(summary))
+
+
+def log_wandb(run: Any, payload: WandbPayload) -> None:
+    """Log a payload into a W&B run: declare the step metric and the curve metrics first, then the media row, the
+    grid rows and the summary.
+
+    Every curve metric is also declared by name: W&B's backend matches a history key against the declared globs in
+    no fixed order, so the logger's catch-all ``*`` (step ``trainer/global_step``) could otherwise win over
+    ``collab_<split>/curves/*``. ``summary="none"``: a curve's last grid row (100 % offloaded) is no summary.
+    """
+    run.define_metric(payload.step_metric)
+    run.define_metric(payload.curve_glob, step_metric=payload.step_metric, summary="none")
+    for name in payload.curve_metrics:
+        run.define_metric(name, step_metric=payload.step_metric, summary="none")
+    run.log(payload.media)
+    for row in payload.rows:
+        run.log(row)
+    run.summary.update(payload.summary)
+
+
+def findings_table(report: Report) -> Any:
+    """A rich Table of the findings: claim, both values, the difference with its 95 % interval, the verdict."""
+    from rich.table import Table
+
+    resamples = report.meta.get("bootstrap", {}).get("resamples")
+    title = f"Findings on {report.split} ({report.num_samples} samples): a - b with 95 % paired-bootstrap intervals"
+    table = Table(title=title + (f" ({resamples} resamples)" if resamples else ""))
+    table.caption = "holds: the interval excludes 0 in the claimed direction; fails: it excludes 0 the other way"
+    for c in ("group", "claim", "a", "b", "difference [95 % interval]", "verdict"):
+        table.add_column(c, justify="right" if c.startswith("difference") else "left", overflow="fold")
+    colours = {"holds": "green", "fails": "red"}
+
+    def value(v: float, unit: str) -> str:
+        if not math.isfinite(v):
+            return "-"
+        return f"{100 * v:.1f} %" if unit == "accuracy" else f"{v:+.2f} pts"
+
+    def diff(v: float, unit: str) -> str:
+        if not math.isfinite(v):
+            return "-"
+        return f"{100 * v if unit == 'accuracy' else v:+.2f}"
+
+    for f in report.findings:
+        interval = f"[{diff(f.low, f.unit)}, {diff(f.high, f.unit)}]"
+        colour = colours.get(f.verdict, "yellow")
+        table.add_row(
+            f.group,
+            f.claim,
+            f"{f.a_label}: {value(f.a, f.unit)}",
+            f"{f.b_label}: {value(f.b, f.unit)}",
+            f"{diff(f.difference, f.unit)} pts {interval}",
+            f"[{colour}]{f.verdict}[/]",
+        )
+    return table
 
 
 def rich_table(report: Report) -> Any:
@@ -253,8 +382,12 @@ def rich_table(report: Report) -> Any:
     title = f"Collaborative inference on {report.split} ({report.num_samples} samples)"
     table = Table(title=title + (f", costs: {profile}" if profile else ""))
     columns = ["policy", "k", "conf", "acc G", "acc all-off", "acc@10%", "acc@20%", "acc@30%", "acc@50%"]
-    columns += ["AUC", "off@99%", "op tau", "op off", "op acc", "lat red.*", "edge E red.*"]
-    table.caption = "op = operating point chosen on val; red.* = reduction vs the edge-only medium model"
+    columns += ["area gain", "area norm", "op tau", "op off", "op acc", "lat red.*", "edge E red.*"]
+    table.caption = (
+        "area gain: mean accuracy over offload 0..100 % minus G's, in points; area norm: on the scale shared by all "
+        "policies (0 = G alone, 1 = oracle all offloaded); op = operating point chosen on val; red.* = reduction vs "
+        "the edge-only medium model"
+    )
     for c in columns:
         table.add_column(c, justify="left" if c in ("policy", "conf") else "right", no_wrap=True)
 
@@ -273,8 +406,8 @@ def rich_table(report: Report) -> Any:
             fmt(s["acc_local_only"], True),
             fmt(s["acc_all_offloaded"], True),
             *(fmt(s[f"acc@{r}%"], True) for r in (10, 20, 30, 50)),
-            fmt(s["auc_norm"]),
-            fmt(s["offload_for_99%"], True),
+            f"{s['area_gain_pts']:+.2f}",
+            fmt(s["area_norm"]),
             fmt(p.get("tau")),
             fmt(p.get("offload_ratio"), True),
             fmt(p.get("accuracy"), True),

@@ -11,11 +11,17 @@
 Policies (``k = 0`` where a policy does not depend on Top-k):
 
 - ``routed``: offload to the expert chosen from G's Top-k (the progressive experts), one curve per k.
-- ``static``: the same routing to the static experts (when given), one curve per k.
+- ``fused``: the same offloads, answered by a weighted geometric mean of G's and the chosen expert's probabilities
+  (its weight chosen on val from ``FUSE_WEIGHTS``); no extra forwards.
+- ``static`` / ``static_init``: the same routing to the static-from-base / static-from-init experts (when given).
 - ``base``: offload to the all-class base ("medium") model (when given).
 - ``oracle``: offload to the expert that owns the true class.
 - ``random``: offload a random subset (same rate sweep) to the routed expert, one curve per k.
 - ``generalist_only`` / ``all_offloaded``: the two end points of the routed curves.
+
+Confidence measures: ``max_prob``, ``margin``, ``entropy`` (core.routing), and ``learned`` for routed and fused
+policies: a post-hoc deferral rule on G's outputs (core.deferral), cross-fitted on val, fitted on all of val for
+test and deployment.
 """
 
 from __future__ import annotations
@@ -28,9 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from core.breakeven import break_even_map, get_field
 from core.costs import COST_KEYS, Profile, baseline_costs
+from core.deferral import DeferralRule, cross_fitted_confidence, deferral_features, fit_deferral
 from core.errors import SuiteError
+from core.findings import compute_findings
 from core.routing import (
+    LEARNED,
+    RouterSpec,
     check_k_values,
     check_measures,
     confidence,
@@ -40,19 +51,26 @@ from core.routing import (
     softmax,
     top_k,
 )
+from core.stats import resample_counts
 from core.sweep import (
     OPERATING_RULES,
     add_costs,
     apply_threshold,
+    area_under_curve,
     choose_operating_point,
     reductions,
     summarise_curve,
     sweep_thresholds,
+    up_to_reductions,
 )
 
 Records = dict[str, np.ndarray]
 # Policies with a curve over tau (the end-point policies are single points).
-CURVE_POLICIES = ("routed", "static", "base", "oracle", "random")
+CURVE_POLICIES = ("routed", "fused", "static", "static_init", "base", "oracle", "random")
+# The single-stage expert sets evaluated beside the progressive experts: record prefix -> what it is.
+BASELINE_SETS = {"static": "static-from-base", "static_init": "static-from-init"}
+# Weights w of the fused answer argmax(w log p_G + (1 - w) log p_E): 0 is the expert's answer, 1 is G's.
+FUSE_WEIGHTS = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 11))
 # Half-width of the band put below the lowest / above the highest val confidence when a deployed tau sits at an end.
 _END_MARGIN = 1e-3
 
@@ -67,6 +85,8 @@ class RoutedBatch:
     topk_probs: np.ndarray  # (N, k_max)
     confidence: dict[str, np.ndarray]  # measure -> (N,)
     experts: dict[int, np.ndarray]  # k -> (N,) chosen expert
+    features: np.ndarray | None = None  # (N, F) learned-deferral features (with experts)
+    raw_max_prob: np.ndarray | None = None  # (N,) max of softmax(logits) at T = 1, for reliability diagrams
 
     def experts_for(self, k_values: Sequence[int], class_to_expert: np.ndarray, num_experts: int) -> list[np.ndarray]:
         """The Top-k expert choice per k under another partition (the static experts')."""
@@ -83,17 +103,40 @@ def route_batch(
     measures: Sequence[str],
     class_to_expert: np.ndarray | None,
     num_experts: int = 0,
+    deferral: DeferralRule | None = None,
 ) -> RoutedBatch:
     """Route a batch (DESIGN section 3): p = softmax(z / T), the confidences, G's Top-k_max and, when there are
-    experts, the expert chosen for each k (argmax of the summed Top-k probabilities per expert)."""
+    experts, the expert chosen for each k (argmax of the summed Top-k probabilities per expert) and the features of
+    the learned deferral. ``measures`` may include ``learned`` when ``deferral`` (the fitted rule) is given."""
     probs = softmax(logits, temperature)
     ks = check_k_values(k_values, probs.shape[1])
     classes, top_probs = top_k(probs, max(ks))
     experts: dict[int, np.ndarray] = {}
+    features = None
     if class_to_expert is not None and num_experts:
         experts = {k: select_experts(classes[:, :k], top_probs[:, :k], class_to_expert, num_experts) for k in ks}
-    conf = {m: confidence(probs, m) for m in check_measures(measures)}
-    return RoutedBatch(probs, classes, top_probs, conf, experts)
+        features = deferral_features(probs, class_to_expert, num_experts)
+    plain = [m for m in measures if m != LEARNED]
+    conf = {m: confidence(probs, m) for m in check_measures(plain)} if plain else {}
+    if LEARNED in measures:
+        if deferral is None or features is None:
+            raise SuiteError(
+                "The 'learned' confidence needs the fitted deferral rule and experts to route to; export the bundle "
+                "with --routing.confidence learned from an evaluation with experts, or use max_prob."
+            )
+        conf[LEARNED] = deferral.confidence(features)
+    raw = np.max(softmax(logits, 1.0), axis=1) if temperature != 1.0 else np.max(probs, axis=1)
+    return RoutedBatch(probs, classes, top_probs, conf, experts, features, raw)
+
+
+def fused_predictions(generalist_probs: np.ndarray, expert_logits: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """(N, len(weights)) class of argmax(w log p_G + (1 - w) log p_E) per weight (p_E = softmax of the expert's
+    logits at temperature 1): one answer per candidate weight from the forwards already made."""
+    tiny = np.finfo(np.float64).tiny
+    log_g = np.log(np.maximum(np.asarray(generalist_probs, dtype=np.float64), tiny))
+    log_e = np.log(np.maximum(softmax(np.asarray(expert_logits, dtype=np.float64)), tiny))
+    w = np.asarray(weights, dtype=np.float64)[None, :, None]
+    return np.argmax(w * log_g[:, None, :] + (1.0 - w) * log_e[:, None, :], axis=2)
 
 
 def generalist_records(routed: RoutedBatch, labels: np.ndarray, indices: np.ndarray) -> Records:
@@ -106,6 +149,10 @@ def generalist_records(routed: RoutedBatch, labels: np.ndarray, indices: np.ndar
     }
     for m, c in routed.confidence.items():
         rec[f"conf_{m}"] = np.asarray(c, dtype=np.float32)
+    if routed.features is not None:
+        rec["g_features"] = routed.features.astype(np.float32)
+    if routed.raw_max_prob is not None:
+        rec["g_max_prob_t1"] = routed.raw_max_prob.astype(np.float32)
     return rec
 
 
@@ -163,25 +210,88 @@ class PolicyData:
         return self.policy, self.k, self.measure
 
 
-def policy_inputs(records: Mapping[str, np.ndarray], random_seed: int = 0) -> list[PolicyData]:
-    """The sweep inputs of every curve policy the records support."""
+@dataclass
+class Fitted:
+    """What an evaluation fits on val and applies unchanged on test and in deployment: the fused answer's weight per
+    k, and the learned deferral rule per policy and k (``"routed@k1"`` -> DeferralRule.to_dict())."""
+
+    fuse_weight: dict[int, float] = field(default_factory=dict)
+    deferral: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fuse_weight": {str(k): w for k, w in self.fuse_weight.items()}, "deferral": self.deferral}
+
+
+def _best_fuse_weight(conf: np.ndarray, local: np.ndarray, fused: np.ndarray, label: np.ndarray) -> float:
+    """The weight of FUSE_WEIGHTS whose fused policy has the largest area under the accuracy-vs-offload curve."""
+    areas = [area_under_curve(sweep_thresholds(conf, local, fused[:, i] == label)) for i in range(fused.shape[1])]
+    return FUSE_WEIGHTS[int(np.argmax(areas))]
+
+
+def policy_inputs(
+    records: Mapping[str, np.ndarray], random_seed: int = 0, fitted: Fitted | None = None
+) -> tuple[list[PolicyData], Fitted]:
+    """The sweep inputs of every curve policy the records support, and what was fitted for them.
+
+    Without ``fitted`` (val) the fused weights and deferral rules are fitted here and the learned confidences are
+    cross-fitted (out of fold); with it (test) they are applied unchanged.
+    """
     ks, measures = record_layout(records)
     label = records["label"]
     local = records["g_topk_classes"][:, 0] == label
-    rand = random_confidence(len(label), random_seed)
+    primary = records[f"conf_{measures[0]}"]
+    fitting = fitted is None
+    fitted = fitted or Fitted()
     out: list[PolicyData] = []
-    for m in measures:
-        conf = records[f"conf_{m}"]
-        for k in ks:
-            out.append(PolicyData("routed", k, m, conf, local, records[f"pred_k{k}"] == label))
-            if f"static_pred_k{k}" in records:
-                out.append(PolicyData("static", k, m, conf, local, records[f"static_pred_k{k}"] == label))
-        if "pred_base" in records:
-            out.append(PolicyData("base", 0, m, conf, local, records["pred_base"] == label))
-        out.append(PolicyData("oracle", 0, m, conf, local, records["pred_oracle"] == label))
+    offload: dict[tuple[str, int], np.ndarray] = {}
     for k in ks:
-        out.append(PolicyData("random", k, "random", rand, local, records[f"pred_k{k}"] == label))
-    return out
+        offload["routed", k] = records[f"pred_k{k}"] == label
+        if f"fused_k{k}" in records:
+            fused = records[f"fused_k{k}"]
+            if fitting:
+                fitted.fuse_weight[k] = _best_fuse_weight(primary, local, fused, label)
+            offload["fused", k] = fused[:, FUSE_WEIGHTS.index(fitted.fuse_weight[k])] == label
+        for name in BASELINE_SETS:
+            if f"{name}_pred_k{k}" in records:
+                offload[name, k] = records[f"{name}_pred_k{k}"] == label
+    if "pred_base" in records:
+        offload["base", 0] = records["pred_base"] == label
+    offload["oracle", 0] = records["pred_oracle"] == label
+    for m in measures:
+        out += [PolicyData(p, k, m, records[f"conf_{m}"], local, correct) for (p, k), correct in offload.items()]
+    if "g_features" in records:
+        features = records["g_features"].astype(np.float64)
+        for (p, k), correct in offload.items():
+            if p not in ("routed", "fused"):
+                continue
+            key = f"{p}@k{k}"
+            if fitting:
+                conf = cross_fitted_confidence(features, local, correct)
+                fitted.deferral[key] = fit_deferral(features, local, correct).to_dict()
+            else:
+                conf = DeferralRule.from_dict(fitted.deferral[key]).confidence(features)
+            out.append(PolicyData(p, k, LEARNED, conf, local, correct))
+    rand = random_confidence(len(label), random_seed)
+    out += [PolicyData("random", k, "random", rand, local, offload["routed", k]) for k in ks]
+    return out, fitted
+
+
+def hit_rates(records: Mapping[str, np.ndarray]) -> dict[int, float]:
+    """Per k: the routing hit rate, the share of samples whose chosen expert owns the true class."""
+    ks, _ = record_layout(records)
+    return {k: float(np.mean(records[f"expert_k{k}"] == records["oracle_expert"])) for k in ks}
+
+
+def hit_rate_curve(records: Mapping[str, np.ndarray], k: int, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offload ratio, hit rate among the offloaded samples) at every threshold of the routed policy's sweep."""
+    conf = np.asarray(records[f"conf_{measure}"], dtype=np.float64)
+    hit = records[f"expert_k{k}"] == records["oracle_expert"]
+    order = np.argsort(conf, kind="stable")
+    counts = sweep_thresholds(conf, hit, hit)["num_offloaded"]
+    cum = np.concatenate(([0], np.cumsum(hit[order])))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(counts > 0, cum[counts] / np.maximum(counts, 1), np.nan)
+    return counts / len(conf), rate
 
 
 def routed_policy(records: Mapping[str, np.ndarray], k: int, measure: str) -> PolicyData:
@@ -211,6 +321,12 @@ class Report:
     scalars: list[dict[str, Any]]
     operating_points: list[dict[str, Any]]
     reference_points: list[dict[str, Any]]
+    fitted: Fitted = field(default_factory=Fitted)
+    findings: list[Any] = field(default_factory=list)
+    up_to: list[dict[str, Any]] = field(default_factory=list)
+    hit_rates: dict[int, float] = field(default_factory=dict)
+    references: dict[str, float] = field(default_factory=dict)
+    break_even: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def curve_with_costs(self, key: tuple[str, int, str], profile: Profile | None) -> dict[str, np.ndarray]:
@@ -245,6 +361,19 @@ def _end_point(
     return out
 
 
+def reference_accuracies(records: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Accuracy levels every policy of an evaluation is measured against: the generalist alone, the oracle's
+    all-offloaded accuracy and, when evaluated, the base (medium) model on every sample."""
+    label = records["label"]
+    refs = {
+        "generalist": float(np.mean(records["g_topk_classes"][:, 0] == label)),
+        "oracle": float(np.mean(records["pred_oracle"] == label)),
+    }
+    if "pred_base" in records:
+        refs["base"] = float(np.mean(records["pred_base"] == label))
+    return refs
+
+
 def evaluate_policies(
     records: Mapping[str, np.ndarray],
     profiles: Sequence[Profile] = (),
@@ -253,10 +382,22 @@ def evaluate_policies(
     rule: str = "within_gap",
     gap: float = 0.005,
     budget: float | None = None,
-    val_points: Sequence[Mapping[str, Any]] | None = None,
+    val: Report | None = None,
+    reference: str | None = None,
+    within_points: float = 0.5,
+    delta: float = 0.005,
+    resamples: int = 1000,
+    bootstrap_seed: int = 0,
 ) -> Report:
-    """Sweep every policy exactly; choose operating points with ``rule`` or, given ``val_points`` (the operating
-    points of a val report), apply their thresholds unchanged (the test protocol)."""
+    """Sweep every policy exactly and compute what DESIGN section 6 asks of an evaluation.
+
+    Operating points are chosen with ``rule`` or, given ``val`` (the val report), its thresholds are applied
+    unchanged, as are its fused weights and deferral rules (the test protocol). Scalars share one scale across
+    policies; ``reference`` (default: the base model when evaluated, else the oracle) names the accuracy that
+    ``offload_within_<within_points>pt_of_<reference>`` is measured against. "Up to" reductions allow ``delta``
+    (accuracy units) below each baseline's accuracy. Findings carry paired-bootstrap intervals over ``resamples``
+    resamples of the samples.
+    """
     n = len(records.get("label", ()))
     if n == 0:
         raise SuiteError(
@@ -264,41 +405,99 @@ def evaluate_policies(
             "split and the class selection."
         )
     ks, measures = record_layout(records)
-    inputs = policy_inputs(records, random_seed)
+    refs = reference_accuracies(records)
+    reference = reference or ("base" if "base" in refs else "oracle")
+    if reference not in refs:
+        raise SuiteError(
+            f"The reference {reference!r} was not evaluated; this evaluation has {sorted(refs)}. Pass one of them, "
+            "or evaluate the base model (--base) to compare against it."
+        )
+    if not within_points >= 0:
+        raise SuiteError(f"within_points must be >= 0 (accuracy points), got {within_points!r}.")
+    counts = resample_counts(n, resamples, bootstrap_seed)  # checks the resample count before any sweep
+    inputs, fitted = policy_inputs(records, random_seed, val.fitted if val else None)
     curves = {p.key: sweep_thresholds(p.confidence, p.correct_local, p.correct_offload) for p in inputs}
-    scalars = [{"policy": p, "k": k, "confidence": m, **summarise_curve(curves[p, k, m])} for p, k, m in curves]
+    shared = (refs["generalist"], refs["oracle"])
+    scalars = [
+        {
+            "policy": p,
+            "k": k,
+            "confidence": m,
+            **summarise_curve(c, shared, {reference: refs[reference]}, within_points),
+        }
+        for (p, k, m), c in curves.items()
+    ]
     by_key = {p.key: p for p in inputs}
-    chosen = {(v["policy"], v["k"], v["confidence"], v["profile"]): v for v in val_points or []}
+    chosen = {(v["policy"], v["k"], v["confidence"], v["profile"]): v for v in (val.operating_points if val else [])}
+    baseline_acc = {"edge_generalist": refs["generalist"], "edge_medium": refs.get("base")}
+    baseline_acc["near_edge_only"] = refs.get("base")
     points: list[dict[str, Any]] = []
-    refs: list[dict[str, Any]] = []
+    refs_points: list[dict[str, Any]] = []
+    up_to: list[dict[str, Any]] = []
     for profile in profiles or [None]:
         pname = profile.name if profile else ""
         baselines = baseline_costs(profile) if profile else {}
         for key, curve in curves.items():
-            near = near_role(profile, key[0])
+            costed = add_costs(curve, profile, near_role(profile, key[0]))
             tag = {"policy": key[0], "k": key[1], "confidence": key[2], "profile": pname}
-            if val_points is None:
-                point = {
-                    **tag,
-                    "chosen_on": split,
-                    **choose_operating_point(add_costs(curve, profile, near), rule, gap, budget),
-                }
+            if val is None:
+                point = {**tag, "chosen_on": split, **choose_operating_point(costed, rule, gap, budget)}
             elif (*key, pname) in chosen:
                 p = by_key[key]
                 tau = chosen[(*key, pname)]["tau"]
-                applied = apply_threshold(p.confidence, p.correct_local, p.correct_offload, tau, profile, near)
+                applied = apply_threshold(
+                    p.confidence, p.correct_local, p.correct_offload, tau, profile, near_role(profile, key[0])
+                )
                 point = {**tag, "chosen_on": "val", **applied}
             else:
-                continue
-            point["reductions"] = reductions(point, baselines)
-            points.append(point)
+                point = None
+            if point is not None:
+                point["reductions"] = reductions(point, baselines)
+                point["baseline_accuracy"] = baseline_acc
+                points.append(point)
+            if profile is not None and key[0] != "random":
+                up_to.append(
+                    {**tag, "delta": delta, "reductions": up_to_reductions(costed, baselines, baseline_acc, delta)}
+                )
         for m in measures:
             for k in ks:
                 curve = add_costs(curves["routed", k, m], profile, "expert")
                 if k == ks[0]:
-                    refs.append(_end_point(curve, 0, "generalist_only", 0, m, pname))
-                refs.append(_end_point(curve, -1, "all_offloaded", k, m, pname))
-    return Report(split, n, ks, measures, list(profiles), curves, scalars, points, refs)
+                    refs_points.append(_end_point(curve, 0, "generalist_only", 0, m, pname))
+                refs_points.append(_end_point(curve, -1, "all_offloaded", k, m, pname))
+    findings = compute_findings(by_key, records, counts, measures[0], ks, split)
+    best_k = max(ks, key=lambda k: next(s["area_gain_pts"] for s in scalars if s["policy"] == "routed" and s["k"] == k))
+    maps = [break_even_for(profile, curves["routed", best_k, measures[0]], refs, delta) for profile in profiles]
+    for entry in maps:
+        entry.update(policy="routed", k=best_k, confidence=measures[0])
+    return Report(
+        split, n, ks, measures, list(profiles), curves, scalars, points, refs_points, fitted, findings, up_to,
+        hit_rates(records), refs, maps,
+    )  # fmt: skip
+
+
+# Where collaboration wins: the two profile quantities a break-even map varies, and their ranges (multiples of the
+# profile's own value), on a log grid.
+BREAK_EVEN_AXES = (("link.uplink_mbps", 0.01, 100.0), ("edge.latency_ms.generalist", 0.1, 10.0))
+BREAK_EVEN_POINTS = 41
+
+
+def break_even_for(
+    profile: Profile, curve: Mapping[str, np.ndarray], references: Mapping[str, float], delta: float
+) -> dict[str, Any]:
+    """core.breakeven.break_even_map over BREAK_EVEN_AXES around the profile's own point, at the accuracy of the
+    medium (base) model minus ``delta`` when it was evaluated, else of the collaboration's all-offloaded point."""
+    axes = []
+    for name, lo, hi in BREAK_EVEN_AXES:
+        value = get_field(profile, name)
+        axes.append((name, np.geomspace(value * lo, value * hi, BREAK_EVEN_POINTS)))
+    medium = references.get("base")
+    target = (medium if medium is not None else float(curve["accuracy"][-1])) - delta
+    result = break_even_map(
+        profile, axes[0][0], axes[0][1], axes[1][0], axes[1][1], curve["offload_ratio"], curve["accuracy"],
+        references["generalist"], medium if medium is not None else math.nan, target,
+    )  # fmt: skip
+    return {"profile": profile.name, "target_accuracy": target, **result}
 
 
 # ------------------------------------------------------------------------------------------- deployment summaries
@@ -318,10 +517,26 @@ def deployable_tau(curve: Mapping[str, np.ndarray], gap: float) -> float:
     return float((values[idx - 1] + values[idx]) / 2.0)
 
 
-def routed_at_threshold(records: Mapping[str, np.ndarray], k: int, measure: str, tau: float) -> dict[str, float]:
-    """The routed policy at a fixed tau: tau, offload_ratio and accuracy (apply_threshold on the records)."""
-    p = routed_policy(records, k, measure)
-    point = apply_threshold(p.confidence, p.correct_local, p.correct_offload, tau)
+def deployed_policy(records: Mapping[str, np.ndarray], spec: RouterSpec, deferral: DeferralRule | None) -> PolicyData:
+    """The sweep inputs of what a router deploys: routed or (with a fuse weight) fused answers at spec.k, with the
+    spec's confidence; ``learned`` scores the records' features with the given rule."""
+    p = routed_policy(records, spec.k, "max_prob" if spec.confidence == LEARNED else spec.confidence)
+    label = records["label"]
+    correct = p.correct_offload
+    if spec.fuse_weight is not None:
+        correct = records[f"fused_k{spec.k}"][:, FUSE_WEIGHTS.index(round(spec.fuse_weight, 2))] == label
+    conf = p.confidence
+    if spec.confidence == LEARNED:
+        if deferral is None:
+            raise SuiteError("A router with the 'learned' confidence needs its deferral rule (router.json 'deferral').")
+        conf = deferral.confidence(records["g_features"].astype(np.float64))
+    return PolicyData("fused" if spec.fuse_weight is not None else "routed", spec.k, spec.confidence, conf,
+                      p.correct_local, correct)  # fmt: skip
+
+
+def at_threshold(policy: PolicyData, tau: float) -> dict[str, float]:
+    """A policy at a fixed tau: tau, offload_ratio and accuracy (apply_threshold)."""
+    point = apply_threshold(policy.confidence, policy.correct_local, policy.correct_offload, tau)
     return {key: point[key] for key in ("tau", "offload_ratio", "accuracy")}
 
 

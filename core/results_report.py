@@ -1,10 +1,11 @@
-"""The pipeline's results report: per-seed metrics aggregated as mean +- std, rendered as markdown (plain python).
+"""The pipeline's results report: every finding with its 95 % interval and verdict (those that fail included), and
+the tables behind them, each naming the split its numbers come from; several seeds as mean +- std.
 
 Inputs per seed (as the pipeline collects them from its output files)::
 
     {"seed": 0,
      "generalist": {"val/acc": ...}, "base": {"val/acc": ...},
-     "experts": {"progressive": {"0": {"val/subset_acc": ...}, ...}, "static": {...}},
+     "experts": {"progressive": {"0": {"val/subset_acc": ...}, ...}, "static": {...}, "static_init": {...}},
      "evaluation": <evaluate.py's summary.json>}
 """
 
@@ -14,221 +15,268 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-OFFLOAD_KEYS = ("acc@10%", "acc@20%", "acc@30%", "acc@50%", "auc_norm", "offload_for_99%")
+from core.findings import across_seeds
+from core.stats import mean_std
+
 EXPERT_KEYS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
-CURVE_POLICY_ORDER = ("routed", "static", "base", "oracle", "random")
+VARIANTS = {"progressive": "progressive", "static": "static-from-base", "static_init": "static-from-init"}
+POLICY_ORDER = ("routed", "fused", "static", "static_init", "base", "oracle", "random")
+CURVE_COLUMNS = ("acc_local_only", "acc_all_offloaded", "acc@10%", "acc@20%", "acc@30%", "acc@50%")
+COSTS = {"latency_ms": "latency", "edge_energy_mj": "edge energy", "system_energy_mj": "system energy"}
+BASELINES = {
+    "edge_generalist": "edge-only generalist",
+    "edge_medium": "edge-only medium",
+    "near_edge_only": "near-edge only",
+}
+VERDICT_MARK = {"holds": "holds", "fails": "**fails**", "not established": "not established"}
 
 
-def mean_std(values: Sequence[float | None]) -> tuple[float, float] | None:
-    """Mean and sample standard deviation (0 for one value) of the finite values; None if there are none."""
+def _stat(values: Sequence[float | None]) -> tuple[float, float] | None:
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not finite:
-        return None
-    mean = sum(finite) / len(finite)
-    if len(finite) == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+    return mean_std(finite) if finite else None
 
 
-def fmt(stat: tuple[float, float] | None, percent: bool = True, seeds: int = 1) -> str:
+def fmt(stat: tuple[float, float] | float | None, scale: float = 100.0, seeds: int = 1, digits: int = 2) -> str:
+    """A value (or mean +- std across seeds) times ``scale``; '-' when unknown."""
     if stat is None:
         return "-"
-    scale = 100.0 if percent else 1.0
-    text = f"{stat[0] * scale:.2f}"
-    return text + (f" ± {stat[1] * scale:.2f}" if seeds > 1 else "")
+    mean, std = stat if isinstance(stat, tuple) else (stat, 0.0)
+    if not math.isfinite(mean):
+        return "-"
+    text = f"{mean * scale:.{digits}f}"
+    return text + (f" ± {std * scale:.{digits}f}" if seeds > 1 else "")
 
 
-def _of_measure(row: Mapping[str, Any], measure: str) -> bool:
-    # The random-offload policy sweeps random scores (confidence "random"), whatever the routing measure.
-    return row["confidence"] == measure or row["policy"] == "random"
+def report_summary(seed_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The report's numbers as data (OUT/summary.json): the findings across seeds and each seed's references."""
+    return {
+        "seeds": [r["seed"] for r in seed_results],
+        "findings": _finding_rows(seed_results),
+        "per_seed": [
+            {
+                "seed": r["seed"],
+                "references": r["evaluation"].get("references"),
+                "hit_rates": r["evaluation"].get("hit_rates"),
+                "fitted": r["evaluation"].get("fitted"),
+            }
+            for r in seed_results
+        ],
+    }
+
+
+def _finding_rows(seed_results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    per_seed = [r["evaluation"].get("findings", []) for r in seed_results]
+    if len(per_seed) == 1:
+        rows = []
+        for f in per_seed[0]:
+            rows.append({**f, "a": (f["a"], 0.0), "b": (f["b"], 0.0), "difference": (f["difference"], 0.0),
+                         "intervals": [(f["low"], f["high"])], "seeds": 1})  # fmt: skip
+        return rows
+    return across_seeds(per_seed)
+
+
+def _finding_line(f: Mapping[str, Any], seeds: int) -> str:
+    scale = 1.0 if f["unit"] == "points" else 100.0
+    ci = "; ".join(f"[{lo * scale:+.2f}, {hi * scale:+.2f}]" for lo, hi in f["intervals"])
+    return (
+        f"| {f['claim']} | {f['a_label']} {fmt(f['a'], scale, seeds)} | {f['b_label']} {fmt(f['b'], scale, seeds)} "
+        f"| {fmt(f['difference'], scale, seeds)} | {ci} | {VERDICT_MARK.get(f['verdict'], f['verdict'])} |"
+    )
 
 
 def _scalar(evaluation: Mapping[str, Any], policy: str, k: int, measure: str, key: str) -> float | None:
     for row in evaluation.get("scalars", []):
-        if (row["policy"], row["k"]) == (policy, k) and _of_measure(row, measure):
+        if (row["policy"], row["k"], row["confidence"]) == (policy, k, measure):
             return row.get(key)
     return None
 
 
-def curve_keys(evaluation: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(policy, k) pairs of the evaluation's curves for its first confidence measure, in report order."""
-    measure = evaluation["confidence_measures"][0]
-    keys = {(r["policy"], r["k"]) for r in evaluation["scalars"] if _of_measure(r, measure)}
-    return sorted(keys, key=lambda pk: (CURVE_POLICY_ORDER.index(pk[0]) if pk[0] in CURVE_POLICY_ORDER else 99, pk[1]))
+def _curve_keys(evaluation: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    keys = {(r["policy"], r["k"], r["confidence"]) for r in evaluation.get("scalars", [])}
+    primary = evaluation["confidence_measures"][0]
+    keep = [key for key in keys if key[2] in (primary, "learned", "random")]
+    return sorted(keep, key=lambda k: (POLICY_ORDER.index(k[0]) if k[0] in POLICY_ORDER else 99, k[1], k[2]))
 
 
-def aggregate(seed_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean +- std across seeds of every number the report shows; also the per-seed values."""
+def render_markdown(seed_results: Sequence[Mapping[str, Any]], header: Mapping[str, str], plots: Sequence[str]) -> str:
+    """The report; ``plots`` are paths relative to it."""
+    n = len(seed_results)
     first = seed_results[0]["evaluation"]
-    measure = first["confidence_measures"][0]
-    out: dict[str, Any] = {"seeds": [r["seed"] for r in seed_results], "confidence": measure}
-    for model in ("generalist", "base"):
-        out[f"{model}_val_acc"] = mean_std([r[model].get("val/acc") for r in seed_results])
-    experts: dict[str, dict[str, Any]] = {}
-    for j in sorted(first_expert_ids(seed_results), key=int):
-        experts[j] = {
-            mode: {key: mean_std([r["experts"][mode].get(j, {}).get(key) for r in seed_results]) for key in EXPERT_KEYS}
-            for mode in ("progressive", "static")
-        }
-    out["experts"] = experts
-    for mode in ("progressive", "static"):
-        per_seed = [_mean([m.get("val/subset_acc") for m in r["experts"][mode].values()]) for r in seed_results]
-        out[f"{mode}_mean_subset_acc"] = mean_std(per_seed)
-    out["curves"] = {
-        f"{policy}@k{k}": {
-            key: mean_std([_scalar(r["evaluation"], policy, k, measure, key) for r in seed_results])
-            for key in ("acc_local_only", "acc_all_offloaded", *OFFLOAD_KEYS)
-        }
-        for policy, k in curve_keys(first)
-    }
-    out["operating_points"] = _operating_points(seed_results, measure)
-    return out
+    split, primary, num = first["split"], first["confidence_measures"][0], first["num_samples"]
+    out = [f"# Results: {header.get('preset', '')}", ""]
+    out += [f"- {k}: {v}" for k, v in header.items()]
+    seeds = ", ".join(str(r["seed"]) for r in seed_results)
+    out.append(f"- seeds: {n} ({seeds})" + ("; numbers are mean ± std across the seeds" if n > 1 else ""))
+    boot = first.get("bootstrap", {})
+    out += [
+        f"- every number is on the {split} split ({num} images); every difference carries a 95 % paired-bootstrap "
+        f"interval over those images ({boot.get('resamples', '?')} resamples, the same resamples for every policy)"
+        + ("; with several seeds one interval per seed" if n > 1 else ""),
+        "- a finding **holds** when its interval excludes 0 in the direction it claims, **fails** when it excludes 0 "
+        "the other way, and is **not established** otherwise"
+        + (" (across seeds: only when every seed agrees)" if n > 1 else "; one seed only: seed-to-seed variation is "
+           "not measured"),
+        "",
+        f"## Findings ({split})",
+        "",
+        "| finding | a | b | a - b | 95 % interval | verdict |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    rows = _finding_rows(seed_results)
+    groups = list(dict.fromkeys(f["group"] for f in rows))
+    for group in groups:
+        out.append(f"| **{group}** | | | | | |")
+        out += [_finding_line(f, n) for f in rows if f["group"] == group]
+    out += [
+        "",
+        "Accuracies in %, area gains in points (mean accuracy over offload 0-100 % minus the generalist's).",
+        "",
+    ]
+    out += _models(seed_results, split, n)
+    out += _experts(seed_results, split, n)
+    out += _collaboration(seed_results, split, primary, n)
+    out += _costs(seed_results, split, primary, n)
+    out += _break_even(first, split)
+    if plots:
+        out += ["", f"## Plots (seed {seed_results[0]['seed']}, {split})", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(out) + "\n"
 
 
-def first_expert_ids(seed_results: Sequence[Mapping[str, Any]]) -> set[str]:
-    return {j for r in seed_results for mode in r["experts"].values() for j in mode}
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    stat = mean_std(values)
-    return None if stat is None else stat[0]
-
-
-def _operating_points(seed_results: Sequence[Mapping[str, Any]], measure: str) -> dict[str, Any]:
-    """Per profile and routed k: the val-chosen point's accuracy, offload and reductions vs each baseline."""
-    grouped: dict[str, list[Mapping[str, Any]]] = {}
-    for r in seed_results:
-        for p in r["evaluation"].get("operating_points", []):
-            if p["policy"] == "routed" and p["confidence"] == measure:
-                grouped.setdefault(f"{p['profile']}|{p['k']}", []).append(p)
-    out = {}
-    for key, points in grouped.items():
-        entry = {name: mean_std([p.get(name) for p in points]) for name in ("tau", "offload_ratio", "accuracy")}
-        for baseline in points[0].get("reductions", {}):
-            for metric in ("latency_ms", "edge_energy_mj", "system_energy_mj"):
-                entry[f"{metric} vs {baseline}"] = mean_std([p["reductions"][baseline][metric] for p in points])
-        out[key] = entry
-    return out
-
-
-def findings(agg: Mapping[str, Any]) -> list[str]:
-    """The comparisons the report must make, each stated with its numbers and whether it holds."""
-    lines = []
-    n = len(agg["seeds"])
-
-    def verdict(a: tuple[float, float] | None, b: tuple[float, float] | None, percent: bool = True) -> str:
-        if a is None or b is None:
-            return "not measured"
-        diff = a[0] - b[0]
-        spread = max(a[1], b[1])
-        holds = "holds" if diff > 0 else "does NOT hold"
-        note = "" if n > 1 and abs(diff) > spread else " (within the seed spread: not established)" if n > 1 else ""
-        return f"{holds}: {diff * 100:+.2f} points{note}" if percent else f"{holds}: {diff:+.3f}{note}"
-
-    prog, stat = agg["progressive_mean_subset_acc"], agg["static_mean_subset_acc"]
-    lines.append(
-        f"Progressive experts above static experts on their subsets (mean subset accuracy {fmt(prog, seeds=n)} vs "
-        f"{fmt(stat, seeds=n)}): {verdict(prog, stat)}."
-    )
-    curves = agg["curves"]
-    routed_k = sorted(int(key.split("@k")[1]) for key in curves if key.startswith("routed@"))
-    for k in routed_k:
-        routed, static = curves[f"routed@k{k}"], curves.get(f"static@k{k}")
-        if static:
-            lines.append(
-                f"Collaboration with progressive vs static experts, k={k}, all offloaded "
-                f"({fmt(routed['acc_all_offloaded'], seeds=n)} vs {fmt(static['acc_all_offloaded'], seeds=n)}): "
-                f"{verdict(routed['acc_all_offloaded'], static['acc_all_offloaded'])}; normalised AUC "
-                f"{fmt(routed['auc_norm'], False, n)} vs {fmt(static['auc_norm'], False, n)}."
-            )
-    if not routed_k:
-        return lines
-    best = max(routed_k, key=lambda k: (curves[f"routed@k{k}"]["auc_norm"] or (-math.inf, 0))[0])
-    best_curve, generalist = curves[f"routed@k{best}"], curves[f"routed@k{routed_k[0]}"]["acc_local_only"]
-    for ratio in ("acc@10%", "acc@20%", "acc@30%", "acc@50%"):
-        lines.append(
-            f"Collaboration (k={best}) above the generalist alone at {ratio[4:]} offload "
-            f"({fmt(best_curve[ratio], seeds=n)} vs {fmt(generalist, seeds=n)}): "
-            f"{verdict(best_curve[ratio], generalist)}."
-        )
-    if 1 in routed_k:
-        k1 = curves["routed@k1"]["auc_norm"]
-        comparison = "k=1 is itself the best k" if best == 1 else verdict(best_curve["auc_norm"], k1, percent=False)
-        lines.append(
-            f"Best Top-k (k={best}) vs k=1, normalised AUC ({fmt(best_curve['auc_norm'], False, n)} vs "
-            f"{fmt(k1, False, n)}): {comparison}."
-        )
-    if {1, 2} <= set(routed_k):
-        lines.append(
-            "k=2 routes exactly like k=1 by construction: the top-1 class's expert scores at least p1 >= p2, "
-            "more than any other expert can get from two classes; Top-k can only change the choice from k=3 on."
-        )
+def _models(seed_results: Sequence[Mapping[str, Any]], split: str, n: int) -> list[str]:
+    refs = [r["evaluation"].get("references", {}) for r in seed_results]
+    lines = ["", f"## Models ({split} accuracy, %)", "", "| model | accuracy |", "| --- | --- |"]
+    for key, label in (("generalist", "generalist (edge)"), ("base", "stage-0 base (the one medium model)")):
+        lines.append(f"| {label} | {fmt(_stat([r.get(key) for r in refs]), seeds=n)} |")
+    lines.append(f"| oracle routing, all offloaded | {fmt(_stat([r.get('oracle') for r in refs]), seeds=n)} |")
+    hits = [r["evaluation"].get("hit_rates", {}) for r in seed_results]
+    ks = sorted({int(k) for h in hits for k in h})
+    if ks:
+        lines += ["", f"Routing hit rate ({split}: the chosen expert owns the true class): "]
+        lines[-1] += ", ".join(f"k={k} {fmt(_stat([h.get(str(k)) for h in hits]), seeds=n)} %" for k in ks)
     return lines
 
 
-def render_markdown(agg: Mapping[str, Any], header: Mapping[str, str], plots: Sequence[str]) -> str:
-    """The report: header facts, findings, then the tables; ``plots`` are paths relative to the report."""
-    n = len(agg["seeds"])
-    out = [f"# Results: {header.get('preset', '')}", ""]
-    out += [f"- {k}: {v}" for k, v in header.items()]
-    out.append(
-        f"- seeds: {n} ({', '.join(map(str, agg['seeds']))}); numbers are mean ± std across seeds"
-        if n > 1
-        else f"- seeds: 1 ({agg['seeds'][0]}); one seed only, so differences smaller than the "
-        "split-to-split spread (not measured here) are not established"
-    )
-    out += ["", "## Findings", ""] + [f"- {line}" for line in findings(agg)]
-    out += [
+def _experts(seed_results: Sequence[Mapping[str, Any]], split: str, n: int) -> list[str]:
+    variants = [v for v in VARIANTS if any(r["experts"].get(v) for r in seed_results)]
+    if not variants:
+        return []
+    ids = sorted({j for r in seed_results for v in variants for j in r["experts"].get(v, {})}, key=int)
+    head = " | ".join(f"{VARIANTS[v]} {what}" for what in ("subset", "all") for v in variants)
+    lines = ["", f"## Experts ({split}: accuracy on their own subset and on all images, %)", "", f"| expert | {head} |"]
+    lines.append("| --- |" + " --- |" * (2 * len(variants)))
+    for j in ids:
+        cells = [
+            fmt(_stat([r["experts"].get(v, {}).get(j, {}).get(key) for r in seed_results]), seeds=n)
+            for key in ("val/subset_acc", "val/acc")
+            for v in variants
+        ]
+        lines.append(f"| {j} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _collaboration(seed_results: Sequence[Mapping[str, Any]], split: str, primary: str, n: int) -> list[str]:
+    first = seed_results[0]["evaluation"]
+    within = [key for key in (first.get("scalars") or [{}])[0] if key.startswith("offload_within_")]
+    lines = [
         "",
-        "## Models (val accuracy, %)",
+        f"## Collaboration ({split}, confidence `{primary}` unless named, accuracy %)",
         "",
-        "| model | val acc |",
-        "| --- | --- |",
-        f"| generalist | {fmt(agg['generalist_val_acc'], seeds=n)} |",
-        f"| stage-0 base (medium model) | {fmt(agg['base_val_acc'], seeds=n)} |",
+        "Area norm: on one scale for every policy (0 = the generalist alone, 1 = oracle routing with every image "
+        f"offloaded). {within[0].replace('_', ' ') if within else ''}: the smallest offload that does it.",
         "",
-        "## Experts on their subsets (val, %)",
-        "",
-        "| expert | progressive subset acc | static subset acc | progressive restricted | static restricted "
-        "| progressive routed-in | static routed-in | progressive all-val | static all-val |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| policy | k | confidence | G only | all offloaded | @10% | @20% | @30% | @50% | area gain (pts) | area norm "
+        "| offload within |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for j, modes in agg["experts"].items():
-        cells = [fmt(modes[mode][key], seeds=n) for key in EXPERT_KEYS for mode in ("progressive", "static")]
-        out.append(f"| {j} | " + " | ".join(cells) + " |")
-    out.append(
-        f"| mean | {fmt(agg['progressive_mean_subset_acc'], seeds=n)} | {fmt(agg['static_mean_subset_acc'], seeds=n)}"
-        " | | | | | | |"
-    )
-    out += [
+    for policy, k, measure in _curve_keys(first):
+
+        def stat(key: str, p: str = policy, kk: int = k, m: str = measure) -> tuple[float, float] | None:
+            return _stat([_scalar(r["evaluation"], p, kk, m, key) for r in seed_results])
+
+        cells = [fmt(stat(c), seeds=n) for c in CURVE_COLUMNS]
+        cells += [fmt(stat("area_gain_pts"), 1.0, n), fmt(stat("area_norm"), 1.0, n, 3)]
+        cells.append(fmt(stat(within[0]), seeds=n) + " %" if within else "-")
+        lines.append(f"| {policy} | {k} | {measure} | " + " | ".join(cells) + " |")
+    weights = first.get("fitted", {}).get("fuse_weight", {})
+    if weights:
+        lines += ["", "Fused answers: weight of G's log-probabilities chosen on val per k: "]
+        lines[-1] += ", ".join(f"k={k} w={w}" for k, w in weights.items())
+    return lines
+
+
+def _costs(seed_results: Sequence[Mapping[str, Any]], split: str, primary: str, n: int) -> list[str]:
+    first = seed_results[0]["evaluation"]
+    lines = [
         "",
-        f"## Collaboration (val, confidence `{agg['confidence']}`, accuracy %)",
+        f"## Costs ({split}; operating point chosen on val; reductions in %, positive = cheaper, with both accuracies)",
         "",
-        "| policy | k | generalist only | all offloaded | @10% | @20% | @30% | @50% | norm. AUC | offload for 99% |",
+        "| profile | policy | k | tau | offload % | accuracy % | baseline | baseline accuracy % | latency | edge "
+        "energy | system energy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in first.get("operating_points", []):
+        if p["confidence"] != primary or p["policy"] not in ("routed", "fused") or not p["profile"]:
+            continue
+        for base, label in BASELINES.items():
+            acc = (p.get("baseline_accuracy") or {}).get(base)
+            reds = [fmt(p["reductions"][base][c], 100.0, 1, 1) for c in COSTS]
+            lines.append(
+                f"| {p['profile']} | {p['policy']} | {p['k']} | {p['tau']:.4f} | {fmt(p['offload_ratio'])} | "
+                f"{fmt(p['accuracy'])} | {label} | {fmt(acc)} | " + " | ".join(reds) + " |"
+            )
+    lines += [
+        "",
+        f'### "Up to" reductions ({split}): the largest over thresholds whose accuracy is at least the baseline\'s '
+        "minus delta",
+        "",
+        "| profile | policy | k | baseline | cost | up to % | at offload % | accuracy % | baseline accuracy % "
+        "| delta |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for key, vals in agg["curves"].items():
-        policy, k = key.split("@k")
-        cells = [fmt(vals[c], seeds=n) for c in ("acc_local_only", "acc_all_offloaded", *OFFLOAD_KEYS[:4])]
-        cells += [fmt(vals["auc_norm"], False, n), fmt(vals["offload_for_99%"], seeds=n)]
-        out.append(f"| {policy} | {k} | " + " | ".join(cells) + " |")
-    out += [
-        "",
-        "## Operating point (chosen on val) and reductions (%, positive = cheaper)",
-        "",
-        "| profile | k | tau | offload % | acc % | latency vs edge-only medium | latency vs near-edge only "
-        "| edge energy vs near-edge only | system energy vs near-edge only |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for key, vals in agg["operating_points"].items():
-        profile, k = key.split("|")
-        out.append(
-            f"| {profile} | {k} | {fmt(vals['tau'], False, n)} | {fmt(vals['offload_ratio'], seeds=n)} | "
-            f"{fmt(vals['accuracy'], seeds=n)} | {fmt(vals.get('latency_ms vs edge_medium'), seeds=n)} | "
-            f"{fmt(vals.get('latency_ms vs near_edge_only'), seeds=n)} | "
-            f"{fmt(vals.get('edge_energy_mj vs near_edge_only'), seeds=n)} | "
-            f"{fmt(vals.get('system_energy_mj vs near_edge_only'), seeds=n)} |"
+    for entry in first.get("up_to_reductions", []):
+        if entry["confidence"] != primary or entry["policy"] not in ("routed", "fused"):
+            continue
+        for base, label in BASELINES.items():
+            for cost, name in COSTS.items():
+                best = entry["reductions"][base][cost]
+                if best is None:
+                    lines.append(f"| {entry['profile']} | {entry['policy']} | {entry['k']} | {label} | {name} | "
+                                 f"none (no threshold accurate enough) | | | | {fmt(entry['delta'])} |")  # fmt: skip
+                    continue
+                lines.append(
+                    f"| {entry['profile']} | {entry['policy']} | {entry['k']} | {label} | {name} | "
+                    f"{fmt(best['reduction'], 100.0, 1, 1)} | {fmt(best['offload_ratio'])} | {fmt(best['accuracy'])} | "
+                    f"{fmt(best['baseline_accuracy'])} | {fmt(entry['delta'])} |"
+                )
+    return lines
+
+
+def _break_even(evaluation: Mapping[str, Any], split: str) -> list[str]:
+    maps = evaluation.get("break_even", [])
+    if not maps:
+        return []
+    lines = ["", f"## Where the collaboration wins ({split} accuracies; costs from each profile)", ""]
+    for m in maps:
+        strategies = m["strategies"]
+        x, y = m["profile_point"]
+        feasible = [s for s in strategies if m["feasible"].get(s)]
+        ratio = m.get("collaboration_offload_ratio")
+        lines.append(
+            f"- `{m['profile']}` at a target accuracy of {fmt(m['target_accuracy'])} % (policy {m['policy']} "
+            f"k={m['k']}: " + (f"{fmt(ratio)} % offloaded" if ratio is not None else "never reaches it") + "); "
+            f"strategies that reach it: {', '.join(feasible) or 'none'}."
         )
-    if plots:
-        out += ["", "## Plots (first seed)", ""] + [f"![{p}]({p})" for p in plots]
-    return "\n".join(out) + "\n"
+        for cost, name in COSTS.items():
+            grid = m["best"][cost]
+            xs, ys = list(m["x_values"]), list(m["y_values"])
+            ix = min(range(len(xs)), key=lambda i: abs(math.log(xs[i]) - math.log(x)))
+            iy = min(range(len(ys)), key=lambda i: abs(math.log(ys[i]) - math.log(y)))
+            wins = [[cell == strategies.index("collaboration") for cell in row] for row in grid]
+            share = sum(map(sum, wins)) / max(1, len(xs) * len(ys))
+            here = strategies[grid[iy][ix]] if grid[iy][ix] >= 0 else "none"
+            lines.append(
+                f"  - {name}: cheapest at the profile's own point ({m['x_field']} = {x:g}, {m['y_field']} = {y:g}): "
+                f"{here}; the collaboration is cheapest on {100 * share:.0f} % of the map "
+                f"({m['x_field']} x{xs[0] / x:g}..x{xs[-1] / x:g}, {m['y_field']} x{ys[0] / y:g}..x{ys[-1] / y:g})."
+            )
+    return lines

@@ -13,6 +13,7 @@ from .errors import RoutingError
 
 CONFIDENCE_MEASURES = ("max_prob", "margin", "entropy")
 FIT = "fit"  # the temperature is fitted on val by temperature scaling
+LEARNED = "learned"  # the confidence of a deferral rule fitted on val (core.deferral)
 
 
 def _is_int(x: Any) -> bool:
@@ -67,19 +68,31 @@ class RouterSpec:
         confidence: ``max_prob``, ``margin`` or ``entropy``.
         temperature: softmax temperature of G's logits, or ``"fit"`` (temperature scaling on val).
         tau: offload threshold (a sample is offloaded when its confidence < tau); None until chosen on val.
+        fuse_weight: None answers an offloaded sample with the expert's top-1; a weight w in [0, 1] answers with
+            argmax(w log p_G + (1 - w) log p_E), the fused answer (core.policies.fused_predictions).
+
+    ``confidence`` may also be ``learned``: a deferral rule fitted on val (core.deferral), which a bundle carries.
     """
 
     k: int = 1
     confidence: str = "max_prob"
     temperature: float | Literal["fit"] = FIT
     tau: float | None = None
+    fuse_weight: float | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.k) or self.k < 1:
             raise RoutingError(f"k must be an integer >= 1 (Top-k of the expert choice), got {self.k!r}.")
         object.__setattr__(self, "k", int(self.k))
-        check_measures([self.confidence])
+        if self.confidence != LEARNED:
+            check_measures([self.confidence])
         object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        if self.fuse_weight is not None and not (
+            isinstance(self.fuse_weight, (int, float)) and 0.0 <= self.fuse_weight <= 1.0
+        ):
+            raise RoutingError(
+                f"fuse_weight must be null (the expert's answer) or in [0, 1], got {self.fuse_weight!r}."
+            )
         if self.tau is not None:
             if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau):
                 raise RoutingError(f"tau must be a finite number (offload where confidence < tau), got {self.tau!r}.")
@@ -95,12 +108,15 @@ class RouterSpec:
         """A numeric temperature and a chosen tau: everything a runtime needs to decide."""
         return self.temperature != FIT and self.tau is not None
 
-    def resolved(self, temperature: float | None = None, tau: float | None = None) -> RouterSpec:
-        """A copy with the fitted temperature and/or the chosen tau filled in."""
+    def resolved(
+        self, temperature: float | None = None, tau: float | None = None, fuse_weight: float | None = None
+    ) -> RouterSpec:
+        """A copy with the fitted temperature, the chosen tau and/or the fitted fuse weight filled in."""
         return replace(
             self,
             temperature=self.temperature if temperature is None else temperature,
             tau=self.tau if tau is None else tau,
+            fuse_weight=self.fuse_weight if fuse_weight is None else fuse_weight,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,7 +125,13 @@ class RouterSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RouterSpec:
         """Inverse of to_dict (extra keys such as ``offload_when`` are ignored)."""
-        return cls(k=d["k"], confidence=d["confidence"], temperature=d["temperature"], tau=d.get("tau"))
+        return cls(
+            k=d["k"],
+            confidence=d["confidence"],
+            temperature=d["temperature"],
+            tau=d.get("tau"),
+            fuse_weight=d.get("fuse_weight"),
+        )
 
 
 def _as_2d_float(x: np.ndarray, name: str) -> np.ndarray:

@@ -116,31 +116,24 @@ def accuracy_at_offload(curve: Mapping[str, np.ndarray], ratio: float) -> float:
     return float(y[idx])
 
 
-def normalised_auc(curve: Mapping[str, np.ndarray]) -> float:
-    """Area under accuracy vs offload ratio over [0, 1], rescaled so local-only = 0 and all-offloaded = 1.
+def area_under_curve(curve: Mapping[str, np.ndarray]) -> float:
+    """Area under accuracy vs offload ratio over [0, 1]: the mean accuracy over all offload levels.
 
     Trapezoids between the exact points (linear interpolation = offloading a random part of a tie block).
-    Value = (AUC - acc_local_only) / (acc_all_offloaded - acc_local_only): random offload scores about
-    0.5, a router that sends exactly the samples the offload target fixes scores > 1 when mixing beats
-    both ends. NaN when both end accuracies are equal (nothing to normalise by).
     """
     x, y = _curve_arrays(curve)
     if abs(x[0]) > _EPS or abs(x[-1] - 1.0) > _EPS:
         raise RoutingError(
-            f"normalised_auc needs a curve from offload ratio 0 to 1, got {x[0]:g}..{x[-1]:g}; use the full "
+            f"The area needs a curve from offload ratio 0 to 1, got {x[0]:g}..{x[-1]:g}; use the full "
             "sweep_thresholds() output."
         )
-    auc = float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
-    lo, hi = float(y[0]), float(y[-1])
-    if hi == lo:
-        return math.nan
-    return (auc - lo) / (hi - lo)
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
 
 
-def offload_to_reach(curve: Mapping[str, np.ndarray], fraction: float = 0.99) -> float:
-    """Smallest offload ratio whose accuracy >= fraction * all-offloaded accuracy (NaN if none)."""
+def offload_to_reach(curve: Mapping[str, np.ndarray], target: float) -> float:
+    """Smallest offload ratio whose accuracy >= target (an absolute accuracy); NaN if no threshold reaches it."""
     x, y = _curve_arrays(curve)
-    ok = np.flatnonzero(y >= fraction * y[-1] - _EPS)
+    ok = np.flatnonzero(y >= target - _EPS)
     return float(x[ok[0]]) if ok.size else math.nan
 
 
@@ -149,16 +142,31 @@ def _pct(value: float) -> str:
 
 
 def summarise_curve(
-    curve: Mapping[str, np.ndarray], ratios: Sequence[float] = (0.1, 0.2, 0.3, 0.5), fraction: float = 0.99
+    curve: Mapping[str, np.ndarray],
+    shared_scale: tuple[float, float],
+    references: Mapping[str, float],
+    within_points: float = 0.5,
+    ratios: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
 ) -> dict[str, float]:
-    """Scalars of one curve: "acc@10%"..., "auc_norm", "offload_for_99%", "acc_local_only",
-    "acc_all_offloaded"."""
+    """Scalars of one curve, every one on a scale shared by all policies of the evaluation.
+
+    - ``acc@10%`` ...: accuracy at the largest offload <= 10 %, ...; ``acc_local_only``, ``acc_all_offloaded``.
+    - ``area_gain_pts``: mean accuracy over offload in [0, 1] minus generalist-only accuracy, in points.
+    - ``area_norm``: (area - lo) / (hi - lo) with the evaluation's shared (lo, hi): generalist-only accuracy and
+      the oracle's all-offloaded accuracy; comparable across policies because the denominator is the same.
+    - ``offload_within_<X>pt_of_<ref>``: the smallest offload whose accuracy is within X points (absolute) of
+      the named reference accuracy (e.g. the base model on every sample); NaN when it is never reached.
+    """
     _, y = _curve_arrays(curve)
+    area = area_under_curve(curve)
+    lo, hi = shared_scale
     out = {f"acc@{_pct(r)}": accuracy_at_offload(curve, r) for r in ratios}
-    out["auc_norm"] = normalised_auc(curve)
-    out[f"offload_for_{_pct(fraction)}"] = offload_to_reach(curve, fraction)
     out["acc_local_only"] = float(y[0])
     out["acc_all_offloaded"] = float(y[-1])
+    out["area_gain_pts"] = 100.0 * (area - float(y[0]))
+    out["area_norm"] = (area - lo) / (hi - lo) if hi != lo else math.nan
+    for name, accuracy in references.items():
+        out[f"offload_within_{within_points:g}pt_of_{name}"] = offload_to_reach(curve, accuracy - within_points / 100)
     return out
 
 
@@ -243,4 +251,39 @@ def reductions(point: Mapping[str, float], baselines: Mapping[str, Mapping[str, 
         for key in COST_KEYS:
             b, p = float(base.get(key, math.nan)), float(point.get(key, math.nan))
             out[name][key] = 1.0 - p / b if b != 0 and math.isfinite(b) else math.nan
+    return out
+
+
+def up_to_reductions(
+    curve: Mapping[str, np.ndarray],
+    baselines: Mapping[str, Mapping[str, float]],
+    baseline_accuracy: Mapping[str, float | None],
+    delta: float = 0.005,
+) -> dict[str, dict[str, dict[str, float] | None]]:
+    """ "Up to" reductions: per baseline and cost, the largest reduction 1 - cost / baseline over the thresholds
+    whose accuracy is at least the baseline's accuracy minus ``delta`` (accuracy units, 0.005 = 0.5 points).
+
+    Each entry holds that point (tau, offload_ratio, accuracy, the reduction) and the baseline's accuracy, so the
+    reduction is never quoted without what it costs; None when the baseline's accuracy is unknown or no threshold
+    is accurate enough.
+    """
+    if not delta >= 0:
+        raise RoutingError(f"delta must be >= 0 (accuracy units, 0.005 = 0.5 points), got {delta!r}.")
+    _, y = _curve_arrays(curve)
+    out: dict[str, dict[str, dict[str, float] | None]] = {}
+    for name, base in baselines.items():
+        acc = baseline_accuracy.get(name)
+        out[name] = {}
+        for key in COST_KEYS:
+            b = float(base.get(key, math.nan))
+            if acc is None or key not in curve or not (math.isfinite(b) and b != 0):
+                out[name][key] = None
+                continue
+            ok = np.flatnonzero(y >= acc - delta - _EPS)
+            if not ok.size:
+                out[name][key] = None
+                continue
+            red = 1.0 - np.asarray(curve[key], dtype=np.float64)[ok] / b
+            i = int(ok[int(np.argmax(red))])
+            out[name][key] = {**_point(curve, i), "reduction": float(np.max(red)), "baseline_accuracy": float(acc)}
     return out

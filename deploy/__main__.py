@@ -37,6 +37,7 @@ def export(
     experts: list[str] | None = None,
     routing: RouterSpec = RouterSpec(),
     gap: float = 0.005,
+    answer: Literal["expert", "fused"] = "expert",
     evaluate_on: Literal["val", "test", "none"] = "val",
     data: DataOptions = DataOptions(),
     profile: str | None = None,
@@ -52,9 +53,12 @@ def export(
         out: bundle folder to create (must not exist unless --force).
         experts: expert checkpoints (files, folders or quoted globs) partitioning the classes; none: a
             generalist-only bundle.
-        routing: k, confidence measure, temperature (fit: on the evaluation split) and tau (null: the val operating
-            point) of the deployed router.
+        routing: k, confidence measure (max_prob, margin, entropy, or learned: a deferral rule fitted on the
+            evaluation split and carried in router.json), temperature (fit: on the evaluation split) and tau (null:
+            the operating point on that split) of the deployed router.
         gap: operating point: the smallest offload within this accuracy of all-offloaded (0.005 = 0.5 points).
+        answer: expert (an offloaded image gets the expert's answer) or fused (the weighted geometric mean of G's
+            and the expert's probabilities, its weight fitted on the evaluation split; no extra forwards).
         evaluate_on: split that fits the temperature, chooses tau and measures the recorded accuracies; none uses
             --routing.temperature/--routing.tau as given and records no accuracy.
         data: the CIFAR-100 folder and split settings, as in training.
@@ -69,8 +73,8 @@ def export(
     plan = load_profile(profile) if profile else None
     images = None if evaluate_on == "none" else labelled_images(data, evaluate_on)
     manifest = export_bundle(
-        generalist, experts or [], out, routing=routing, data=images, gap=gap, profile=plan, force=force,
-        torch_export=torch_export, batch_size=data.batch_size,
+        generalist, experts or [], out, routing=routing, data=images, gap=gap, profile=plan, answer=answer,
+        force=force, torch_export=torch_export, batch_size=data.batch_size,
     )  # fmt: skip
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(f"Wrote {out}: {len(manifest['files'])} files, {size / 1e6:.1f} MB, {manifest['export_seconds']} s")

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from core.deferral import DeferralRule
 from core.errors import PartitionError, SuiteError
 from core.hashing import file_sha256
-from core.routing import FIT, RouterSpec
+from core.routing import FIT, LEARNED, RouterSpec
 from core.subsets import class_to_expert, validate_partition
 
 FORMAT_VERSION = 1
@@ -55,6 +56,7 @@ class RouterConfig:
     superclass_names: tuple[str, ...]
     fine_to_coarse: tuple[int, ...]
     model_input_size: int
+    deferral: dict[str, Any] | None = None  # core.deferral.DeferralRule.to_dict() of a "learned" confidence
 
     @property
     def num_classes(self) -> int:
@@ -63,6 +65,14 @@ class RouterConfig:
     @property
     def num_experts(self) -> int:
         return len(self.subsets)
+
+    def deferral_rule(self) -> DeferralRule | None:
+        """The deferral rule of a ``learned`` confidence (None for the other measures)."""
+        if self.routing.confidence != LEARNED:
+            return None
+        if self.deferral is None:
+            raise BundleError("router.json routes on the learned confidence but holds no deferral rule.")
+        return DeferralRule.from_dict(self.deferral)
 
     def class_to_expert(self) -> np.ndarray:
         """Expert that owns each class (int64, num_classes)."""
@@ -78,6 +88,7 @@ class RouterConfig:
                 for j, (f, s) in enumerate(zip(self.expert_files, self.subsets, strict=True))
             ],
             "routing": self.routing.to_dict(),
+            "deferral": self.deferral,
             "input": {
                 "layout": "NHWC",
                 "dtype": "uint8",
@@ -117,6 +128,7 @@ class RouterConfig:
                 superclass_names=tuple(str(n) for n in classes["superclass_names"]),
                 fine_to_coarse=tuple(int(c) for c in classes["fine_to_coarse"]),
                 model_input_size=int(inp["model_input_size"]),
+                deferral=d.get("deferral"),
             )
             if int(inp["width"]) != router.image_size or int(inp["channels"]) != 3:
                 raise ValueError("input must be square with 3 channels")
@@ -135,6 +147,11 @@ class RouterConfig:
             problems.append(f"k={spec.k} is outside 1..{self.num_classes}")
         if spec.temperature == FIT:
             problems.append("the temperature is 'fit', not the fitted number")
+        if spec.confidence == LEARNED:
+            try:
+                self.deferral_rule()
+            except SuiteError as exc:
+                problems.append(f"the learned confidence's deferral rule is unusable ({exc})")
         if self.num_experts and spec.tau is None:
             problems.append("tau is missing (a bundle with experts needs one)")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:

@@ -27,10 +27,11 @@ from torch import nn
 
 from core.cifar100 import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from core.costs import Profile
+from core.deferral import DeferralRule
 from core.errors import SuiteError
 from core.hashing import file_sha256
-from core.policies import deployable_tau, expert_subset_accuracies, routed_at_threshold, routed_policy
-from core.routing import FIT, RouterSpec, fit_temperature
+from core.policies import at_threshold, deployable_tau, deployed_policy, expert_subset_accuracies, policy_inputs
+from core.routing import FIT, LEARNED, RouterSpec, fit_temperature
 from core.sweep import sweep_thresholds
 from datamodules.cifar100 import LabelledImages
 from datamodules.transforms import CIFAR100_MEAN, CIFAR100_STD
@@ -97,10 +98,11 @@ def torch_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np
 
 
 def evaluate_for_export(
-    models: ExportModels, data: LabelledImages, spec: RouterSpec, gap: float, batch_size: int = 256
-) -> tuple[RouterSpec, dict[str, Any]]:
-    """(the spec with temperature and tau filled in, metrics) on a labelled split: T fitted unless given, tau
-    chosen at the val operating point unless given; the collaboration is scored by core.policies."""
+    models: ExportModels, data: LabelledImages, spec: RouterSpec, gap: float, answer: str, batch_size: int = 256
+) -> tuple[RouterSpec, DeferralRule | None, dict[str, Any]]:
+    """(the spec with temperature, tau and fuse weight filled in, the deferral rule of a ``learned`` confidence,
+    metrics) on a labelled split: T fitted unless given, the fused weight and the deferral rule fitted as the
+    evaluation fits them (core.policies.policy_inputs), tau chosen at the operating point unless given."""
     x = data.tensors()
     g_logits = torch_logits(models.generalist, x, batch_size)
     labels = data.labels
@@ -111,18 +113,22 @@ def evaluate_for_export(
         "generalist_accuracy": float(np.mean(np.argmax(g_logits, axis=1) == labels)),
     }
     if models.system is None:
-        return spec.resolved(temperature=temperature), metrics
+        return spec.resolved(temperature=temperature), None, metrics
     system = models.system
     system.set_temperature(temperature)
     records = system.records_of(x, labels, batch_size)
-    policy = routed_policy(records, spec.k, spec.confidence)
-    tau = spec.tau
-    if tau is None:
-        tau = deployable_tau(sweep_thresholds(policy.confidence, policy.correct_local, policy.correct_offload), gap)
+    _, fitted = policy_inputs(records)
+    policy_name = "fused" if answer == "fused" else "routed"
+    spec = spec.resolved(temperature=temperature, fuse_weight=fitted.fuse_weight[spec.k] if answer == "fused" else None)
+    rule = DeferralRule.from_dict(fitted.deferral[f"{policy_name}@k{spec.k}"]) if spec.confidence == LEARNED else None
+    policy = deployed_policy(records, spec, rule)
+    if spec.tau is None:
+        curve = sweep_thresholds(policy.confidence, policy.correct_local, policy.correct_offload)
+        spec = spec.resolved(tau=deployable_tau(curve, gap))
     metrics["experts"] = expert_subset_accuracies(records, len(models.experts))
     metrics["all_offloaded_accuracy"] = float(np.mean(policy.correct_offload))
-    metrics["collaboration"] = routed_at_threshold(records, spec.k, spec.confidence, tau)
-    return spec.resolved(temperature=temperature, tau=tau), metrics
+    metrics["collaboration"] = at_threshold(policy, spec.tau)
+    return spec, rule, metrics
 
 
 def export_onnx(model: nn.Module, path: Path, metadata: dict[str, str], opset: int = OPSET) -> None:
@@ -189,6 +195,7 @@ def export_bundle(
     data: LabelledImages | None = None,
     gap: float = 0.005,
     profile: Profile | None = None,
+    answer: str = "expert",
     force: bool = False,
     torch_export: bool = False,
     batch_size: int = 256,
@@ -204,6 +211,8 @@ def export_bundle(
         data: labelled split for temperature, tau and the recorded accuracies.
         gap: the operating point's allowed accuracy loss against all-offloaded (0.005 = 0.5 points).
         profile: the cost profile the deployment is planned with; the model card says whether it was measured.
+        answer: ``expert`` (an offloaded sample gets the expert's answer) or ``fused`` (the weighted geometric mean
+            of G's and the expert's probabilities, its weight fitted on ``data``).
         force: replace an existing bundle at ``out_dir``.
         torch_export: also save ``torch.export`` programs (``*.pt2``) next to the ONNX files.
     """
@@ -214,10 +223,13 @@ def export_bundle(
     if not gap >= 0:
         raise ExportError(f"gap must be >= 0 (accuracy units, 0.005 = 0.5 points), got {gap!r}.")
     spec.check_classes(NUM_CLASSES)
-    if experts and spec.tau is None and data is None:
+    if answer not in ("expert", "fused"):
+        raise ExportError(f"--answer must be expert or fused, got {answer!r}.")
+    if experts and data is None and (spec.tau is None or spec.confidence == LEARNED or answer == "fused"):
         raise ExportError(
-            "An export with experts needs the offload threshold: pass --routing.tau, or a data split "
-            "(--data.data_dir) to choose it at the val operating point."
+            "An export with experts needs data to choose what the router has not been given: tau (or pass "
+            "--routing.tau), the learned deferral rule (confidence learned) or the fused weight (answer fused); "
+            "evaluate on a split (--evaluate_on val)."
         )
     models = load_export_models(generalist, experts, spec)
     g_hparams = models.generalist.hparams
@@ -226,18 +238,19 @@ def export_bundle(
             f"The generalist has {g_hparams.num_classes} classes; bundles describe the {NUM_CLASSES} CIFAR-100 "
             "classes (router.json carries their names). Export models trained on all CIFAR-100 classes."
         )
-    metrics = None
+    metrics, rule = None, None
     temperature_source = "given" if spec.temperature != FIT else "val" if data is not None else "default"
     if data is not None:
         _progress(f"export: evaluating on {data.split} ({len(data.labels)} images) for temperature and tau")
-        spec, metrics = evaluate_for_export(models, data, spec, gap, batch_size)
+        spec, rule, metrics = evaluate_for_export(models, data, spec, gap, answer, batch_size)
     elif spec.temperature == FIT:
         spec = spec.resolved(temperature=1.0)
     router = RouterConfig(
         generalist_file=GENERALIST_FILE,
         expert_files=tuple(expert_file(j) for j in range(len(models.experts))),
         subsets=tuple(tuple(s) for s in models.subsets),
-        routing=spec if models.system is not None else RouterSpec(spec.k, spec.confidence, spec.temperature),
+        routing=spec if models.system is not None else RouterSpec(spec.k, "max_prob", spec.temperature),
+        deferral=None if rule is None else rule.to_dict(),
         image_size=IMAGE_SIZE,
         mean=tuple(CIFAR100_MEAN),
         std=tuple(CIFAR100_STD),

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core.errors import SuiteError
-from core.policies import route_batch
+from core.policies import fused_predictions, route_batch
 from core.routing import offload_mask
 from deploy.bundle_format import (
     INPUT_NAME,
@@ -96,6 +96,7 @@ class EdgeResult:
     """The generalist's pass over a batch: local answers, routing, and the request for the near edge."""
 
     logits: np.ndarray
+    probs: np.ndarray
     confidences: np.ndarray
     predictions: np.ndarray
     experts: np.ndarray
@@ -157,6 +158,7 @@ class EdgeRuntime:
     def __init__(self, router: RouterConfig, generalist: ort.InferenceSession) -> None:
         self.router = router
         self.session = generalist
+        self._deferral = router.deferral_rule()
 
     @classmethod
     def load(
@@ -177,7 +179,7 @@ class EdgeRuntime:
         logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         spec, n = self.router.routing, self.router.num_experts
         table = self.router.class_to_expert() if n else None
-        routed = route_batch(logits, spec.temperature, [spec.k], [spec.confidence], table, n)
+        routed = route_batch(logits, spec.temperature, [spec.k], [spec.confidence], table, n, self._deferral)
         conf = routed.confidence[spec.confidence]
         experts = routed.experts[spec.k] if n else np.full(len(conf), -1, dtype=np.int64)
         offloaded = offload_mask(conf, spec.tau) if n else np.zeros(len(conf), dtype=bool)
@@ -188,7 +190,7 @@ class EdgeRuntime:
             images=images[idx] if send == "images" else None,
             tensors=x[idx] if send == "tensors" else None,
         )
-        return EdgeResult(logits, conf, np.argmax(logits, axis=1), experts, offloaded, request)
+        return EdgeResult(logits, routed.probs, conf, np.argmax(logits, axis=1), experts, offloaded, request)
 
 
 class NearEdgeRuntime:
@@ -243,8 +245,9 @@ class NearEdgeRuntime:
         return ExpertAnswer(idx.astype(np.int64), experts.astype(np.int64), logits, np.argmax(logits, axis=1))
 
 
-def combine(edge: EdgeResult, answer: ExpertAnswer | None) -> Prediction:
-    """Merge the edge's local answers with the near edge's answer to its request."""
+def combine(edge: EdgeResult, answer: ExpertAnswer | None, fuse_weight: float | None = None) -> Prediction:
+    """Merge the edge's local answers with the near edge's answer to its request; with ``fuse_weight`` an
+    offloaded sample gets the fused answer of G's and the expert's probabilities (core.policies)."""
     predictions = edge.predictions.copy()
     answered_by = np.full(len(predictions), -1, dtype=np.int64)
     if len(edge.request):
@@ -253,7 +256,11 @@ def combine(edge: EdgeResult, answer: ExpertAnswer | None) -> Prediction:
                 "The expert answer does not match this batch's offload request (different sample indices); "
                 "combine each EdgeResult with the answer to its own request."
             )
-        predictions[answer.indices] = answer.predictions
+        if fuse_weight is None:
+            predictions[answer.indices] = answer.predictions
+        else:
+            fused = fused_predictions(edge.probs[answer.indices], answer.logits, [fuse_weight])
+            predictions[answer.indices] = fused[:, 0]
         answered_by[answer.indices] = answer.experts
     return Prediction(predictions, edge.confidences, answered_by, edge, answer)
 
@@ -331,4 +338,4 @@ class Bundle:
         """Edge pass, then the near-edge answer to its request (skipped when nothing is offloaded)."""
         edge = self.edge.run(images, send)
         answer = self.near_edge.answer(edge.request) if len(edge.request) else None
-        return combine(edge, answer)
+        return combine(edge, answer, self.router.routing.fuse_weight)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from core.hashing import file_sha256
-from core.policies import routed_at_threshold
+from core.policies import at_threshold, deployed_policy
 from datamodules.cifar100 import LabelledImages, eval_tensors
 from deploy.export import ExportError, load_export_models, torch_logits
 from deploy.runtime import Bundle
@@ -62,9 +62,11 @@ def verify_bundle(
     if models.subsets != [list(s) for s in bundle.router.subsets]:
         raise ExportError("The checkpoints' expert subsets differ from router.json; pass the bundle's sources.")
     system = models.system
+    rule = bundle.router.deferral_rule()
     if system is not None:
         system.set_temperature(spec.temperature)
         system.tau = spec.tau
+        system.deploy(spec.confidence, rule, spec.fuse_weight)
     g_diff = e_diff = 0.0
     mismatches = 0
     runtime_correct, offloaded, records = [], [], []
@@ -100,7 +102,7 @@ def verify_bundle(
         simulated = float(np.mean(np.argmax(torch_logits(models.generalist, data.tensors()), axis=1) == data.labels))
     else:
         merged = {key: np.concatenate([r[key] for r in records]) for key in records[0]}
-        simulated = routed_at_threshold(merged, spec.k, spec.confidence, spec.tau)["accuracy"]
+        simulated = at_threshold(deployed_policy(merged, spec, rule), spec.tau)["accuracy"]
     report = {
         "bundle": str(folder),
         "split": data.split,

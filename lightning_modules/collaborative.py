@@ -6,9 +6,11 @@ and evaluation decide identically:
 - ``predict_step`` is real routed inference at one threshold ``tau`` and one ``route_k``: only the chosen expert
   runs, and only on the samples whose confidence is below ``tau``.
 - ``validation_step`` / ``test_step`` evaluate every policy at once without a threshold: G runs once per sample and
-  every distinct (sample, expert) pair that some policy needs (each k's Top-k choice, the oracle choice, the static
-  experts' choices) runs exactly once (``core.routing.experts_needed``); the base ("medium") model runs on every
-  sample. They return per-sample records (O(N x k) numbers, never the experts' logits) that core.policies sweeps.
+  every distinct (sample, expert) pair that some policy needs (each k's Top-k choice and the oracle choice, for the
+  progressive experts and each baseline set of static experts) runs exactly once (``core.routing.experts_needed``);
+  the base ("medium") model runs on every sample. They return per-sample records (O(N x k) numbers, never the
+  experts' logits: the fused answers are computed in the step for every candidate weight) that core.policies
+  sweeps.
 
 Temperature ``"fit"``: before the first validation epoch the system runs G over the val loader, keeps those logits
 (N_val x classes, G only) to fit T with ``core.routing.fit_temperature`` and reuses them in ``validation_step``
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,10 +33,22 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import DataLoader
 
+from core.deferral import DeferralRule
 from core.errors import PartitionError, RoutingError, SuiteError
-from core.policies import Records, RoutedBatch, generalist_records, merge_records, oracle_assignment, route_batch
+from core.policies import (
+    BASELINE_SETS,
+    FUSE_WEIGHTS,
+    Records,
+    RoutedBatch,
+    fused_predictions,
+    generalist_records,
+    merge_records,
+    oracle_assignment,
+    route_batch,
+)
 from core.routing import (
     FIT,
+    LEARNED,
     check_k_values,
     check_measures,
     check_temperature,
@@ -60,7 +74,8 @@ class CollaborativeSystem(LightningModule):
         generalist: the edge model; called on images, returns (N, num_classes) logits.
         experts: expert ``j`` owns ``subsets[j]``; every expert returns (N, num_classes) logits.
         subsets: the fine classes of each expert; must partition ``0..num_classes-1``.
-        static_experts, static_subsets: the static-expert baseline (same routing, its own partition).
+        baselines: single-stage expert sets evaluated with the same routing, by record prefix (``static``:
+            static-from-base, ``static_init``: static-from-init): ``{name: (models, subsets)}``.
         base: the all-class "medium" model; the ``base`` policy offloads to it instead of an expert.
         k_values: the Top-k values evaluated (each in ``1..num_classes``).
         confidence_measures: ``max_prob``, ``margin`` and/or ``entropy``; the first is the primary one.
@@ -75,8 +90,7 @@ class CollaborativeSystem(LightningModule):
         generalist: nn.Module,
         experts: Sequence[nn.Module],
         subsets: Sequence[Sequence[int]],
-        static_experts: Sequence[nn.Module] | None = None,
-        static_subsets: Sequence[Sequence[int]] | None = None,
+        baselines: Mapping[str, tuple[Sequence[nn.Module], Sequence[Sequence[int]]]] | None = None,
         base: nn.Module | None = None,
         k_values: Sequence[int] = (1, 2, 3, 5),
         confidence_measures: Sequence[str] = ("max_prob",),
@@ -86,21 +100,23 @@ class CollaborativeSystem(LightningModule):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["generalist", "experts", "static_experts", "base"])
+        self.save_hyperparameters(ignore=["generalist", "experts", "baselines", "base"])
         if num_classes is None:
             hparams = getattr(generalist, "hparams", {})
             num_classes = hparams.get("num_classes") or sum(len(s) for s in subsets)
         self.num_classes = int(num_classes)
         self.generalist = generalist
         self.experts = nn.ModuleList(experts)
-        self.static_experts = nn.ModuleList(static_experts or [])
+        unknown = sorted(set(baselines or {}) - set(BASELINE_SETS))
+        if unknown:
+            raise SuiteError(f"Unknown baseline expert sets {unknown}; the sets are {sorted(BASELINE_SETS)}.")
+        self.baselines = nn.ModuleDict({name: nn.ModuleList(models) for name, (models, _) in (baselines or {}).items()})
+        self.baseline_tables = {
+            name: _partition_table(subs, len(models), self.num_classes, BASELINE_SETS[name])
+            for name, (models, subs) in (baselines or {}).items()
+        }
         self.base = base
         self.class_to_expert = _partition_table(subsets, len(self.experts), self.num_classes, "experts")
-        self.static_class_to_expert = (
-            _partition_table(static_subsets or [], len(self.static_experts), self.num_classes, "static experts")
-            if self.static_experts
-            else None
-        )
         self.k_values = check_k_values(k_values, self.num_classes)
         self.route_k = check_k_values([route_k or self.k_values[0]], self.num_classes)[0]
         self.confidence_measures = check_measures(confidence_measures)
@@ -115,6 +131,8 @@ class CollaborativeSystem(LightningModule):
         self.forward_counts: Counter[str] = Counter()
         # The checkpoint files the models came from (from_checkpoints fills it in), for provenance and lineage.
         self.sources: dict[str, Any] = {}
+        # What predict_step deploys besides k and tau (``deploy``): the confidence, its rule, the fused weight.
+        self.deployed_confidence, self.deferral, self.fuse_weight = self.confidence_measures[0], None, None
         # G's val logits from the temperature-fitting pass, looked up by file index (sorted).
         self._cached_index = np.zeros(0, dtype=np.int64)
         self._cached_logits = torch.zeros(0, self.num_classes)
@@ -124,13 +142,13 @@ class CollaborativeSystem(LightningModule):
         cls,
         generalist: CheckpointSpec,
         experts: Sequence[CheckpointSpec],
-        static_experts: Sequence[CheckpointSpec] | None = None,
+        baselines: Mapping[str, Sequence[CheckpointSpec] | None] | None = None,
         base: CheckpointSpec | None = None,
         **router: Any,
     ) -> CollaborativeSystem:
         """Load and check the checkpoints (roles, partitions, class counts); ``router`` goes to ``__init__``.
 
-        ``experts`` / ``static_experts`` items are checkpoint files, folders (their ``*.ckpt``) or globs.
+        ``experts`` and each baseline set's items are checkpoint files, folders (their ``*.ckpt``) or globs.
         """
         g_info = read_checkpoint(generalist, "--generalist", ("generalist",))
         num_classes = g_info.num_classes
@@ -143,13 +161,16 @@ class CollaborativeSystem(LightningModule):
             b_info = read_checkpoint(base, "--base", ("base",))
             require_classes(b_info, num_classes)
         expert_set = load_expert_set(experts, num_classes, "--experts")
-        static_set = load_expert_set(static_experts, num_classes, "--static_experts") if static_experts else None
+        sets = {
+            name: load_expert_set(specs, num_classes, f"--{name}_experts")
+            for name, specs in (baselines or {}).items()
+            if specs
+        }
         system = cls(
             load_module(g_info),
             expert_set.models,
             expert_set.subsets,
-            static_experts=static_set.models if static_set else None,
-            static_subsets=static_set.subsets if static_set else None,
+            baselines={name: (e.models, e.subsets) for name, e in sets.items()},
             base=load_module(b_info) if b_info else None,
             num_classes=num_classes,
             **router,
@@ -157,13 +178,14 @@ class CollaborativeSystem(LightningModule):
         system.sources = {
             "generalist": g_info.path,
             "experts": expert_set.paths,
-            "static_experts": static_set.paths if static_set else [],
+            **{f"{name}_experts": e.paths for name, e in sets.items()},
             "base": b_info.path if b_info else None,
         }
         return system
 
     def _models(self) -> list[nn.Module]:
-        return [self.generalist, *self.experts, *self.static_experts, *([self.base] if self.base else [])]
+        baseline_models = [m for models in self.baselines.values() for m in models]
+        return [self.generalist, *self.experts, *baseline_models, *([self.base] if self.base else [])]
 
     def train(self, mode: bool = True) -> CollaborativeSystem:
         # The member models stay in eval mode: no dropout/drop-path in any of the system's forwards.
@@ -202,6 +224,13 @@ class CollaborativeSystem(LightningModule):
             len(self.experts),
         )
 
+    def deploy(self, confidence: str, deferral: DeferralRule | None = None, fuse_weight: float | None = None) -> None:
+        """Make ``predict_step`` decide as a bundle's router does: its confidence (``learned`` needs its rule) and
+        its answer (the expert's, or fused with ``fuse_weight``)."""
+        if confidence == LEARNED and deferral is None:
+            raise SuiteError("The learned confidence needs its deferral rule; pass the rule fitted on val.")
+        self.deployed_confidence, self.deferral, self.fuse_weight = confidence, deferral, fuse_weight
+
     def _forward(self, model: nn.Module, images: torch.Tensor, counter: str) -> torch.Tensor:
         self.forward_counts[counter] += int(images.shape[0])
         return model(images)
@@ -214,15 +243,22 @@ class CollaborativeSystem(LightningModule):
         """
         images = batch[0]
         logits = self._forward(self.generalist, images, "generalist")
-        routed = self._route(logits, [self.route_k])
-        conf = routed.confidence[self.confidence_measures[0]]
+        routed = route_batch(
+            logits.detach().float().cpu().numpy(), self._require_temperature(), [self.route_k],
+            [self.deployed_confidence], self.class_to_expert, len(self.experts), self.deferral,
+        )  # fmt: skip
+        conf = routed.confidence[self.deployed_confidence]
         offloaded = offload_mask(conf, self.tau)
         prediction = routed.topk_classes[:, 0].copy()
         expert = np.where(offloaded, routed.experts[self.route_k], -1)
         for j in np.unique(expert[offloaded]):
             rows = np.flatnonzero(expert == j)
             out = self._forward(self.experts[int(j)], images[torch.from_numpy(rows).to(images.device)], "expert")
-            prediction[rows] = out.argmax(-1).cpu().numpy()
+            if self.fuse_weight is None:
+                prediction[rows] = out.argmax(-1).cpu().numpy()
+            else:
+                fused = fused_predictions(routed.probs[rows], out.float().cpu().numpy(), [self.fuse_weight])
+                prediction[rows] = fused[:, 0]
         result = {
             "prediction": torch.from_numpy(prediction),
             "confidence": torch.from_numpy(np.asarray(conf)),
@@ -235,16 +271,28 @@ class CollaborativeSystem(LightningModule):
 
     # ------------------------------------------------------------- evaluation
     def _run_pairs(
-        self, models: nn.ModuleList, images: torch.Tensor, assignments: Sequence[np.ndarray], counter: str
-    ) -> list[np.ndarray]:
-        """Each assignment's prediction per sample, running every distinct (sample, model) pair once."""
+        self,
+        models: nn.ModuleList,
+        images: torch.Tensor,
+        assignments: Sequence[np.ndarray],
+        counter: str,
+        generalist_probs: np.ndarray | None = None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Each assignment's prediction per sample, running every distinct (sample, model) pair once; with
+        ``generalist_probs`` also each assignment's fused answers (N, len(FUSE_WEIGHTS)) from the same forwards."""
         n = images.shape[0]
         table = np.full((n, len(models)), -1, dtype=np.int64)  # per batch only, never stored
+        fused = (
+            np.full((n, len(models), len(FUSE_WEIGHTS)), -1, dtype=np.int64) if generalist_probs is not None else None
+        )
         for j, rows in experts_needed(assignments, len(models)).items():
             if len(rows):
-                out = self._forward(models[j], images[torch.from_numpy(rows).to(images.device)], counter)
+                out = self._forward(models[j], images[torch.from_numpy(rows).to(images.device)], counter).float()
                 table[rows, j] = out.argmax(-1).cpu().numpy()
-        return [table[np.arange(n), a] for a in assignments]
+                if fused is not None:
+                    fused[rows, j] = fused_predictions(generalist_probs[rows], out.cpu().numpy(), FUSE_WEIGHTS)
+        picks = [table[np.arange(n), a] for a in assignments]
+        return picks, None if fused is None else [fused[np.arange(n), a] for a in assignments]
 
     def _generalist_logits(self, images: torch.Tensor, indices: torch.Tensor, use_cache: bool) -> torch.Tensor:
         if use_cache and len(self._cached_index):
@@ -262,15 +310,18 @@ class CollaborativeSystem(LightningModule):
         rec = generalist_records(routed, label, indices.cpu().numpy())
         chosen = [routed.experts[k] for k in self.k_values]
         oracle = oracle_assignment(label, self.class_to_expert)
-        preds = self._run_pairs(self.experts, images, [*chosen, oracle], "expert")
-        for k, a, p in zip(self.k_values, chosen, preds, strict=False):
+        preds, fused = self._run_pairs(self.experts, images, [*chosen, oracle], "expert", routed.probs)
+        for k, a, p, f in zip(self.k_values, chosen, preds, fused, strict=False):
             rec[f"expert_k{k}"], rec[f"pred_k{k}"] = a.astype(np.int16), p.astype(np.int32)
+            rec[f"fused_k{k}"] = f.astype(np.int16)
         rec["oracle_expert"], rec["pred_oracle"] = oracle.astype(np.int16), preds[-1].astype(np.int32)
-        if self.static_class_to_expert is not None:
-            static = routed.experts_for(self.k_values, self.static_class_to_expert, len(self.static_experts))
-            static_preds = self._run_pairs(self.static_experts, images, static, "static_expert")
-            for k, a, p in zip(self.k_values, static, static_preds, strict=True):
-                rec[f"static_expert_k{k}"], rec[f"static_pred_k{k}"] = a.astype(np.int16), p.astype(np.int32)
+        for name, models in self.baselines.items():
+            table = self.baseline_tables[name]
+            assigned = [*routed.experts_for(self.k_values, table, len(models)), oracle_assignment(label, table)]
+            picks, _ = self._run_pairs(models, images, assigned, f"{name}_expert")
+            for k, a, p in zip(self.k_values, assigned, picks, strict=False):
+                rec[f"{name}_expert_k{k}"], rec[f"{name}_pred_k{k}"] = a.astype(np.int16), p.astype(np.int32)
+            rec[f"{name}_pred_oracle"] = picks[-1].astype(np.int32)
         if self.base is not None:
             rec["pred_base"] = self._forward(self.base, images, "base").argmax(-1).cpu().numpy().astype(np.int32)
         return rec
@@ -342,7 +393,7 @@ class CollaborativeSystem(LightningModule):
         self._cached_logits = local_logits.detach()[torch.from_numpy(order).to(local_logits.device)]
 
     def _log_forward_counts(self) -> None:
-        for key in ("generalist", "expert", "static_expert", "base"):
+        for key in ("generalist", "expert", *(f"{name}_expert" for name in self.baselines), "base"):
             self.log(f"eval/{key}_forwards", float(self.forward_counts[key]), reduce_fx="sum", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:

@@ -41,8 +41,7 @@ def tiny_system(
         tiny_vit(seed),
         [tiny_vit(seed + 1 + j) for j in range(num_experts)],
         subsets,
-        static_experts=[tiny_vit(seed + 100 + j) for j in range(num_experts)] if static else None,
-        static_subsets=subsets if static else None,
+        baselines={"static": ([tiny_vit(seed + 100 + j) for j in range(num_experts)], subsets)} if static else None,
         base=tiny_vit(seed + 200, role="base") if base else None,
         **router,
     )
@@ -140,7 +139,7 @@ def test_evaluation_costs_exactly_the_floor_of_forwards_with_20_experts():
     system = tiny_system(num_experts=20, static=True, base=True, temperature="fit", k_values=[1, 2, 3, 5])
     names = {"G": system.generalist, "base": system.base}
     names.update({f"E{j}": e for j, e in enumerate(system.experts)})
-    names.update({f"S{j}": e for j, e in enumerate(system.static_experts)})
+    names.update({f"S{j}": e for j, e in enumerate(system.baselines["static"])})
     counter = SampleCounter(names)
     loader = image_loader(60, batch_size=16)
     trainer = cpu_trainer()
@@ -164,7 +163,8 @@ def test_evaluation_costs_exactly_the_floor_of_forwards_with_20_experts():
     floor = count_pairs(experts_needed([*chosen, oracle], 20))
     assert n <= floor < 5 * n  # the oracle alone differs from k=1 on random models; never N x experts
     assert sum(seen.get(f"E{j}", 0) for j in range(20)) == floor
-    assert sum(seen.get(f"S{j}", 0) for j in range(20)) == count_pairs(experts_needed(chosen, 20))
+    # The static experts: the same routing and their own subsets (the static oracle), each pair once.
+    assert sum(seen.get(f"S{j}", 0) for j in range(20)) == count_pairs(experts_needed([*chosen, oracle], 20))
     metrics = trainer.callback_metrics
     assert metrics["eval/generalist_forwards"].item() == n
     assert metrics["eval/expert_forwards"].item() == floor
@@ -179,7 +179,13 @@ def test_records_are_o_n_k_and_consistent_with_their_models():
         images = torch.cat([b[0] for b in loader])
         g_probs = softmax(system.generalist(images).numpy(), 1.5)
         base_pred = system.base(images).argmax(-1).numpy()
-    assert all(v.shape[0] == 40 and v.size <= 40 * 3 for v in rec.values())  # never N x experts x classes
+    # O(k) numbers per sample (Top-k, features, one fused answer per weight), never N x experts x classes.
+    assert all(v.shape[0] == 40 and v.size <= 40 * 12 for v in rec.values())
+    # The fused answers' extreme weights are the expert's answer (w = 0) and G's own top-1 (w = 1).
+    for k in (1, 3):
+        np.testing.assert_array_equal(rec[f"fused_k{k}"][:, 0], rec[f"pred_k{k}"])
+        np.testing.assert_array_equal(rec[f"fused_k{k}"][:, -1], rec["g_topk_classes"][:, 0])
+    np.testing.assert_allclose(rec["g_max_prob_t1"], softmax(np.log(g_probs) * 1.5, 1.0).max(1), rtol=1e-4)
     np.testing.assert_array_equal(rec["index"], np.arange(1000, 1040))
     np.testing.assert_allclose(rec["g_topk_probs"], np.sort(g_probs, axis=1)[:, ::-1][:, :3], rtol=1e-5)
     np.testing.assert_allclose(rec["conf_max_prob"], g_probs.max(1), rtol=1e-5)
@@ -191,7 +197,7 @@ def test_records_are_o_n_k_and_consistent_with_their_models():
                 direct = models[int(rec[owner][i])](images[i : i + 1]).argmax(-1).item()
             assert rec[f"pred_{key}"][i] == direct
         with torch.no_grad():
-            direct = system.static_experts[int(rec["static_expert_k1"][i])](images[i : i + 1]).argmax(-1).item()
+            direct = system.baselines["static"][int(rec["static_expert_k1"][i])](images[i : i + 1]).argmax(-1).item()
         assert rec["static_pred_k1"][i] == direct
 
 
@@ -280,8 +286,8 @@ def test_from_checkpoints_loads_and_orders_the_experts(collab_checkpoints: Check
     assert [e.hparams.expert_index for e in system.experts] == list(range(20))
     np.testing.assert_array_equal(system.class_to_expert, class_to_expert(superclass_partition(1)))
     assert system.base.hparams.role == "base"
-    system = CollaborativeSystem.from_checkpoints(ck.generalist, [ck.experts], static_experts=[ck.static])
-    assert len(system.experts) == len(system.static_experts) == 4
+    system = CollaborativeSystem.from_checkpoints(ck.generalist, [ck.experts], baselines={"static": [ck.static]})
+    assert len(system.experts) == len(system.baselines["static"]) == 4
 
 
 def _bad_sets(ck: Checkpoints, tmp: Path) -> dict[str, tuple[dict, str]]:

@@ -20,7 +20,7 @@ from core.stats import (
     weighted_curves,
     weighted_mean,
 )
-from core.sweep import accuracy_at_offload, normalised_auc, sweep_thresholds
+from core.sweep import accuracy_at_offload, area_under_curve, sweep_thresholds
 
 
 def _case(n, seed):
@@ -95,13 +95,12 @@ def test_counts_of_ones_reproduce_sweep_exactly():
             assert accuracy_at(x, y, ratio)[0] == accuracy_at_offload(curve, ratio)
 
 
-def test_area_under_is_the_raw_auc_behind_normalised_auc():
+def test_area_under_is_the_area_of_the_exact_sweep():
     conf, loc, off = _case(400, 7)
     curve = sweep_thresholds(conf, loc, off)
     x, y = weighted_curves(conf, loc, off, np.ones((1, 400), dtype=np.int64))
-    lo, hi = curve["accuracy"][0], curve["accuracy"][-1]
-    assert hi != lo
-    assert (area_under(x, y)[0] - lo) / (hi - lo) == pytest.approx(normalised_auc(curve), abs=1e-12)
+    lo = curve["accuracy"][0]
+    assert area_under(x, y)[0] == pytest.approx(area_under_curve(curve), abs=1e-12)
     assert area_gain(x, y)[0] == pytest.approx(area_under(x, y)[0] - lo, abs=1e-15)
     # A 1-D curve is one resample.
     assert area_under(x[0], y[0]) == pytest.approx(area_under(x, y))

@@ -13,8 +13,8 @@ from core.sweep import (
     accuracy_at_offload,
     add_costs,
     apply_threshold,
+    area_under_curve,
     choose_operating_point,
-    normalised_auc,
     offload_to_reach,
     reductions,
     summarise_curve,
@@ -107,21 +107,30 @@ def test_curve_scalars_on_hand_made_curve():
     assert accuracy_at_offload(curve, 1.0) == 0.79
     # trapezoids of width 0.1: 0.1 * (sum(acc) - (acc[0] + acc[-1]) / 2)
     auc = 0.1 * (curve["accuracy"].sum() - (0.60 + 0.79) / 2)
-    assert normalised_auc(curve) == pytest.approx((auc - 0.60) / (0.79 - 0.60))
-    # 99 % of 0.79 = 0.7821 -> first point >= it is 0.79 at ratio 0.6
-    assert offload_to_reach(curve) == pytest.approx(0.6)
-    s = summarise_curve(curve)
+    assert area_under_curve(curve) == pytest.approx(auc)
+    # An absolute target: the first point with accuracy >= 0.7821 is 0.79 at ratio 0.6; 0.9 is never reached.
+    assert offload_to_reach(curve, 0.7821) == pytest.approx(0.6)
+    assert math.isnan(offload_to_reach(curve, 0.9))
+    # One shared scale: lo = 0.60 (G alone), hi = 0.85 (say, the oracle all offloaded), reference 0.79.
+    s = summarise_curve(curve, (0.60, 0.85), {"base": 0.79}, within_points=0.5)
     assert s["acc@10%"] == 0.66 and s["acc@20%"] == 0.71 and s["acc@30%"] == 0.74 and s["acc@50%"] == 0.78
-    assert s["offload_for_99%"] == pytest.approx(0.6)
     assert s["acc_local_only"] == 0.60 and s["acc_all_offloaded"] == 0.79
-    assert s["auc_norm"] == normalised_auc(curve)
+    assert s["area_gain_pts"] == pytest.approx(100 * (auc - 0.60))
+    assert s["area_norm"] == pytest.approx((auc - 0.60) / (0.85 - 0.60))
+    assert s["offload_within_0.5pt_of_base"] == pytest.approx(0.6)  # 0.79 - 0.005 = 0.785 first reached at 0.6
 
 
-def test_auc_equal_ends_is_nan_and_random_line_is_half():
+def test_the_shared_scale_ranks_policies_as_their_areas_do():
+    """Two curves with different end points: normalised by their own ends they would rank the other way round."""
+    ratio = np.linspace(0, 1, 5)
+    high = {"offload_ratio": ratio, "accuracy": np.array([0.60, 0.70, 0.75, 0.78, 0.80])}
+    low = {"offload_ratio": ratio, "accuracy": np.array([0.60, 0.64, 0.65, 0.65, 0.62])}
+    a, b = (summarise_curve(c, (0.60, 0.85), {}) for c in (high, low))
+    assert a["area_gain_pts"] > b["area_gain_pts"] and a["area_norm"] > b["area_norm"]
+    own = [(area_under_curve(c) - c["accuracy"][0]) / (c["accuracy"][-1] - c["accuracy"][0]) for c in (high, low)]
+    assert own[1] > own[0]  # the per-policy scale the suite no longer reports
     flat = {"offload_ratio": np.array([0.0, 1.0]), "accuracy": np.array([0.5, 0.5])}
-    assert math.isnan(normalised_auc(flat))
-    line = {"offload_ratio": np.linspace(0, 1, 5), "accuracy": np.linspace(0.6, 0.8, 5)}
-    assert normalised_auc(line) == pytest.approx(0.5)
+    assert math.isnan(summarise_curve(flat, (0.5, 0.5), {})["area_norm"])
 
 
 def test_operating_point_rules():

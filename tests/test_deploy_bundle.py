@@ -477,7 +477,7 @@ def test_export_print_config_shows_the_parsed_options(checkpoints, tmp_path, cap
         main([*args, "--routing.k", "2", "--routing.tau", "0.3", "--routing.temperature", "1.5", "--print_config"])
     assert printed.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["routing"] == {"k": 2, "confidence": "max_prob", "temperature": 1.5, "tau": 0.3}
+    assert config["routing"] == {"k": 2, "confidence": "max_prob", "temperature": 1.5, "tau": 0.3, "fuse_weight": None}
     assert config["experts"] == list(map(str, experts)) and config["evaluate_on"] == "val"
     assert config["data"]["data_dir"] == "data" and config["force"] is False
     assert not Path("B").exists()

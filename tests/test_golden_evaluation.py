@@ -13,6 +13,7 @@ import math
 import pytest
 from golden_evaluation import GOLDEN_FILE, build_setup, run_evaluation
 
+REMOVED_SCALARS = ("auc_norm", "offload_for_99%")
 # Columns whose values are decisions, counts or indices: compared exactly.
 EXACT_RECORD_PREFIXES = ("index", "label", "g_pred", "g_correct", "g_top", "expert_k", "pred_", "correct_", "oracle_")
 EXACT_RECORD_PREFIXES += ("static_expert_k", "static_pred_k", "static_correct_k")
@@ -67,12 +68,20 @@ def test_curves_are_unchanged(outputs: tuple[dict, dict], split: str) -> None:
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_summaries_are_unchanged(outputs: tuple[dict, dict], split: str) -> None:
     golden, now = outputs[0][split]["summary"], outputs[1][split]["summary"]
-    for key in ("split", "num_samples", "k_values", "confidence_measures", "forwards"):
+    for key in ("split", "num_samples", "k_values", "confidence_measures"):
         assert now[key] == golden[key], key
+    # The static experts now also answer their own subsets (the static oracle, for the progressive-vs-static
+    # finding): more static pairs by design; every other model runs exactly as often as before.
+    static = now["forwards"].pop("static_expert")
+    assert static >= golden["forwards"].pop("static_expert")
+    assert now["forwards"] == golden["forwards"]
     assert now["temperature"] == pytest.approx(golden["temperature"], rel=1e-6)
     for section in ("scalars", "reference_points", "operating_points"):
         index = {(r["policy"], r["k"], r["confidence"], r.get("profile")): r for r in now[section]}
         for row in golden[section]:
             found = index[row["policy"], row["k"], row["confidence"], row.get("profile")]
-            assert _close({k: found[k] for k in row}, row, rel=1e-6), (section, row)
+            # The per-policy normalised AUC and the offload "for 99 % of its own end point" were removed on
+            # purpose: each was scaled by the policy's own end points, so they ranked policies on different scales.
+            kept = {k: v for k, v in row.items() if k not in REMOVED_SCALARS}
+            assert _close({k: found[k] for k in kept}, kept, rel=1e-6), (section, row)
     assert _close(now["profiles"], golden["profiles"], rel=1e-12)

@@ -1,0 +1,145 @@
+"""Helpers shared by the benchmark scripts: the command line, the data source, a quiet Trainer and timers.
+
+Every benchmark is a ``main(...)`` function with typed, documented keyword parameters, run through
+``run_cli(main, __doc__)`` (jsonargparse ``auto_cli``): options are spelled with underscores, every command has
+``-c/--config`` and ``--print_config``, and bad input ends with a one-paragraph message and exit code 2
+(core.cli), as in the suite's other commands.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, auto_cli
+from lightning import Callback, Trainer
+
+from core.cli import run_command
+from core.errors import SuiteError
+from core.options import DataOptions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------- command line
+class _HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with the description (the module docstring) printed as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+class _Parser(ArgumentParser):
+    """auto_cli's parser with ``-c`` as the short form of ``--config`` (auto_cli adds only ``--config``)."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        if args == ("--config",):
+            args = ("-c", "--config")
+        return super().add_argument(*args, **kwargs)
+
+
+def run_cli(main: Callable[..., Any], doc: str | None) -> None:
+    """Parse the command line into ``main``'s keyword parameters, run it and exit: 0, or 2 on bad input."""
+    prog = Path(sys.argv[0]).name
+    sys.exit(
+        run_command(
+            lambda: auto_cli(
+                main,
+                args=sys.argv[1:],
+                parser_class=_Parser,
+                prog=prog,
+                description=doc,
+                formatter_class=_HelpFormatter,
+                exit_on_error=False,
+            )
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------------ data source
+def fake_data_dir(train_per_class: int = 500) -> str:
+    """A generated CIFAR-100 folder with ``train_per_class`` images per class (tests/fake_cifar100.py), removed
+    when the benchmark exits."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fake_cifar100 import write_fake_cifar100
+
+    root = tempfile.mkdtemp(prefix="fake_cifar_")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return str(write_fake_cifar100(root, train_per_class, 1))
+
+
+def data_source(data: DataOptions, fake: bool = False) -> DataOptions:
+    """The data options to read: ``data`` as given, or with ``fake`` a generated 50k-image folder (pixels do not
+    change speed; its md5 differs, so no integrity check).
+
+    The benchmarks read the folder (``--data.data_dir``, ``--data.check_integrity``) and the split
+    (``--data.val_size``, ``--data.split_seed``) from ``--data.*``; their batch size and loader workers are
+    benchmark settings of their own (``--batch_size``, ``--workers``), so ``--data.batch_size`` and
+    ``--data.num_workers`` are refused rather than silently ignored.
+    """
+    defaults = DataOptions()
+    unused = [
+        f"--data.{name} {getattr(data, name)!r}"
+        for name in ("batch_size", "num_workers")
+        if getattr(data, name) != getattr(defaults, name)
+    ]
+    if unused:
+        raise SuiteError(
+            f"{' and '.join(unused)}: a benchmark takes its batch size and loader workers from its own --batch_size "
+            "and --workers options, not from --data.*; set those instead."
+        )
+    if fake:
+        if data.data_dir != defaults.data_dir:
+            raise SuiteError(
+                f"--fake true generates its own data folder, so --data.data_dir {data.data_dir!r} would be ignored; "
+                "give one of the two."
+            )
+        return replace(data, data_dir=fake_data_dir(500), check_integrity=False)
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ trainer, timers
+def quiet_trainer(**kwargs: Any) -> Trainer:
+    """A Trainer on one CPU device without logger, checkpoints, progress bar or model summary; ``kwargs`` add to
+    or override these settings (``accelerator="gpu"``, ``devices=2``, ``max_epochs=1``, ``callbacks=[...]``)."""
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return Trainer(**{**settings, **kwargs})
+
+
+class StepTimer(Callback):
+    """Wall time from the start of the first timed batch to the end of the last one (after warm-up)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.end = time.perf_counter()
+
+
+def delivered_rate(loader: Iterable, batches: int, batch_size: int) -> float:
+    """Images/s over ``batches`` batches after the first (worker start-up is not delivery)."""
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
