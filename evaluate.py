@@ -17,12 +17,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jsonargparse import auto_cli
 from lightning import Trainer
 from rich.console import Console
 
+from callbacks.artifacts import use_checkpoints
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
 from callbacks.reporting import COMPLETE_FILE
 from callbacks.wandb_logging import SuiteWandbLogger, resolve_wandb_mode
@@ -174,11 +175,12 @@ def evaluate(
         logger = SuiteWandbLogger(
             project=wandb.project,
             save_dir=str(out_dir),
-            name=wandb.name,
+            name=wandb.name or f"evaluate-{split}",
             group=wandb.group or "evaluate",
             job_type="evaluate",
             tags=["evaluate", split, *wandb.tags],
             mode=wandb.mode,
+            require_online=wandb.require_online,
         )
     trainer = Trainer(
         accelerator=accelerator,
@@ -194,6 +196,8 @@ def evaluate(
         trainer.validate(system, datamodule=datamodule)
         if split == "test":
             trainer.test(system, datamodule=datamodule)
+        if logger is not None and trainer.is_global_zero:
+            record_what_was_used(logger.experiment, callback.reports, system, k_values, measures, loaded_profiles)
     finally:
         if logger is not None:
             logger.experiment.finish()
@@ -201,6 +205,35 @@ def evaluate(
         written = ", ".join(str(out_dir / s / COMPLETE_FILE) for s in splits)
         Console(stderr=True).print(f"Results written (completion markers: {written})", highlight=False)
     return callback.reports
+
+
+def record_what_was_used(
+    run: Any,
+    reports: dict[str, Report],
+    system: CollaborativeSystem,
+    k_values: list[int],
+    measures: list[str],
+    profiles: list[Profile],
+) -> None:
+    """The run's config holds the values the evaluation used (not the defaults): the fitted temperature, the
+    operating points chosen on val, the fitted fuse weights, the checkpoints with their sha256; and the run declares
+    the checkpoints as its input artifacts (lineage)."""
+    val = reports["val"]
+    primary = [p for p in val.operating_points if p["confidence"] == measures[0] and p["policy"] in ("routed", "fused")]
+    used = {
+        "temperature": system.temperature_value,
+        "k_values": k_values,
+        "confidence_measures": measures,
+        "profiles": [p.name for p in profiles],
+        "operating_points": [
+            {key: p[key] for key in ("policy", "k", "confidence", "profile", "tau", "offload_ratio", "accuracy")}
+            for p in primary
+        ],
+        "fuse_weight": val.fitted.fuse_weight,
+        "checkpoints": val.meta.get("sources", {}),
+    }
+    run.config.update({"used": used}, allow_val_change=True)
+    use_checkpoints(run, system.sources)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ step's completion marker (``<step>/step.json``) is written last; a step interrup
 ``s`` the training seed and the train/val split seed are both ``s``. Outputs::
 
     OUT/seed_<s>/generalist/generalist.ckpt (+ .json metrics)
+    OUT/seed_<s>/partition/partition.json       (with ``partition: confusion:<n>``: partition.py's groups)
     OUT/seed_<s>/experts/base/base.ckpt, OUT/seed_<s>/experts/<variant>/expert_<j>.ckpt (+ .json)
     OUT/seed_<s>/eval/<split>/{curves.csv, summary.json, records.csv, plots/}   (evaluate.py's interface)
     OUT/seed_<s>/bundle/                                                        (python -m deploy export)
@@ -48,9 +49,12 @@ from core.options import DataOptions
 from core.results_report import render_markdown, report_summary
 from datamodules.cifar100_files import download, split_file
 from deploy.__main__ import export as export_command
+from partition import learn_partition
 
-STEPS = ("generalist", "experts", "evaluate", "export", "report")
-Step = Literal["generalist", "experts", "evaluate", "export", "report"]
+STEPS = ("generalist", "partition", "experts", "evaluate", "export", "report")
+Step = Literal["generalist", "partition", "experts", "evaluate", "export", "report"]
+# An experts config's ``partition: confusion:<n>`` asks the pipeline to learn n confusion-aware groups (partition.py).
+CONFUSION = "confusion:"
 MARKER = "step.json"
 STARTED = "step.started.json"
 # The modules whose source a step runs (core.fingerprint follows their imports); the model and data classes are
@@ -65,6 +69,7 @@ TRAINING_CODE = (
 )
 CODE = {
     "generalist": TRAINING_CODE,
+    "partition": ("partition", "lightning_modules.classifier"),
     "experts": TRAINING_CODE,
     "evaluate": ("evaluate", "lightning_modules.classifier", "lightning_modules.expert"),
     "export": ("deploy.__main__", "deploy.export", "lightning_modules.classifier", "lightning_modules.expert"),
@@ -105,6 +110,13 @@ class SeedRun:
         self.root = Path(opts.out) / f"seed_{seed}"
         self.generalist = self.root / "generalist" / "generalist.ckpt"
         self.job = train_experts.load_job(opts.experts_config, out=str(self.root / "experts"))
+        self.partition_file = self.root / "partition" / "partition.json"
+        spec = self.job.partition
+        self.confusion_groups = (
+            int(spec[len(CONFUSION) :]) if isinstance(spec, str) and spec.startswith(CONFUSION) else 0
+        )
+        if self.confusion_groups:
+            self.job = replace(self.job, partition=str(self.partition_file))
         self.base = Path(self.job.out) / "base" / "base.ckpt"
         self.experts = {v: Path(self.job.out) / v for v in self.job.variants}
         self.eval_dir = self.root / "eval"
@@ -115,6 +127,7 @@ class SeedRun:
     def folder(self, step: str) -> Path:
         return {
             "generalist": self.generalist.parent,
+            "partition": self.partition_file.parent,
             "experts": Path(self.job.out),
             "evaluate": self.eval_dir,
             "export": self.bundle.parent / "bundle.step",
@@ -152,6 +165,9 @@ class SeedRun:
         if step == "generalist":
             args: dict[str, Any] = {"cli": self.generalist_args(), "test": self.opts.split == "test"}
             files.update({f"config/{c}": Path(c) for c in self.opts.generalist_config})
+        elif step == "partition":
+            args = {"num_experts": self.confusion_groups, "seed": self.seed, "data": asdict(self.data)}
+            files["generalist"] = self.generalist
         elif step == "experts":
             args = {"job": asdict(self.job), "data": asdict(self.data), "cli": self.training_args()}
             configs = [*self.job.base_config, *self.job.progressive_config, *self.job.static_config]
@@ -159,6 +175,8 @@ class SeedRun:
                 {f"config/{c}": Path(c) for c in [self.opts.experts_config, *configs, *self.job.common_config]}
             )
             files["generalist"] = self.generalist
+            if self.confusion_groups:
+                files["partition"] = self.partition_file
         else:
             files["generalist"] = self.generalist
             files.update({f"{v}/{p.name}": p for v in self.experts for p in self.expert_files(v)})
@@ -169,7 +187,8 @@ class SeedRun:
                 args = {"evaluate": kwargs, "data": asdict(self.data)}
                 files.update({f"profile/{p}": Path(p) for p in self.evaluate_kwargs().get("profiles") or []})
             else:
-                args = {"export": self.export_kwargs(), "data": asdict(self.data)}
+                kwargs = {k: v for k, v in self.export_kwargs().items() if k != "wandb"}
+                args = {"export": kwargs, "data": asdict(self.data)}
         return fingerprint(step, args, files, CODE[step])
 
     def evaluate_kwargs(self) -> dict[str, Any]:
@@ -180,7 +199,11 @@ class SeedRun:
         return kwargs
 
     def export_kwargs(self) -> dict[str, Any]:
-        return dict(vars(self.opts.export))
+        kwargs = dict(vars(self.opts.export))
+        wandb = kwargs["wandb"]
+        name = wandb.name or f"export-{self.opts.preset}-seed{self.seed}"
+        kwargs["wandb"] = replace(wandb, name=name, group=wandb.group or f"{self.opts.preset}-seed{self.seed}")
+        return kwargs
 
     def require(self, step: str, *paths: Path) -> None:
         missing = [str(p) for p in paths if not p.exists()]
@@ -191,10 +214,15 @@ class SeedRun:
                 "to run the whole pipeline)."
             )
 
+    def applies(self, step: str) -> bool:
+        """Whether ``step`` is part of this run (the partition step only for a confusion-aware partition)."""
+        return step != "partition" or self.confusion_groups > 0
+
     def inputs_of(self, step: str) -> list[Path]:
         return {
             "generalist": [],
-            "experts": [self.generalist],
+            "partition": [self.generalist],
+            "experts": [self.generalist, *([self.partition_file] if self.confusion_groups else [])],
             "evaluate": [self.generalist, self.base, self.experts["progressive"]],
             "export": [self.generalist, self.experts["progressive"]],
         }[step]
@@ -203,6 +231,8 @@ class SeedRun:
     def outputs_present(self, step: str) -> bool:
         if step == "generalist":
             return self.generalist.is_file()
+        if step == "partition":
+            return self.partition_file.is_file()
         if step == "experts":
             job = self.job
             ids = (
@@ -252,6 +282,11 @@ class SeedRun:
         self.require(step, *self.inputs_of(step))
         if step == "generalist":
             train_experts.run_training(self.generalist_args(), self.generalist, test=self.opts.split == "test")
+        elif step == "partition":
+            learn_partition(
+                generalist=str(self.generalist), num_experts=self.confusion_groups, out=str(self.partition_file),
+                data=self.data, seed=self.seed, force=True,
+            )  # fmt: skip
         elif step == "experts":
             job = replace(
                 self.job,
@@ -299,6 +334,7 @@ class SeedRun:
             "base": metrics(self.base),
             "experts": {v: {p.stem.split("_")[1]: metrics(p) for p in self.expert_files(v)} for v in self.experts},
             "evaluation": json.loads(summary.read_text()),
+            "partition": json.loads(self.partition_file.read_text()) if self.partition_file.is_file() else None,
         }
 
 
@@ -335,7 +371,7 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str]) -> P
 
 def run_pipeline(opts: Namespace, argv: Sequence[str], say: Callable[[str], None] = console.print) -> Path | None:
     runs = [SeedRun(opts, s) for s in opts.seeds]
-    for run, step in [(r, s) for r in runs for s in STEPS[:-1] if s in opts.steps]:
+    for run, step in [(r, s) for r in runs for s in STEPS[:-1] if s in opts.steps and r.applies(s)]:
         label = f"seed {run.seed}: {step}"
         record = run.step_record(step) if all(p.exists() for p in run.inputs_of(step)) else None
         if record is not None and step not in opts.force_step and run.fresh(step, record):

@@ -17,6 +17,7 @@ from typing import Any
 
 import wandb
 from lightning import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from callbacks.progress import replace_progress_bar
@@ -73,8 +74,12 @@ class SuiteCLI(LightningCLI):
                 args["id"] = run["run_id"]
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # Lightning settles on a progress bar in the Trainer's constructor, so the swap happens here.
-        config["callbacks"] = replace_progress_bar([*(config.get("callbacks") or []), *callbacks])
+        # Lightning settles on a progress bar in the Trainer's constructor, so the swap happens here; with
+        # --trainer.enable_progress_bar false a config's bar is dropped (Lightning would refuse the combination).
+        every = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is False:
+            every = [c for c in every if not isinstance(c, ProgressBar)]
+        config["callbacks"] = replace_progress_bar(every)
         return super()._instantiate_trainer(config, [])
 
     def check_inputs(self) -> None:

@@ -45,9 +45,11 @@ from typing import Literal
 import torch
 import wandb
 from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
+from callbacks.artifacts import log_checkpoint
 from core.atomic import write_json_atomic
 from core.cli import run_command
 from core.errors import SuiteError
@@ -164,6 +166,9 @@ def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, flo
     if trainer.is_global_zero:
         write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
         os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
+        for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
+            if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
+                log_checkpoint(logger.experiment, target, cli.model.hparams)
     if wandb.run is not None:  # the next run in this process must start its own W&B run
         wandb.finish()
     return metrics
@@ -202,7 +207,8 @@ class Job:
             read_checkpoint(self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",))
         for kind in ("base", *job.variants):
             # Parse and build every kind of run once now: a bad override fails here, not after stage 0.
-            suite_cli(self.args(kind, self.out / "check", partition=json.dumps(job.partition)), f"the {kind} runs")
+            spec = job.partition if isinstance(job.partition, str) else json.dumps(job.partition)
+            suite_cli(self.args(kind, self.out / "check", partition=spec), f"the {kind} runs")
 
     def _configs(self) -> list[str]:
         j = self.job

@@ -209,10 +209,17 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
         style = curve_style(key, report.k_values)
         curve = report.curve_with_costs(key, profile)
         ax.plot(
-            curve[x], curve["accuracy"], color=style.color, linestyle=style.linestyle, marker=style.marker,
-            markevery=0.08 if style.marker else None, markersize=3.5, linewidth=1.6, label=style.label,
+            curve[x],
+            curve["accuracy"],
+            color=style.color,
+            linestyle=style.linestyle,
+            marker=style.marker,
+            markevery=0.08 if style.marker else None,
+            markersize=3.5,
+            linewidth=1.6,
+            label=style.label,
             drawstyle="steps-post",  # accuracy is constant between thresholds; costs are affine in the offload
-        )  # fmt: skip
+        )
     for label, value, colour in reference_levels(report):
         ax.axhline(value, color=colour, linestyle=":", linewidth=1.1, label=f"reference: {label}")
     if profile is not None:
@@ -224,8 +231,16 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
                 label = f"{text} (accuracy not evaluated)"
                 ax.axvline(where, color="#555555", linestyle="--", linewidth=0.9, label=label)
             else:
-                ax.plot([where], [acc], linestyle="none", marker=BASELINE_MARKERS[name], markersize=8,
-                        markerfacecolor="white", markeredgecolor="#333333", label=f"{text}, {_pct(acc)}")  # fmt: skip
+                ax.plot(
+                    [where],
+                    [acc],
+                    linestyle="none",
+                    marker=BASELINE_MARKERS[name],
+                    markersize=8,
+                    markerfacecolor="white",
+                    markeredgecolor="#333333",
+                    label=f"{text}, {_pct(acc)}",
+                )
     ax.set_xlabel(AXIS_LABELS[x])
     ax.set_ylabel("accuracy (%)")
     _percent(ax.yaxis)
@@ -265,28 +280,38 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(np.sum(share * np.abs(b["accuracy"][full] - b["confidence"][full])))
 
 
+def reliability_variants(report: Report, records: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, float]]:
+    """(name, G's top-1 probability, ECE) before temperature scaling (``g_max_prob_t1``, when recorded) and after
+    (``g_topk_probs[:, 0]``); correctness is G's top-1 == label."""
+    correct = records["g_topk_classes"][:, 0] == records["label"]
+    temperature = float(report.meta.get("temperature", math.nan))
+    t_text = f"T = {temperature:.3g}" if math.isfinite(temperature) else "T unknown"
+    variants = []
+    if "g_max_prob_t1" in records:
+        variants.append(("before scaling (T = 1)", records["g_max_prob_t1"]))
+    variants.append((f"after scaling ({t_text})", records["g_topk_probs"][:, 0]))
+    return [(name, conf, expected_calibration_error(conf, correct)) for name, conf in variants]
+
+
 def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
     """Reliability diagram of G before (softmax at T = 1) and after temperature scaling, with each ECE."""
     if "g_topk_classes" not in records or "label" not in records:
         return None
     correct = records["g_topk_classes"][:, 0] == records["label"]
-    temperature = float(report.meta.get("temperature", math.nan))
-    variants = []
-    if "g_max_prob_t1" in records:
-        variants.append(("before scaling (T = 1)", records["g_max_prob_t1"], "#7f7f7f"))
-    t_text = f"T = {temperature:.3g}" if math.isfinite(temperature) else "T unknown"
-    variants.append((f"after scaling ({t_text})", records["g_topk_probs"][:, 0], FAMILY_COLOURS["routed"]))
+    variants = reliability_variants(report, records)
+    colours = ["#7f7f7f", FAMILY_COLOURS["routed"]][-len(variants) :]
     fig = _figure(6.8, 6.4)
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="#000000", linestyle=":", linewidth=1.0, label="perfect calibration")
     edges = np.linspace(0.0, 1.0, RELIABILITY_BINS + 1)
-    for i, (name, conf, colour) in enumerate(variants):
+    width = (edges[1] - edges[0]) / (len(variants) + 0.5)
+    for i, ((name, conf, ece), colour) in enumerate(zip(variants, colours, strict=True)):
         b = reliability_bins(conf, correct)
         full = b["counts"] > 0
-        ece = expected_calibration_error(conf, correct)
-        ax.plot(b["confidence"][full], b["accuracy"][full], marker="o", color=colour, linewidth=1.5,
-                label=f"{name}: ECE {_pct(ece)}")  # fmt: skip
-        width = (edges[1] - edges[0]) / (len(variants) + 0.5)
+        ax.plot(
+            b["confidence"][full], b["accuracy"][full], marker="o", color=colour, linewidth=1.5,
+            label=f"{name}: ECE {_pct(ece)}",
+        )  # fmt: skip
         hist.bar(edges[:-1] + (i + 0.25) * width, b["counts"], width=width, align="edge", color=colour, alpha=0.8)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
@@ -297,10 +322,10 @@ def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Pa
     _percent(hist.xaxis)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.set_title(
-        f"{report.split} ({report.num_samples} samples): reliability of the generalist, {t_text} fitted on val",
-        fontsize=10,
-    )
+    temperature = float(report.meta.get("temperature", math.nan))
+    # report.meta does not say whether T was fitted (on val) or fixed by the user, so the title gives T only.
+    t_text = f"temperature T = {temperature:.3g}" if math.isfinite(temperature) else "temperature unknown"
+    ax.set_title(f"{report.split} ({report.num_samples} samples): reliability of the generalist, {t_text}", fontsize=10)
     return _save(fig, path)
 
 
@@ -347,13 +372,27 @@ def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Pa
     width = 0.8 / len(load)
     shades = np.linspace(0.35, 1.0, len(load))
     for i, (k, entry) in enumerate(load.items()):
-        ax.bar(np.arange(num_experts) + (i - (len(load) - 1) / 2) * width, entry["shares"], width=width,
-               color=FAMILY_COLOURS["routed"], alpha=float(shades[i]), edgecolor="#333333", linewidth=0.4,
-               label=f"k={k}: tau {entry['tau']:.3g}, {_pct(entry['offload_ratio'])} offloaded")  # fmt: skip
+        ax.bar(
+            np.arange(num_experts) + (i - (len(load) - 1) / 2) * width,
+            entry["shares"],
+            width=width,
+            color=FAMILY_COLOURS["routed"],
+            alpha=float(shades[i]),
+            edgecolor="#333333",
+            linewidth=0.4,
+            label=f"k={k}: tau {entry['tau']:.3g}, {_pct(entry['offload_ratio'])} offloaded",
+        )
     ax.axhline(1.0 / num_experts, color="#000000", linestyle=":", linewidth=1.0, label="equal load")
     if all(entry["offload_ratio"] == 0 for entry in load.values()):
-        ax.text(0.5, 0.5, "no sample is offloaded at these operating points", transform=ax.transAxes,
-                ha="center", va="center", color="#555555")  # fmt: skip
+        ax.text(
+            0.5,
+            0.5,
+            "no sample is offloaded at these operating points",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="#555555",
+        )
     ax.set_xticks(np.arange(num_experts))
     ax.set_xlabel("expert")
     ax.set_ylabel("share of the offloaded samples (%)")
@@ -421,8 +460,14 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
         if f"expert_k{k}" not in records:
             continue
         offload, rate = hit_rate_curve(records, k, primary)
-        ax.plot(offload, rate, color=FAMILY_COLOURS["routed"], linestyle=k_linestyle(k, report.k_values),
-                linewidth=1.5, label=f"k={k} (all samples: {_pct(report.hit_rates.get(k, math.nan))})")  # fmt: skip
+        ax.plot(
+            offload,
+            rate,
+            color=FAMILY_COLOURS["routed"],
+            linestyle=k_linestyle(k, report.k_values),
+            linewidth=1.5,
+            label=f"k={k} (all samples: {_pct(report.hit_rates.get(k, math.nan))})",
+        )
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.02)
     _percent(ax.xaxis)
@@ -495,8 +540,17 @@ def plot_break_even(report: Report, entry: Mapping[str, Any], path: Path) -> Pat
     handles: list[Any] = [Patch(facecolor=c, edgecolor="#333333", label=t) for t, c in strategy_legend(entry)]
     if none_feasible:
         handles.append(Patch(facecolor="#ffffff", edgecolor="#333333", label="no strategy reaches the target"))
-    handles.append(Line2D([], [], marker="*", markersize=12, color="#000000", linestyle="none",
-                          label=f"the profile's own point ({px:.4g}, {py:.4g})"))  # fmt: skip
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="*",
+            markersize=12,
+            color="#000000",
+            linestyle="none",
+            label=f"the profile's own point ({px:.4g}, {py:.4g})",
+        )
+    )
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=9, frameon=False)
     fig.suptitle(
         f"{report.split} ({report.num_samples} samples): cheapest deployment with accuracy >= "

@@ -1,5 +1,7 @@
-"""Writers of a collaborative-inference report (core.policies.Report): CSV/JSON/PNG files, the W&B payload and
-the rich table printed in the terminal. Every number is computed in core.policies; this module only formats."""
+"""Writers of a collaborative-inference report (core.policies.Report): CSV/JSON files, the PNGs (drawn by
+callbacks.plots), the W&B payload (curves on a 1 % offload grid against a declared step metric, tables, images,
+summary scalars) and the rich tables printed in the terminal. Every number is computed in core/; this module only
+formats."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from callbacks.plots import write_plots
 from core.costs import COST_KEYS, baseline_costs
 from core.deferral import FEATURE_NAMES
 from core.policies import FUSE_WEIGHTS, Report
-from core.sweep import _EPS as SWEEP_SLACK
+from core.sweep import TOLERANCE as SWEEP_SLACK
 
 CURVE_COLUMNS = ("policy", "k", "confidence", "profile", "tau", "offload_ratio", "accuracy", *COST_KEYS)
 RESULT_FILES = ("curves.csv", "summary.json", "records.csv")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import RoutingError
-from .sweep import _EPS, _check_inputs
+from .sweep import TOLERANCE, check_sweep_inputs
 
 # Fewer resamples leave the 2.5 % / 97.5 % percentiles resting on a handful of draws.
 MIN_RESAMPLES = 100
@@ -119,7 +119,7 @@ def weighted_curves(
     Every sample counts with its multiplicity, so a threshold whose samples a resample did not draw repeats
     the next point. Work is O(B N) over sorted confidences; nothing of shape (B, N, M) is built.
     """
-    c, loc, off = _check_inputs(confidence, correct_local, correct_offload)
+    c, loc, off = check_sweep_inputs(confidence, correct_local, correct_offload)
     n = c.shape[0]
     w = _check_counts(counts, n)
     order = np.argsort(c, kind="stable")
@@ -159,7 +159,7 @@ def _check_curves(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def area_under(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(B,) trapezoid area under accuracy vs offload ratio over [0, 1] (core.sweep.normalised_auc's raw AUC)."""
     x, y = _check_curves(x, y)
-    if np.any(np.abs(x[:, 0]) > _EPS) or np.any(np.abs(x[:, -1] - 1.0) > _EPS):
+    if np.any(np.abs(x[:, 0]) > TOLERANCE) or np.any(np.abs(x[:, -1] - 1.0) > TOLERANCE):
         raise RoutingError("area_under needs curves from offload ratio 0 to 1; use the full weighted_curves() output.")
     return np.sum(np.diff(x, axis=1) * (y[:, 1:] + y[:, :-1]) / 2.0, axis=1)
 
@@ -173,7 +173,7 @@ def area_gain(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def accuracy_at(x: np.ndarray, y: np.ndarray, ratio: float) -> np.ndarray:
     """(B,) accuracy of the point with the largest offload ratio <= ratio (core.sweep.accuracy_at_offload's rule)."""
     x, y = _check_curves(x, y)
-    idx = np.sum(x <= ratio + _EPS, axis=1) - 1
+    idx = np.sum(x <= ratio + TOLERANCE, axis=1) - 1
     if np.any(idx < 0):
         raise RoutingError(
             f"No curve point has offload ratio <= {ratio!r}; the smallest is {x[:, 0].min():g}. Ask for a ratio "
@@ -195,7 +195,7 @@ def offload_to_reach(x: np.ndarray, y: np.ndarray, target: float | np.ndarray) -
         raise RoutingError(
             f"target must be one accuracy or one per resample (shape ({x.shape[0]},)), got shape {t.shape}."
         )
-    ok = y >= t[:, None] - _EPS
+    ok = y >= t[:, None] - TOLERANCE
     first = np.argmax(ok, axis=1)
     return np.where(ok.any(axis=1), x[np.arange(x.shape[0]), first], np.nan)
 

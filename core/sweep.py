@@ -19,10 +19,10 @@ from .routing import offload_mask
 OPERATING_RULES = ("within_gap", "latency_budget", "energy_budget")
 # Absolute slack for comparisons of derived floats (accuracies are k/N, costs are affine in k/N);
 # far below any meaningful difference, it only absorbs rounding in e.g. 0.99 * acc.
-_EPS = 1e-12
+TOLERANCE = 1e-12
 
 
-def _check_inputs(
+def check_sweep_inputs(
     confidence: np.ndarray, correct_local: np.ndarray, correct_offload: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c = np.asarray(confidence)
@@ -59,7 +59,7 @@ def sweep_thresholds(
     offloads all. Samples with equal confidence therefore always switch together. Also returns
     offload_ratio, accuracy, num_offloaded and num_correct (same length as tau).
     """
-    c, loc, off = _check_inputs(confidence, correct_local, correct_offload)
+    c, loc, off = check_sweep_inputs(confidence, correct_local, correct_offload)
     n = c.shape[0]
     order = np.argsort(c, kind="stable")
     cs = c[order]
@@ -110,7 +110,7 @@ def _curve_arrays(curve: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarr
 def accuracy_at_offload(curve: Mapping[str, np.ndarray], ratio: float) -> float:
     """Accuracy of the curve point with the largest offload ratio <= ratio (never exceeds the budget)."""
     x, y = _curve_arrays(curve)
-    idx = int(np.searchsorted(x, ratio + _EPS, side="right")) - 1
+    idx = int(np.searchsorted(x, ratio + TOLERANCE, side="right")) - 1
     if idx < 0:
         raise RoutingError(f"No curve point has offload ratio <= {ratio!r}; the smallest is {x[0]:g}.")
     return float(y[idx])
@@ -122,7 +122,7 @@ def area_under_curve(curve: Mapping[str, np.ndarray]) -> float:
     Trapezoids between the exact points (linear interpolation = offloading a random part of a tie block).
     """
     x, y = _curve_arrays(curve)
-    if abs(x[0]) > _EPS or abs(x[-1] - 1.0) > _EPS:
+    if abs(x[0]) > TOLERANCE or abs(x[-1] - 1.0) > TOLERANCE:
         raise RoutingError(
             f"The area needs a curve from offload ratio 0 to 1, got {x[0]:g}..{x[-1]:g}; use the full "
             "sweep_thresholds() output."
@@ -133,7 +133,7 @@ def area_under_curve(curve: Mapping[str, np.ndarray]) -> float:
 def offload_to_reach(curve: Mapping[str, np.ndarray], target: float) -> float:
     """Smallest offload ratio whose accuracy >= target (an absolute accuracy); NaN if no threshold reaches it."""
     x, y = _curve_arrays(curve)
-    ok = np.flatnonzero(y >= target - _EPS)
+    ok = np.flatnonzero(y >= target - TOLERANCE)
     return float(x[ok[0]]) if ok.size else math.nan
 
 
@@ -193,7 +193,7 @@ def choose_operating_point(
     if rule == "within_gap":
         if not gap >= 0:
             raise RoutingError(f"gap must be >= 0 (accuracy units, 0.005 = 0.5 points), got {gap!r}.")
-        idx = int(np.flatnonzero(y >= y[-1] - gap - _EPS)[0])
+        idx = int(np.flatnonzero(y >= y[-1] - gap - TOLERANCE)[0])
         return _point(curve, idx)
     if rule not in OPERATING_RULES:
         raise RoutingError(f"Unknown operating-point rule {rule!r}. Use one of {', '.join(OPERATING_RULES)}.")
@@ -206,7 +206,7 @@ def choose_operating_point(
             "load_profile(...))."
         )
     cost = np.asarray(curve[key], dtype=np.float64)
-    feasible = cost <= budget + _EPS * max(1.0, abs(budget))
+    feasible = cost <= budget + TOLERANCE * max(1.0, abs(budget))
     if not feasible.any():
         raise RoutingError(
             f"No threshold meets the {key} budget of {budget:g} {unit}; the cheapest point costs "
@@ -226,7 +226,7 @@ def apply_threshold(
     edge_model: str = "generalist",
 ) -> dict[str, float]:
     """Apply a fixed tau (chosen on val) unchanged to other data; same keys as choose_operating_point()."""
-    c, loc, off = _check_inputs(confidence, correct_local, correct_offload)
+    c, loc, off = check_sweep_inputs(confidence, correct_local, correct_offload)
     offloaded = offload_mask(c, tau)
     ratio = float(np.mean(offloaded))
     out = {
@@ -279,7 +279,7 @@ def up_to_reductions(
             if acc is None or key not in curve or not (math.isfinite(b) and b != 0):
                 out[name][key] = None
                 continue
-            ok = np.flatnonzero(y >= acc - delta - _EPS)
+            ok = np.flatnonzero(y >= acc - delta - TOLERANCE)
             if not ok.size:
                 out[name][key] = None
                 continue

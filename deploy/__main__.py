@@ -24,7 +24,7 @@ from jsonargparse import ArgumentParser, auto_cli
 
 from core.cli import run_command
 from core.errors import SuiteError
-from core.options import DataOptions
+from core.options import DataOptions, WandbOptions
 from core.routing import RouterSpec
 
 Split = Literal["val", "test", "train"]
@@ -43,6 +43,7 @@ def export(
     profile: str | None = None,
     force: bool = False,
     torch_export: bool = False,
+    wandb: WandbOptions = WandbOptions(),
 ) -> int:
     """Export a generalist and its experts as a bundle folder: generalist.onnx, expert_<j>.onnx (dynamic batch,
     self-contained), router.json, manifest.json (sha256 of every file, sources, accuracies, versions) and
@@ -65,6 +66,8 @@ def export(
         profile: the cost profile YAML the deployment is planned with (the model card says measured or assumed).
         force: replace an existing bundle at --out.
         torch_export: also save torch.export programs (*.pt2).
+        wandb: the W&B run of the export (job type export): it declares the checkpoints it read and logs the bundle
+            as a deploy-bundle artifact (mode disabled: no run).
     """
     from core.costs import load_profile
     from datamodules.cifar100 import labelled_images
@@ -76,10 +79,38 @@ def export(
         generalist, experts or [], out, routing=routing, data=images, gap=gap, profile=plan, answer=answer,
         force=force, torch_export=torch_export, batch_size=data.batch_size,
     )  # fmt: skip
+    log_export_run(wandb, out, manifest)
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(f"Wrote {out}: {len(manifest['files'])} files, {size / 1e6:.1f} MB, {manifest['export_seconds']} s")
     print(json.dumps({"routing": manifest["routing"], "evaluation": manifest["evaluation"]}, indent=2))
     return 0
+
+
+def log_export_run(options: WandbOptions, out: str, manifest: dict) -> None:
+    """A W&B run (job type export) with lineage: the checkpoints it read in, the bundle it wrote out."""
+    from callbacks.artifacts import log_bundle_artifact, use_checkpoints
+    from callbacks.wandb_logging import SuiteWandbLogger, resolve_wandb_mode
+
+    if resolve_wandb_mode(options.mode) == "disabled":
+        return
+    folder = Path(out)
+    logger = SuiteWandbLogger(
+        project=options.project,
+        save_dir=str(folder.parent),
+        name=options.name or f"export-{folder.name}",
+        group=options.group or "export",
+        job_type="export",
+        tags=["export", *options.tags],
+        mode=options.mode,
+        require_online=options.require_online,
+    )
+    run = logger.experiment
+    sources = manifest["sources"]
+    run.config.update({"used": {"routing": manifest["routing"], "sources": sources}}, allow_val_change=True)
+    use_checkpoints(run, {"generalist": sources["generalist"]["checkpoint"],
+                          "experts": [e["checkpoint"] for e in sources["experts"]]})  # fmt: skip
+    log_bundle_artifact(run, folder, f"bundle-{folder.name}")
+    run.finish()
 
 
 def verify(

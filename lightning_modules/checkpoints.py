@@ -146,7 +146,10 @@ def load_module(info: CheckpointInfo) -> LightningModule:
     module_path, name = _MODULE_CLASSES[info.role].rsplit(".", 1)
     cls = getattr(importlib.import_module(module_path), name)
     try:
-        return cls.load_from_checkpoint(info.path, map_location="cpu").eval()
+        # Building the module draws random initial weights before the checkpoint's replace them: on a forked RNG,
+        # so that loading a model (say, the generalist for R_j) never shifts a training run's random streams.
+        with torch.random.fork_rng(devices=[]):
+            return cls.load_from_checkpoint(info.path, map_location="cpu").eval()
     except (TypeError, KeyError, RuntimeError) as err:
         raise CheckpointError(
             f"{info.describe()} cannot be restored as {ROLES[info.role].split(' (')[0]} ({type(err).__name__}: "

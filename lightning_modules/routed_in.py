@@ -47,9 +47,13 @@ def generalist_logits(
         cached = np.load(path)
         if len(cached) == len(images):
             return cached
-    model = load_module(generalist).to(device)
-    batches = [model(batch[0].to(device)).float().cpu().numpy() for batch in DataLoader(images, batch_size=batch_size)]
-    logits = np.concatenate(batches).astype(np.float32)
+    # On a forked RNG: iterating a DataLoader draws from the global generator, and whether the cache existed must not
+    # change the random streams of the expert run that asked for it (a rerun would otherwise train differently).
+    with torch.random.fork_rng(devices=[]):
+        model = load_module(generalist).to(device)
+        loader = DataLoader(images, batch_size=batch_size)
+        logits = np.concatenate([model(batch[0].to(device)).float().cpu().numpy() for batch in loader])
+    logits = logits.astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a killed job never leaves a truncated cache that later runs would trust.
     tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")

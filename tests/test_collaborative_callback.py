@@ -1,4 +1,4 @@
-"""CollaborativeInferenceCallback: W&B table/charts/summary (read back from the offline run), CSV/JSON/PNG files,
+"""CollaborativeInferenceCallback: W&B grid curves/tables/images/summary (read back from the offline run), files,
 val-chosen operating points applied on test, and the DDP merge of rank records."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from callbacks.reporting import CURVE_COLUMNS
 from callbacks.wandb_logging import SuiteWandbLogger
 from core.costs import load_profile
 from core.policies import evaluate_policies, merge_records
+from core.sweep import accuracy_at_offload
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = [REPO / "configs/profiles/edge_arm_wifi.yaml", REPO / "configs/profiles/edge_jetson_ethernet.yaml"]
@@ -47,17 +48,21 @@ def read_wandb_records(path: Path) -> list:
     return out
 
 
-def wandb_history_and_summary(run_dir: Path) -> tuple[set[str], dict[str, object]]:
-    keys: set[str] = set()
-    summary: dict[str, object] = {}
+def wandb_run_content(run_dir: Path) -> tuple[list, list[dict[str, object]], dict[str, object]]:
+    """(metric definitions, history rows as {key: value}, summary) of an offline run; nested keys joined by "/"."""
+    metrics, rows, summary = [], [], {}
     for record in read_wandb_records(next(run_dir.glob("run-*.wandb"))):
         kind = record.WhichOneof("record_type")
-        if kind == "history":
-            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        if kind == "metric":
+            metrics.append(record.metric)
+        elif kind == "history":
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif kind == "summary":
             for item in record.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return keys, summary
+    return metrics, rows, summary
 
 
 def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
@@ -77,6 +82,7 @@ def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
         assert tuple(rows[0]) == CURVE_COLUMNS
         policies = {(r["policy"], r["k"]) for r in rows}
         expected = {("routed", "1"), ("routed", "2"), ("static", "1"), ("static", "2"), ("base", "0")}
+        expected |= {("fused", "1"), ("fused", "2")}
         expected |= {("oracle", "0"), ("random", "1"), ("random", "2"), ("generalist_only", "0")}
         assert expected | {("all_offloaded", "1"), ("all_offloaded", "2")} == policies
         assert {r["profile"] for r in rows} == {"edge_arm_wifi", "edge_jetson_ethernet"}
@@ -90,7 +96,10 @@ def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
         assert float(routed[0]["offload_ratio"]) == 0 and float(routed[0]["accuracy"]) == g_acc
         assert float(routed[-1]["offload_ratio"]) == 1 and float(routed[-1]["accuracy"]) == e_acc
         pngs = sorted((folder / "plots").glob("*.png"))
-        assert len(pngs) == 1 + 3 * len(PROFILES)
+        # acc_vs_offload, 3 cost charts and a break-even map per profile, reliability, expert load, superclass
+        # confusion, hit rate; the completion marker lists every one.
+        assert len(pngs) == 5 + 4 * len(PROFILES)
+        assert {f"plots/{p.name}" for p in pngs} <= set(json.loads((folder / "complete.json").read_text())["files"])
         assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     val = json.loads((tmp_path / "out/val/summary.json").read_text())
     test = json.loads((tmp_path / "out/test/summary.json").read_text())
@@ -104,19 +113,50 @@ def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
         assert p["chosen_on"] == "val" and p["tau"] == val_tau[p["policy"], p["k"], p["confidence"], p["profile"]]
         assert set(p["reductions"]) == {"edge_generalist", "edge_medium", "near_edge_only"}
 
-    # W&B: the curves table, one chart per axis and profile, and the summary scalars of summary.json.
-    keys, summary = wandb_history_and_summary(next((tmp_path / "wandb").glob("offline-run-*")))
+    # W&B: the curves on a 1 % offload grid against a declared step metric, the exact table, the findings table,
+    # every PNG, and the summary scalars of summary.json.
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    metrics, rows, summary = wandb_run_content(run_dir)
+    keys = set().union(*rows)
+    profile = load_profile(PROFILES[0])
     for split in ("val", "test"):
-        assert f"collab_{split}/curves/_type" in keys
-        for chart in ("acc_vs_offload", "acc_vs_latency/edge_arm_wifi", "acc_vs_edge_energy/edge_jetson_ethernet",
-                      "acc_vs_system_energy/edge_arm_wifi"):  # fmt: skip
-            assert f"collab_{split}/{chart}_table/_type" in keys
-    table_files = list((next((tmp_path / "wandb").glob("offline-run-*")) / "files/media/table").rglob("*.json"))
-    curves_table = json.loads(next(p for p in table_files if p.name.startswith("curves_")).read_text())
-    assert curves_table["columns"] == list(CURVE_COLUMNS)
+        report, step = callback.reports[split], f"collab_{split}/offload_pct"
+        named = {m.name: m for m in metrics if m.name}
+        assert step in named and not named[step].step_metric
+        assert any(m.glob_name == f"collab_{split}/curves/*" and m.step_metric == step for m in metrics)
+        accuracy = f"collab_{split}/curves/routed_k2_max_prob/accuracy"
+        latency = f"collab_{split}/curves/base_k0_max_prob/latency_ms/edge_arm_wifi"
+        assert named[accuracy].step_metric == named[latency].step_metric == step
+        grid = {row[step]: row for row in rows if step in row}
+        assert sorted(grid) == list(range(101))
+        for pct in (0, 7, 30, 55, 100):
+            key = ("routed", 2, "max_prob")
+            expected = accuracy_at_offload(report.curves[key], pct / 100)
+            assert grid[pct][accuracy] == pytest.approx(expected, abs=1e-12)
+            # The cost is that of the same curve point: the largest offload ratio <= the grid level.
+            base = report.curve_with_costs(("base", 0, "max_prob"), profile)
+            i = np.flatnonzero(base["offload_ratio"] <= pct / 100 + 1e-12)[-1]
+            assert grid[pct][latency] == pytest.approx(float(base["latency_ms"][i]), rel=1e-12)
+        assert grid[0][latency] == pytest.approx(60.0) and grid[100][latency] > 60.0  # edge_arm_wifi: t_G = 60 ms
+        for name in ("curves", "findings"):
+            assert f"collab_{split}/{name}/_type" in keys
+        pngs = sorted((tmp_path / "out" / split / "plots").glob("*.png"))
+        for png in pngs:
+            assert keys >= {f"collab_{split}/plots/{png.stem}/_type", f"collab_{split}/plots/{png.stem}/sha256"}
+        images = list((run_dir / "files/media/images" / f"collab_{split}/plots").glob("*.png"))
+        assert len(images) == len(pngs)
+        tables = list((run_dir / "files/media/table" / f"collab_{split}").glob("*.json"))
+        curves_table = json.loads(next(p for p in tables if p.name.startswith("curves_")).read_text())
+        assert curves_table["columns"] == list(CURVE_COLUMNS)
+        findings = json.loads(next(p for p in tables if p.name.startswith("findings_")).read_text())
+        assert findings["columns"][:3] == ["group", "claim", "a_label"] and "verdict" in findings["columns"]
+        assert len(findings["data"]) == len(report.findings) > 0
+        claims = [row[findings["columns"].index("claim")] for row in findings["data"]]
+        assert claims == [f.claim for f in report.findings]
     for s in test["scalars"]:
-        key = f"collab_test/{s['policy']}/k{s['k']}/{s['confidence']}/auc_norm"
-        assert summary[key] == s["auc_norm"]
+        key = f"collab_test/{s['policy']}/k{s['k']}/{s['confidence']}/area_norm"
+        assert summary[key] == s["area_norm"]
+    assert not any(k.startswith(("collab_val/curves/routed_", "collab_test/curves/base_")) for k in summary)
     assert summary["collab_test/forwards/expert"] == test["forwards"]["expert"]
     assert summary["eval/generalist_forwards"] == 48
 
@@ -153,10 +193,12 @@ def test_ddp_merge_drops_padding_and_gives_the_single_process_curves():
     for key in a.curves:
         for col in ("offload_ratio", "accuracy"):
             np.testing.assert_array_equal(a.curves[key][col], b.curves[key][col])
-        np.testing.assert_allclose(a.curves[key]["tau"], b.curves[key]["tau"], rtol=1e-6)
+        # The learned confidence is a rule refitted on the features, which amplifies their last-bit noise.
+        tolerance = {"rtol": 1e-2, "atol": 1e-3} if key[2] == "learned" else {"rtol": 1e-6}
+        np.testing.assert_allclose(a.curves[key]["tau"], b.curves[key]["tau"], **tolerance)
     assert a.scalars == b.scalars
     for pa, pb in zip(a.operating_points, b.operating_points, strict=True):
         assert (
             pa.keys() == pb.keys() and pa["offload_ratio"] == pb["offload_ratio"] and pa["accuracy"] == pb["accuracy"]
         )
-        assert pa["tau"] == pytest.approx(pb["tau"], rel=1e-6)
+        assert pa["tau"] == pytest.approx(pb["tau"], rel=1e-2 if pa["confidence"] == "learned" else 1e-6, abs=1e-3)

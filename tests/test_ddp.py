@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import CONFIG_DIR, REPO_ROOT, TINY_MODEL_ARGS, cli_overrides
@@ -89,3 +91,80 @@ def test_ddp_val_metrics_equal_a_single_process_validate(ddp_fit: Path, fake_cif
     assert ddp["val/ece"] == pytest.approx(single["val/ece"], abs=1e-6)
     # The loss is a mean of per-rank batch means, not a per-sample mean, so it is only close.
     assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-2)
+
+
+def _evaluate(args: list[str], out: Path, devices: int) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO_ROOT / "evaluate.py"), *args, "--out", str(out), "--devices", str(devices)]
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    try:
+        return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"DDP evaluation hung:\n{(err.stderr or b'')[-3000:]}")
+
+
+def _records(folder: Path) -> dict[str, list[str]]:
+    with (folder / "records.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+@pytest.fixture(scope="module")
+def single_process_evaluation(fake_cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    from test_collaborative_system import shared_checkpoints
+
+    ck = shared_checkpoints(tmp_path_factory)
+    args = [
+        "--generalist", str(ck.generalist), "--experts", f"[{ck.experts}]", "--static_experts", f"[{ck.static}]",
+        "--base", str(ck.base), "--data.data_dir", str(fake_cifar_root), "--data.check_integrity", "false",
+        "--data.val_size", str(VAL_SIZE), "--data.batch_size", str(EVAL_BATCH), "--data.num_workers", "0",
+        "--k", "[1, 3]", "--accelerator", "cpu", "--wandb.mode", "disabled", "--bootstrap", "100",
+    ]  # fmt: skip
+    out = tmp_path_factory.mktemp("eval_single") / "out"
+    result = _evaluate(args, out, 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return args, out / "val"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_evaluation_on_uneven_shards_equals_one_process(single_process_evaluation, tmp_path: Path, world: int):
+    """val 101 on 2 or 3 ranks: shards of 51/50 and 34/34/33; the temperature fit gathers unequal shards."""
+    args, single = single_process_evaluation
+    result = _evaluate(args, tmp_path / "out", world)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = tmp_path / "out" / "val"
+    a, b = json.loads((single / "summary.json").read_text()), json.loads((ddp / "summary.json").read_text())
+    assert b["num_samples"] == a["num_samples"] == VAL_SIZE
+    assert b["temperature"] == pytest.approx(a["temperature"], rel=1e-6)
+    assert b["forwards"] == a["forwards"]  # every pair once, no padding duplicates
+    ra, rb = _records(single), _records(ddp)
+    assert ra.keys() == rb.keys()
+    for column in ra:
+        if column.startswith(("conf_", "g_features", "g_max_prob")) or column.endswith("_prob"):
+            assert np.allclose(np.float64(ra[column]), np.float64(rb[column]), rtol=1e-5, atol=1e-6), column
+        else:
+            assert ra[column] == rb[column], column  # decisions, classes, indices: identical
+    sa = {(s["policy"], s["k"], s["confidence"]): s for s in a["scalars"]}
+    for s in b["scalars"]:
+        assert s["acc@30%"] == sa[s["policy"], s["k"], s["confidence"]]["acc@30%"]
+
+
+@pytest.mark.parametrize("world", [3])
+def test_ddp_validate_on_three_ranks_equals_a_single_process(
+    ddp_fit: Path, fake_cifar_root: Path, tmp_path: Path, world
+):
+    (last,) = ddp_fit.glob("lightning_logs/version_*/checkpoints/last.ckpt")
+    metrics = {}
+    for devices in (1, world):
+        out = tmp_path / f"validate{devices}"
+        cmd = [
+            sys.executable, str(REPO_ROOT / "train.py"), "validate", "-c", str(CONFIG_DIR / "generalist.yaml"),
+            *cli_overrides(fake_cifar_root, out, val_size=VAL_SIZE, batch_size=BATCH), *TINY_MODEL_ARGS,
+            "--data.eval_batch_size", str(EVAL_BATCH), "--trainer.devices", str(devices),
+            *CSV_LOGGER, "--trainer.logger.save_dir", str(out), "--ckpt_path", str(last),
+        ]  # fmt: skip
+        result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics[devices] = _val_metrics(out)
+    exact = [k for k in metrics[1] if k.startswith(("val/acc", "val/superclass_acc/"))]
+    assert {k: metrics[world][k] for k in exact} == {k: metrics[1][k] for k in exact}
+    assert metrics[world]["val/ece"] == pytest.approx(metrics[1]["val/ece"], abs=1e-6)

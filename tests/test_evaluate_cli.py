@@ -70,8 +70,8 @@ def test_evaluate_val_in_process_then_refuses_to_overwrite(
     with (out / "val" / "curves.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CURVE_COLUMNS
-    assert {r["confidence"] for r in rows} == {"max_prob", "margin", "random"}
-    assert {r["policy"] for r in rows} == {"routed", "static", "base", "oracle", "random", "generalist_only",
+    assert {r["confidence"] for r in rows} == {"max_prob", "margin", "random", "learned"}
+    assert {r["policy"] for r in rows} == {"routed", "fused", "static", "base", "oracle", "random", "generalist_only",
                                            "all_offloaded"}  # fmt: skip
     with (out / "val" / "records.csv").open() as f:
         header = next(csv.reader(f))

@@ -1,0 +1,112 @@
+"""Learn confusion-aware expert subsets from the generalist's confusion on val (DESIGN section 7).
+
+    python partition.py --generalist G.ckpt --num_experts 4 --data.data_dir DIR --out runs/partition.json
+
+The generalist's calibrated val probabilities give a soft confusion matrix; core.partitions groups the classes into
+``num_experts`` balanced groups of whole classes so that what G confuses stays inside one expert. The file (read by
+``--partition FILE`` of train_experts.py and ``--model.partition`` of an expert) also records the routing hit rate
+(the chosen expert owns the true class) at each k for the learned groups and for the superclass groups with the same
+number of experts: on all of val (in-sample for the learned groups) and, to be honest about that, with groups
+learned on one half of val and measured on the other half.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jsonargparse import auto_cli
+
+from core.cifar100 import NUM_SUPERCLASSES
+from core.cli import run_command
+from core.errors import SuiteError
+from core.options import DataOptions
+from core.partitions import confusion_partition, routing_hit_rate, soft_confusion, within_group_mass
+from core.routing import check_k_values, fit_temperature, softmax, top_k
+from core.subsets import class_to_expert, save_partition, superclass_partition
+from datamodules.cifar100 import labelled_images
+from lightning_modules.checkpoints import load_module, read_checkpoint
+
+
+def hit_rates(probs: np.ndarray, labels: np.ndarray, subsets: list[list[int]], k_values: Sequence[int]) -> dict:
+    """Routing hit rate per k of the Top-k expert choice under ``subsets``."""
+    owner = class_to_expert(subsets, probs.shape[1])
+    out = {}
+    for k in k_values:
+        classes, top = top_k(probs, k)
+        out[str(k)] = routing_hit_rate(classes, top, labels, owner, len(subsets))
+    return out
+
+
+def learn_partition(
+    *,
+    generalist: str,
+    num_experts: int,
+    out: str,
+    data: DataOptions = DataOptions(),
+    k: list[int] | None = None,
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Learn the groups and write the partition file (see the module docstring); returns its meta.
+
+    Args:
+        generalist: checkpoint of the edge generalist.
+        num_experts: the number of groups (experts); the superclass comparison needs it to divide 20.
+        out: the partition file to write (JSON).
+        data: the CIFAR-100 folder and split settings, as in training (val is where the confusion is measured).
+        k: Top-k values of the hit rates (default [1, 3]).
+        seed: seed of the grouping and of the half split of val.
+        force: replace an existing file.
+    """
+    k_values = check_k_values(k or [1, 3], 100)
+    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 2 <= num_experts <= 100:
+        raise SuiteError(f"--num_experts must be an integer in 2..100, got {num_experts!r}.")
+    if Path(out).exists() and not force:
+        raise SuiteError(f"{out} already exists; choose another --out or pass --force true to replace it.")
+    info = read_checkpoint(generalist, "--generalist", ("generalist",))
+    images = labelled_images(data, "val")
+    model = load_module(info)
+    with torch.inference_mode():
+        x = images.tensors()
+        logits = torch.cat([model(x[i : i + data.batch_size]) for i in range(0, len(x), data.batch_size)]).numpy()
+    labels = images.labels
+    temperature = fit_temperature(logits, labels)
+    probs = softmax(logits.astype(np.float64), temperature)
+    learned = confusion_partition(soft_confusion(probs, labels), num_experts, seed)
+    meta: dict[str, Any] = {
+        "method": "confusion",
+        "generalist": str(info.path),
+        "temperature": temperature,
+        "num_val_images": len(labels),
+        "seed": seed,
+        "within_group_mass": within_group_mass(soft_confusion(probs, labels), learned),
+        "hit_rates": {"learned (in-sample: all of val)": hit_rates(probs, labels, learned, k_values)},
+    }
+    halves = np.random.default_rng(seed).permutation(len(labels)) % 2
+    a, b = halves == 0, halves == 1
+    on_a = confusion_partition(soft_confusion(probs[a], labels[a], probs.shape[1]), num_experts, seed)
+    meta["hit_rates"]["learned on half A, measured on half B"] = hit_rates(probs[b], labels[b], on_a, k_values)
+    if NUM_SUPERCLASSES % num_experts == 0:
+        groups = superclass_partition(NUM_SUPERCLASSES // num_experts)
+        meta["hit_rates"]["superclass groups (all of val)"] = hit_rates(probs, labels, groups, k_values)
+        meta["hit_rates"]["superclass groups (half B)"] = hit_rates(probs[b], labels[b], groups, k_values)
+    save_partition(out, learned, meta)
+    for name, rates in meta["hit_rates"].items():
+        print(f"hit rate, {name}: " + ", ".join(f"k={kk} {100 * v:.1f} %" for kk, v in rates.items()), flush=True)
+    print(f"Wrote {out} ({num_experts} groups of {sorted({len(s) for s in learned})} classes)", flush=True)
+    return meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and learn the partition; 0 on success, 2 on bad input (message printed, no traceback)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run_command(lambda: auto_cli(learn_partition, args=args, prog="partition.py", exit_on_error=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Runs pipeline.py and kills itself with SIGKILL at one point inside one step (tests/test_fault_injection.py).
+
+    FAULT_AT=<step>:<event>:<n> python tests/fault_driver.py <pipeline arguments>
+
+Events, counted within the named step of this process: ``commit`` (an ``os.replace`` / ``os.rename``: the moment a
+temporary file or folder would become the real one; the kill comes just before it) and ``batch`` (an optimizer step).
+Nothing here is part of the suite: it only wraps functions the suite calls.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+import pipeline
+
+STEP, EVENT, COUNT = os.environ["FAULT_AT"].split(":")
+current: dict[str, str | None] = {"step": None}
+seen: Counter[str] = Counter()
+
+
+def tick(event: str) -> None:
+    if current["step"] == STEP and event == EVENT:
+        seen[event] += 1
+        if seen[event] == int(COUNT):
+            print(f"FAULT_INJECTED {STEP}:{EVENT}:{COUNT}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wrap(function):
+    def wrapped(*args, **kwargs):
+        tick("commit")
+        return function(*args, **kwargs)
+
+    return wrapped
+
+
+os.replace, os.rename = wrap(os.replace), wrap(os.rename)
+register_optimizer_step_pre_hook(lambda *_: tick("batch"))
+run_step = pipeline.SeedRun.run
+
+
+def run(self: pipeline.SeedRun, step: str) -> None:
+    current["step"] = step
+    return run_step(self, step)
+
+
+pipeline.SeedRun.run = run
+sys.exit(pipeline.main(sys.argv[1:]))

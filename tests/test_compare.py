@@ -1,0 +1,169 @@
+"""compare.py on evaluation folders written by callbacks.reporting.write_outputs from synthetic records (numpy only):
+paired intervals over shared samples, unpaired ones otherwise, a hand-checkable difference, and bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_plots import synthetic_records, synthetic_report
+
+import compare
+from callbacks.reporting import read_records_csv, write_outputs
+from core.stats import resample_counts
+
+N = 200
+FLIPPED = 20  # samples whose routed k=1 answer run "b" corrects: +10 points all offloaded, exactly
+
+
+def _write(records: dict[str, np.ndarray], folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr("callbacks.reporting.write_plots", lambda *args: [])  # compare never reads the plots
+    return write_outputs(synthetic_report(records, profiles=False), records, folder)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compare")
+    a = synthetic_records(N, seed=3)
+    wrong = np.flatnonzero(a["pred_k1"] != a["label"])[:FLIPPED]
+    b = {**a, "pred_k1": a["pred_k1"].copy()}
+    b["pred_k1"][wrong] = a["label"][wrong]
+    shifted = {**b, "index": b["index"] + 10_000}  # the same answers on other samples (other file indices)
+    with pytest.MonkeyPatch.context() as mp:
+        return {
+            "a": _write(a, root / "a" / "val", mp),
+            "b": _write(b, root / "b" / "val", mp),
+            "shifted": _write(shifted, root / "shifted" / "val", mp),
+            "copy": _write(a, root / "copy" / "val", mp),
+        }
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "compare.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _row(rows: list[dict[str, str]], run: str, statistic: str, policy: str = "routed", k: str = "1") -> dict:
+    return next(
+        r for r in rows
+        if (r["run"], r["statistic"], r["policy"], r["k"], r["confidence"]) == (run, statistic, policy, k, "max_prob")
+    )  # fmt: skip
+
+
+def test_same_samples_give_paired_intervals_and_the_hand_checked_difference(folders, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cmp"
+    args = ["--runs", f"[{folders['a']}, {folders['b']}, {folders['copy']}]", "--out", str(out)]
+    assert compare.main([*args, "--bootstrap", "300", "--policies", "[routed, fused, base]"]) == 0
+    printed = capsys.readouterr().out
+    assert "Runs compared against a" in printed
+    rows = _rows(out)
+    assert {r["policy"] for r in rows} == {"routed", "fused", "base"}
+    assert {r["run"] for r in rows} == {"a", "b", "copy"}  # default labels: the path parts that differ
+    diff = _row(rows, "b", "acc_all_offloaded")
+    assert diff["pairing"] == "paired" and diff["vs"] == "a"
+    assert float(diff["value"]) - float(_row(rows, "a", "acc_all_offloaded")["value"]) == pytest.approx(0.1)
+    assert float(diff["difference"]) == pytest.approx(FLIPPED / N, abs=1e-12)
+    # Paired: every resample counts the corrected samples for b only, so the difference is never below 0; the
+    # interval is the percentile interval of (corrected samples drawn) / N under the same counts.
+    low, high = float(diff["low"]), float(diff["high"])
+    a_rec = read_records_csv(folders["a"] / "records.csv")
+    b_rec = read_records_csv(folders["b"] / "records.csv")
+    corrected = (b_rec["pred_k1"] == b_rec["label"]) & (a_rec["pred_k1"] != a_rec["label"])
+    draws = resample_counts(N, 300, 0)[:, corrected].sum(axis=1) / N
+    assert (low, high) == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])), abs=1e-12)
+    assert 0 < low < FLIPPED / N < high and diff["verdict"] == "holds"
+    # Untouched policies and an identical copy: difference 0 with the degenerate interval [0, 0].
+    for run, policy, k in (("b", "base", "0"), ("copy", "routed", "1")):
+        same = _row(rows, run, "area_gain_pts", policy, k)
+        assert float(same["difference"]) == float(same["low"]) == float(same["high"]) == 0.0
+        assert same["verdict"] == "not established" and same["pairing"] == "paired"
+    md = (out / "compare.md").read_text()
+    assert "## routed" in md and "| b - a [95 %] |" in md and "+10.00 pts [" in md
+    meta = json.loads((out / "compare.json").read_text())
+    assert [r["pairing"] for r in meta["runs"]] == ["reference", "paired", "paired"]
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["base.png", "fused.png", "routed.png"]
+    assert all(p.stat().st_size > 10_000 for p in (out / "plots").glob("*.png"))
+
+
+def test_different_samples_give_unpaired_wider_intervals(folders, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    runs = f"[{folders['a']}, {folders['b']}, {folders['shifted']}]"
+    assert compare.main(["--runs", runs, "--labels", "[a, b, s]", "--out", str(out), "--policies", "[routed]"]) == 0
+    rows = _rows(out)
+    paired, unpaired = _row(rows, "b", "acc_all_offloaded"), _row(rows, "s", "acc_all_offloaded")
+    assert unpaired["pairing"] == "unpaired" and paired["pairing"] == "paired"
+    # The same answers, so the same difference; without pairing the interval is much wider on both sides.
+    assert float(unpaired["difference"]) == pytest.approx(float(paired["difference"]), abs=1e-12)
+    width = {name: float(r["high"]) - float(r["low"]) for name, r in (("p", paired), ("u", unpaired))}
+    assert width["u"] > 2 * width["p"]
+    assert float(unpaired["low"]) < float(paired["low"]) < float(paired["high"]) < float(unpaired["high"])
+    # Unpaired sampling noise of two 200-sample accuracies (~4.8 points each) swamps most of the +10 points.
+    assert float(unpaired["low"]) < 0.03
+    assert "| unpaired |" in (out / "compare.md").read_text()
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        compare.main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    documented = inspect.getdoc(compare.compare)
+    for name in inspect.signature(compare.compare).parameters:
+        assert f"--{name}" in text and f"{name}:" in documented, name
+
+
+def test_bad_inputs_exit_2_with_a_message_and_write_nothing(
+    folders, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(folders["a"], unfinished)
+    (unfinished / "complete.json").unlink()
+    no_records = tmp_path / "no_records"
+    shutil.copytree(folders["a"], no_records)
+    (no_records / "records.csv").unlink()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    monkeypatch.setattr(compare, "has_wandb_credentials", lambda: False)
+    a, b = folders["a"], folders["b"]
+    cases = {
+        "no marker": ([f"[{a}, {unfinished}]"], [], "lacks complete.json"),
+        "no records": ([f"[{a}, {no_records}]"], [], "lacks records.csv"),
+        "split parent": ([f"[{a}, {b.parent}]"], [], "It holds evaluation splits"),
+        "one run": ([f"[{a}]"], [], "at least 2 evaluation folders"),
+        "labels": ([f"[{a}, {b}]"], ["--labels", "[x]"], "--labels has 1 entries for 2 runs"),
+        "same labels": ([f"[{a}, {b}]"], ["--labels", "[x, x]"], "must be distinct"),
+        "bootstrap": ([f"[{a}, {b}]"], ["--bootstrap", "50"], "--bootstrap must be >= 100"),
+        "policy": ([f"[{a}, {b}]"], ["--policies", "[routed, magic]"], "Unknown policies ['magic']"),
+        "wandb offline": ([f"[{a}, {b}]"], ["--wandb_runs", "[me/proj/abc123]"], "no W&B credentials"),
+    }
+    for name, (runs, extra, match) in cases.items():
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        assert compare.main(["--runs", *runs, "--out", str(out), *extra]) == 2, name
+        err = " ".join(capsys.readouterr().err.split())
+        assert match in err and "Traceback" not in err, (name, err)
+        assert not out.exists() and not list(tmp_path.glob(".*.partial")), name
+    assert compare.main(["--runs", f"[{a}, {b}]", "--out", str(existing)]) == 2
+    assert "already exists" in capsys.readouterr().err and not list(existing.iterdir())
+
+
+def test_an_unreachable_wandb_api_is_a_clear_error(folders, tmp_path: Path, capsys, monkeypatch) -> None:
+    import wandb
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded with url: /graphql")
+
+    monkeypatch.setattr(compare, "has_wandb_credentials", lambda: True)
+    monkeypatch.setattr(wandb, "Api", refuse)
+    out = tmp_path / "out"
+    code = compare.main(["--runs", f"[{folders['a']}, {folders['b']}]", "--out", str(out), "--wandb_runs", "[e/p/r]"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "Could not reach the W&B API (Max retries exceeded" in err and not out.exists()
+    assert compare.parse_curve_metric("collab_val/curves/static_init_k3_max_prob/accuracy", "val") == (
+        "static_init", 3, "max_prob",
+    )  # fmt: skip
+    assert compare.parse_curve_metric("collab_val/curves/routed_k3_max_prob/latency_ms/p", "val") is None
