@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jsonargparse import auto_cli
 from rich.console import Console
 from rich.table import Table
 
@@ -40,7 +39,7 @@ from callbacks.plots import k_linestyle
 from callbacks.reporting import COMPLETE_FILE, is_complete, read_records_csv
 from callbacks.wandb_logging import has_wandb_credentials
 from core.atomic import atomic_folder
-from core.cli import run_command
+from core.cli import run_cli
 from core.errors import SuiteError
 from core.hashing import file_sha256
 from core.policies import CURVE_POLICIES, LEARNED, Fitted, PolicyData, policy_inputs
@@ -542,8 +541,7 @@ def compare(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and compare; 0 on success, 2 on bad input (message printed, no traceback)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return run_command(lambda: auto_cli(compare, args=args, prog="compare.py", exit_on_error=False))
+    return run_cli(compare, argv, "compare.py")
 
 
 if __name__ == "__main__":

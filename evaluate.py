@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from jsonargparse import auto_cli
 from lightning import Trainer
 from rich.console import Console
 
@@ -27,7 +26,7 @@ from callbacks.artifacts import use_checkpoints
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
 from callbacks.reporting import COMPLETE_FILE
 from callbacks.wandb_logging import SuiteWandbLogger, resolve_wandb_mode
-from core.cli import run_command
+from core.cli import run_cli
 from core.costs import Profile, load_profile
 from core.errors import SuiteError
 from core.options import DataOptions, WandbOptions
@@ -238,8 +237,7 @@ def record_what_was_used(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and evaluate; 0 on success, 2 on bad input (message printed, no traceback)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return run_command(lambda: auto_cli(evaluate, args=args, prog="evaluate.py", exit_on_error=False))
+    return run_cli(evaluate, argv, "evaluate.py")
 
 
 if __name__ == "__main__":

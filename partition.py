@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from jsonargparse import auto_cli
 
 from core.cifar100 import NUM_SUPERCLASSES
-from core.cli import run_command
+from core.cli import run_cli
 from core.errors import SuiteError
 from core.options import DataOptions
 from core.partitions import confusion_partition, routing_hit_rate, soft_confusion, within_group_mass
@@ -104,8 +103,7 @@ def learn_partition(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and learn the partition; 0 on success, 2 on bad input (message printed, no traceback)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return run_command(lambda: auto_cli(learn_partition, args=args, prog="partition.py", exit_on_error=False))
+    return run_cli(learn_partition, argv, "partition.py")
 
 
 if __name__ == "__main__":

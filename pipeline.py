@@ -34,14 +34,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+import numpy as np
+from jsonargparse import ActionConfigFile, Namespace
 from rich.console import Console
 
 import evaluate
 import train_experts
 from callbacks.reporting import is_complete
 from core.atomic import write_json_atomic, write_text_atomic
-from core.cli import run_command
+from core.cli import SuiteParser, run_command
 from core.costs import load_profile
 from core.errors import SuiteError
 from core.fingerprint import fingerprint
@@ -81,8 +82,8 @@ EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on"}
 console = Console()
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="pipeline.py", description=__doc__.split("\n\n")[0], exit_on_error=False)
+def build_parser() -> SuiteParser:
+    parser = SuiteParser(prog="pipeline.py", description=__doc__.split("\n\n")[0], exit_on_error=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="Preset YAML (configs/experiments/*.yaml).")
     parser.add_argument("--preset", type=str, default="custom", help="Preset name, shown in the report and W&B.")
     parser.add_argument("--out", type=str, default="results/custom", help="Output folder.")
@@ -213,6 +214,17 @@ class SeedRun:
                 "(generalist.ckpt: generalist; base and experts: experts). Run those steps first (leave out --steps "
                 "to run the whole pipeline)."
             )
+
+    def check_training_arguments(self) -> None:
+        """Build every training run's CLI once (nothing trained): a bad override or stage list fails before the
+        first step, not after the generalist has trained."""
+        train_experts.suite_cli(self.generalist_args(), "the generalist run")
+        job = self.job
+        if self.confusion_groups:  # the learned groups do not exist yet: check with balanced stand-in groups
+            chunks = np.array_split(np.arange(100), self.confusion_groups)
+            job = replace(job, partition={"subsets": [c.tolist() for c in chunks]})
+        job = replace(job, generalist_checkpoint=str(self.generalist), args=[*self.training_args(), *job.args])
+        train_experts.Job(job, self.data, check_files=False)
 
     def applies(self, step: str) -> bool:
         """Whether ``step`` is part of this run (the partition step only for a confusion-aware partition)."""
@@ -402,6 +414,8 @@ def check_options(opts: Namespace) -> None:
         raise SuiteError(f"--generalist_config {missing} do not exist; run from the repository root.")
     if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds):
         raise SuiteError(f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers.")
+    for run in [SeedRun(opts, seed) for seed in opts.seeds[:1]] if opts.experts_config else []:
+        run.check_training_arguments()
     e = opts.evaluate
     evaluate.check_arguments(
         e.k, e.confidence, e.temperature, e.rule, e.gap, e.budget, e.profiles, e.within_points, e.delta, e.bootstrap

@@ -44,14 +44,14 @@ from typing import Literal
 
 import torch
 import wandb
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile
 from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
 from callbacks.artifacts import log_checkpoint
 from core.atomic import write_json_atomic
-from core.cli import run_command
+from core.cli import SuiteParser, run_command
 from core.errors import SuiteError
 from core.options import DataOptions
 from core.schedule import schedule_steps, static_step_budget
@@ -104,8 +104,8 @@ class ExpertsJob:
     test: bool = True
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="train_experts.py", description=__doc__.split("\n")[0], exit_on_error=False)
+def build_parser() -> SuiteParser:
+    parser = SuiteParser(prog="train_experts.py", description=__doc__.split("\n")[0], exit_on_error=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML file with any of these options.")
     parser.add_class_arguments(ExpertsJob, None, as_group=False)
     parser.add_class_arguments(DataOptions, "data")
@@ -155,8 +155,13 @@ def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, flo
     cli = suite_cli(cli_args)
     cli.check_inputs()
     trainer = cli.trainer
+    began = time.perf_counter()
     trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - began
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # Throughput of the whole fit (validation included): optimizer steps x global batch / wall time.
+    images = trainer.global_step * cli.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    metrics.update(train_seconds=round(seconds, 2), train_images_per_s=round(images / max(seconds, 1e-9), 1))
     tmp = target.with_name(f"{target.name}.tmp")
     trainer.save_checkpoint(tmp)
     if test:
@@ -177,7 +182,8 @@ def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, flo
 class Job:
     """The runs of one ExpertsJob; every argument and input is checked on construction."""
 
-    def __init__(self, job: ExpertsJob, data: DataOptions) -> None:
+    def __init__(self, job: ExpertsJob, data: DataOptions, check_files: bool = True) -> None:
+        """``check_files=False`` checks the arguments only (the pipeline, before the generalist exists)."""
         self.job = job
         self.data = data
         self.out = Path(job.out)
@@ -201,9 +207,9 @@ class Job:
         missing = [c for c in self._configs() if not Path(c).is_file()]
         if missing:
             raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --*_config or run from the repo.")
-        if job.generalist_checkpoint is not None:
+        if job.generalist_checkpoint is not None and check_files:
             read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
-        if self.base_checkpoint.is_file():
+        if self.base_checkpoint.is_file() and check_files:
             read_checkpoint(self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",))
         for kind in ("base", *job.variants):
             # Parse and build every kind of run once now: a bad override fails here, not after stage 0.

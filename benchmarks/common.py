@@ -18,10 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentParser, DefaultHelpFormatter, auto_cli
+from jsonargparse import DefaultHelpFormatter
 from lightning import Callback, Trainer
 
-from core.cli import run_command
+from core.cli import run_cli as suite_cli
 from core.errors import SuiteError
 from core.options import DataOptions
 
@@ -36,31 +36,9 @@ class _HelpFormatter(DefaultHelpFormatter):
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
-class _Parser(ArgumentParser):
-    """auto_cli's parser with ``-c`` as the short form of ``--config`` (auto_cli adds only ``--config``)."""
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
-        if args == ("--config",):
-            args = ("-c", "--config")
-        return super().add_argument(*args, **kwargs)
-
-
 def run_cli(main: Callable[..., Any], doc: str | None) -> None:
     """Parse the command line into ``main``'s keyword parameters, run it and exit: 0, or 2 on bad input."""
-    prog = Path(sys.argv[0]).name
-    sys.exit(
-        run_command(
-            lambda: auto_cli(
-                main,
-                args=sys.argv[1:],
-                parser_class=_Parser,
-                prog=prog,
-                description=doc,
-                formatter_class=_HelpFormatter,
-                exit_on_error=False,
-            )
-        )
-    )
+    sys.exit(suite_cli(main, None, Path(sys.argv[0]).name, description=doc, formatter_class=_HelpFormatter))
 
 
 # ------------------------------------------------------------------------------------------------ data source

@@ -19,7 +19,8 @@ import numpy as np
 from callbacks.plots import write_plots
 from core.costs import COST_KEYS, baseline_costs
 from core.deferral import FEATURE_NAMES
-from core.policies import FUSE_WEIGHTS, Report
+from core.policies import Report
+from core.route import FUSE_WEIGHTS
 from core.sweep import TOLERANCE as SWEEP_SLACK
 
 CURVE_COLUMNS = ("policy", "k", "confidence", "profile", "tau", "offload_ratio", "accuracy", *COST_KEYS)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from jsonargparse import ArgumentParser, auto_cli
 
 from core.errors import SuiteError
 
@@ -35,3 +37,21 @@ def run_command(command: Callable[[], Any]) -> int:
         print(f"error: {cause}", file=sys.stderr)
         return BAD_INPUT
     return code if isinstance(code, int) else 0
+
+
+class SuiteParser(ArgumentParser):
+    """The suite's command-line parser: jsonargparse with ``-c`` as the short form of ``--config``."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        if args == ("--config",):
+            args = ("-c", "--config")
+        return super().add_argument(*args, **kwargs)
+
+
+def run_cli(components: Any, argv: Sequence[str] | None, prog: str, **kwargs: Any) -> int:
+    """Run functions as a command (jsonargparse ``auto_cli``: ``-c/--config``, ``--print_config``, options from the
+    typed keyword parameters and their docstrings); the exit code of ``run_command``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run_command(
+        lambda: auto_cli(components, args=args, prog=prog, parser_class=SuiteParser, exit_on_error=False, **kwargs)
+    )

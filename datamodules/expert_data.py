@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from core.errors import SuiteError
@@ -96,6 +97,13 @@ class ExpertDataModule(CIFAR100DataModule):
             self.setup("fit")
         rho, rest = self.mix_for_epoch(epoch)
         pools = self._pools()
+        if rest == "routed_in" and rho < 1.0 and len(pools["routed_in"]) == 0:
+            # A weak generalist may route no outside image to this expert: train on, with the other classes.
+            rank_zero_warn(
+                "R_j is empty: the generalist routes no image outside this expert's subset to it, so this stage "
+                "draws the rest of each batch from the other classes instead (rest: other_classes)."
+            )
+            rest = "other_classes"
         num_replicas, rank = self._replicas()
         return MixingBatchSampler(
             pools["subset"], pools[rest], self.batch_size, rho, self.mix_seed, epoch, num_replicas, rank

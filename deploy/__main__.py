@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from jsonargparse import ArgumentParser, auto_cli
 
-from core.cli import run_command
+from core.cli import run_cli
 from core.errors import SuiteError
 from core.options import DataOptions, WandbOptions
 from core.routing import RouterSpec
@@ -253,19 +252,9 @@ def predict(
 COMMANDS = [export, verify, profile, predict]
 
 
-class _Parser(ArgumentParser):
-    """auto_cli's parsers with ``-c`` as the short form of each ``--config`` (auto_cli adds only ``--config``)."""
-
-    def add_argument(self, *args, **kwargs):
-        if args == ("--config",):
-            args = ("-c", "--config")
-        return super().add_argument(*args, **kwargs)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; bad input -> message on stderr, exit code 2."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return run_command(lambda: auto_cli(COMMANDS, args=args, parser_class=_Parser))
+    return run_cli(COMMANDS, argv, "python -m deploy")
 
 
 if __name__ == "__main__":

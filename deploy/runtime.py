@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core.errors import SuiteError
-from core.policies import fused_predictions, route_batch
+from core.route import fused_predictions, route_batch
 from core.routing import offload_mask
 from deploy.bundle_format import (
     INPUT_NAME,

@@ -35,14 +35,13 @@ from torch.utils.data import DataLoader
 
 from core.deferral import DeferralRule
 from core.errors import PartitionError, RoutingError, SuiteError
-from core.policies import (
-    BASELINE_SETS,
+from core.policies import BASELINE_SETS, merge_records
+from core.route import (
     FUSE_WEIGHTS,
     Records,
     RoutedBatch,
     fused_predictions,
     generalist_records,
-    merge_records,
     oracle_assignment,
     route_batch,
 )

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.hashing import file_sha256
-from core.policies import route_batch
+from core.route import route_batch
 from core.routing import FIT, check_temperature, fit_temperature
 from core.subsets import class_to_expert
 from datamodules.cifar100_files import CifarSplit

@@ -14,7 +14,8 @@ from callbacks.export_bundle import ExportBundleCallback
 from core.errors import RoutingError, SuiteError
 from core.hashing import file_sha256
 from core.options import DataOptions
-from core.policies import deployable_tau, route_batch
+from core.policies import deployable_tau
+from core.route import route_batch
 from core.routing import RouterSpec, fit_temperature, offload_mask
 from core.sweep import sweep_thresholds
 from datamodules.cifar100 import CIFAR100DataModule, labelled_images

@@ -40,15 +40,8 @@ from callbacks.reporting import (
 )
 from core.cifar100 import FINE_TO_COARSE
 from core.costs import load_profile
-from core.policies import (
-    FUSE_WEIGHTS,
-    LEARNED,
-    Report,
-    evaluate_policies,
-    generalist_records,
-    oracle_assignment,
-    route_batch,
-)
+from core.policies import LEARNED, Report, evaluate_policies
+from core.route import FUSE_WEIGHTS, generalist_records, oracle_assignment, route_batch
 from core.subsets import class_to_expert, superclass_partition
 from core.sweep import accuracy_at_offload
 
