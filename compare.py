@@ -41,6 +41,7 @@ from callbacks.wandb_logging import has_wandb_credentials
 from core.atomic import atomic_folder
 from core.cli import run_cli
 from core.errors import SuiteError
+from core.findings import points_text, value_text
 from core.hashing import file_sha256
 from core.policies import CURVE_POLICIES, LEARNED, Fitted, PolicyData, policy_inputs
 from core.stats import MIN_RESAMPLES, accuracy_at, area_gain, interval, resample_counts, weighted_curves
@@ -261,22 +262,10 @@ def compare_rows(runs: Sequence[Run], keys: Sequence[Key], bootstrap: int, seed:
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
-def _value(v: float, unit: str) -> str:
-    if not math.isfinite(v):
-        return "-"
-    return f"{100 * v:.1f} %" if unit == "accuracy" else f"{v:+.2f} pts"
-
-
-def _points(v: float, unit: str) -> str:
-    if not math.isfinite(v):
-        return "-"
-    return f"{100 * v if unit == 'accuracy' else v:+.2f}"
-
-
 def difference_text(row: Mapping[str, Any]) -> str:
     """``+1.20 pts [+0.40, +2.10]`` (accuracy differences in points)."""
-    unit = row["unit"]
-    return f"{_points(row['difference'], unit)} pts [{_points(row['low'], unit)}, {_points(row['high'], unit)}]"
+    low, high = (points_text(row[end], row["unit"]) for end in ("low", "high"))
+    return f"{points_text(row['difference'], row['unit'])} pts [{low}, {high}]"
 
 
 def grouped(rows: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
@@ -318,7 +307,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run], bootstrap: 
         for group in grouped([r for r in rows if r["policy"] == policy]):
             head = group[0]
             cells = [str(head["k"]), head["confidence"], head["statistic"]]
-            cells += [_value(r["value"], r["unit"]) for r in group]
+            cells += [value_text(r["value"], r["unit"]) for r in group]
             for r in group[1:]:
                 cells += [difference_text(r), r["pairing"], r["verdict"]]
             lines.append("| " + " | ".join(cells) + " |")
@@ -339,7 +328,7 @@ def rich_comparison(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run]) -> T
     for group in grouped([r for r in rows if r["confidence"] in (runs[0].primary, "random")]):
         head = group[0]
         cells = [head["policy"], str(head["k"]), head["confidence"], head["statistic"]]
-        cells += [_value(r["value"], r["unit"]) for r in group]
+        cells += [value_text(r["value"], r["unit"]) for r in group]
         for r in group[1:]:
             mark = " (unpaired)" if r["pairing"] == "unpaired" else ""
             cells += [difference_text(r) + mark, f"[{colours.get(r['verdict'], 'yellow')}]{r['verdict']}[/]"]
@@ -485,7 +474,7 @@ def compare(
     wandb_runs: list[str] | None = None,
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Compare evaluation folders curve by curve (see the module docstring).
+    """Compare two or more evaluation folders curve by curve: overlay plots and a table of the differences.
 
     Args:
         runs: evaluation split folders (evaluate.py's OUT/val or OUT/test), at least 2; the first is the reference.

@@ -101,7 +101,7 @@ def evaluate(
     devices: int | str = 1,
     precision: str = "32-true",
 ) -> dict[str, Report]:
-    """Evaluate every routing policy and write the results (see the module docstring).
+    """Evaluate every routing policy on val (and test) and write curves, summary, records, findings and plots.
 
     Args:
         generalist: checkpoint of the edge generalist (role generalist).

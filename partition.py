@@ -51,7 +51,9 @@ def learn_partition(
     seed: int = 0,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Learn the groups and write the partition file (see the module docstring); returns its meta.
+    """Learn balanced class groups from the generalist's confusion on val and write them as a partition file.
+
+    Returns the file's meta (groups, hit rates).
 
     Args:
         generalist: checkpoint of the edge generalist.

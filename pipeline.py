@@ -8,8 +8,9 @@ evaluation, the deployment bundle; then a results report across the seeds.
 Steps are fresh by construction: each records a fingerprint of what it was made from (its resolved arguments, the
 sha256 of its input checkpoints, data files and configs, and the code it runs) and is skipped only when that
 fingerprint matches the finished step's; otherwise it reruns, and so does every step whose inputs it changes. A
-step's completion marker (``<step>/step.json``) is written last; a step interrupted with the same fingerprint resumes
-(finished experts are kept), one with another fingerprint starts over. ``--force_step`` reruns named steps. Per seed
+step's completion marker (``step.json`` in its folder: ``generalist/``, ``partition/``, ``experts/``, ``eval/``,
+``bundle.step/``) is written last; a step interrupted with the same fingerprint resumes (finished experts are
+kept), one with another fingerprint starts over. ``--force_step`` reruns named steps. Per seed
 ``s`` the training seed and the train/val split seed are both ``s``. Outputs::
 
     OUT/seed_<s>/generalist/generalist.ckpt (+ .json metrics)
@@ -19,17 +20,25 @@ step's completion marker (``<step>/step.json``) is written last; a step interrup
     OUT/seed_<s>/bundle/                                                        (python -m deploy export)
     OUT/report.md, OUT/summary.json, OUT/plots/                                 (across seeds)
 
+The report step also logs a W&B run of its own (job type ``pipeline``, group the preset): the configuration and,
+per policy, k and confidence measure, every scalar of the evaluation as the mean across seeds, keyed
+``<split>/<policy>/k<k>/<measure>/<scalar>``, and the findings. Under a W&B sweep agent this run is the sweep's
+trial (configs/sweeps/), each trial writes under ``OUT/sweep-<sweep id>/<run id>``, and the steps' own runs do not
+take the trial's id.
+
 Bad input or a missing step input ends with a one-paragraph message and exit code 2, before anything is written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -41,12 +50,13 @@ from rich.console import Console
 import evaluate
 import train_experts
 from callbacks.reporting import is_complete
+from callbacks.wandb_logging import SuiteWandbLogger, resolve_wandb_mode
 from core.atomic import write_json_atomic, write_text_atomic
 from core.cli import SuiteParser, run_command
 from core.costs import load_profile
 from core.errors import SuiteError
 from core.fingerprint import fingerprint
-from core.options import DataOptions
+from core.options import DataOptions, WandbOptions
 from core.results_report import render_markdown, report_summary
 from datamodules.cifar100_files import download, split_file
 from deploy.__main__ import export as export_command
@@ -79,6 +89,9 @@ CODE = {
 EVALUATE_OWN = {"generalist", "experts", "out", "static_experts", "static_init_experts", "base", "data", "split"}
 EVALUATE_OWN |= {"force"}
 EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on"}
+# What a W&B sweep agent puts in the environment of its trial (wandb_agent.py). The first wandb.init of the process
+# would take the trial's run id, so the steps' runs run without them and the pipeline's summary run takes them back.
+SWEEP_VARIABLES = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
 console = Console()
 
 
@@ -97,6 +110,15 @@ def build_parser() -> SuiteParser:
     parser.add_argument("--generalist_args", type=list[str], default=[], help="CLI overrides of the generalist.")
     parser.add_argument("--common_args", type=list[str], default=[], help="CLI overrides of every training run.")
     parser.add_argument("--experts_config", type=str | None, default=None, help="train_experts.py config.")
+    parser.add_argument(
+        "--variants", type=list[train_experts.Variant] | None, default=None,
+        help="Train and evaluate only these expert variants (default: the experts config's).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progressive_args", type=list[str], default=[],
+        help="CLI overrides of the progressive experts, after the experts config's (e.g. a sweep's stages).",
+    )  # fmt: skip
+    parser.add_class_arguments(WandbOptions, "wandb", help="The pipeline's summary run (the report step).")
     parser.add_function_arguments(evaluate.evaluate, "evaluate", skip=EVALUATE_OWN)
     parser.add_function_arguments(export_command, "export", skip=EXPORT_OWN)
     return parser
@@ -111,6 +133,11 @@ class SeedRun:
         self.root = Path(opts.out) / f"seed_{seed}"
         self.generalist = self.root / "generalist" / "generalist.ckpt"
         self.job = train_experts.load_job(opts.experts_config, out=str(self.root / "experts"))
+        self.job = replace(
+            self.job,
+            variants=opts.variants or self.job.variants,
+            progressive_args=[*self.job.progressive_args, *opts.progressive_args],
+        )
         self.partition_file = self.root / "partition" / "partition.json"
         spec = self.job.partition
         self.confusion_groups = (
@@ -193,17 +220,16 @@ class SeedRun:
         return fingerprint(step, args, files, CODE[step])
 
     def evaluate_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(vars(self.opts.evaluate))
-        wandb = kwargs["wandb"]
-        name = wandb.name or f"evaluate-{self.opts.preset}-seed{self.seed}"
-        kwargs["wandb"] = replace(wandb, name=name, group=wandb.group or f"{self.opts.preset}-seed{self.seed}")
-        return kwargs
+        return self._command_kwargs("evaluate")
 
     def export_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(vars(self.opts.export))
-        wandb = kwargs["wandb"]
-        name = wandb.name or f"export-{self.opts.preset}-seed{self.seed}"
-        kwargs["wandb"] = replace(wandb, name=name, group=wandb.group or f"{self.opts.preset}-seed{self.seed}")
+        return self._command_kwargs("export")
+
+    def _command_kwargs(self, command: str) -> dict[str, Any]:
+        """The ``--<command>.*`` options, with the W&B run named and grouped by preset and seed unless set."""
+        kwargs = dict(vars(self.opts[command]))
+        wandb, group = kwargs["wandb"], f"{self.opts.preset}-seed{self.seed}"
+        kwargs["wandb"] = replace(wandb, name=wandb.name or f"{command}-{group}", group=wandb.group or group)
         return kwargs
 
     def require(self, step: str, *paths: Path) -> None:
@@ -361,7 +387,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str]) -> Path:
+def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str], sweep: dict[str, str]) -> Path:
     out = Path(opts.out)
     results = [run.results() for run in runs]
     plots_dir = out / "plots"
@@ -377,11 +403,84 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str]) -> P
         "commit (when the report was written)": git_commit(),
     }
     write_text_atomic(out / "report.md", render_markdown(results, header, plots))
-    write_json_atomic(out / "summary.json", {"header": header, **report_summary(results)}, default=list)
+    summary = {"header": header, **report_summary(results)}
+    write_json_atomic(out / "summary.json", summary, default=list)
+    log_summary_run(opts, results, summary, sweep)
     return out / "report.md"
 
 
+def mean_scalars(results: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Every evaluation scalar as the mean across seeds: ``<split>/<policy>/k<k>/<measure>/<scalar>``."""
+    values: dict[str, list[float]] = {}
+    for r in results:
+        evaluation = r["evaluation"]
+        for row in evaluation["scalars"]:
+            prefix = f"{evaluation['split']}/{row['policy']}/k{row['k']}/{row['confidence']}"
+            for key, value in row.items():
+                if key not in ("policy", "k", "confidence") and isinstance(value, int | float):
+                    values.setdefault(f"{prefix}/{key}", []).append(float(value))
+    return {key: float(np.mean(v)) for key, v in values.items() if len(v) == len(results)}
+
+
+def log_summary_run(
+    opts: Namespace, results: Sequence[dict[str, Any]], summary: dict[str, Any], sweep: dict[str, str]
+) -> None:
+    """The pipeline's own W&B run: its configuration, the mean scalars and the findings (the module docstring)."""
+    options = opts.wandb
+    if resolve_wandb_mode(options.mode) == "disabled":
+        return
+    # Under a sweep agent this run is the trial. The ids go in explicitly: wandb read its environment when the
+    # steps' runs started (without them) and ignores later changes to it in this process.
+    trial = {"sweep_id": sweep.get("WANDB_SWEEP_ID"), "sweep_param_path": sweep.get("WANDB_SWEEP_PARAM_PATH")}
+    logger = SuiteWandbLogger(
+        id=sweep.get("WANDB_RUN_ID"),
+        settings={k: v for k, v in trial.items() if v},
+        project=options.project,
+        save_dir=str(opts.out),
+        name=options.name or f"pipeline-{opts.preset}",
+        group=options.group or opts.preset,
+        job_type="pipeline",
+        tags=["pipeline", opts.preset, opts.split, *options.tags],
+        mode=options.mode,
+        require_online=options.require_online,
+    )
+    run = logger.experiment
+    keys = ("preset", "seeds", "split", "generalist_args", "common_args", "experts_config", "variants")
+    keys += ("progressive_args",)
+    run.config.update({k: opts[k] for k in keys} | {"header": summary["header"]}, allow_val_change=True)
+    run.summary.update(mean_scalars(results))
+    if summary["findings"]:
+        import wandb  # only when a run is logged
+
+        columns = ["group", "claim", "seeds", "a_mean", "b_mean", "difference_mean", "intervals", "verdict"]
+        rows = [
+            [f["group"], f["claim"], f["seeds"], f["a"][0], f["b"][0], f["difference"][0], json.dumps(f["intervals"]),
+             f["verdict"]]
+            for f in summary["findings"]
+        ]  # fmt: skip
+        run.log({"findings": wandb.Table(columns=columns, data=rows)})
+    run.finish()
+
+
+@contextmanager
+def sweep_trial() -> Iterator[dict[str, str]]:
+    """The W&B sweep variables of this process (empty outside a sweep), withheld from os.environ until the end."""
+    withheld = {k: os.environ.pop(k) for k in SWEEP_VARIABLES if os.environ.get(k)}
+    try:
+        yield withheld
+    finally:
+        os.environ.update(withheld)
+
+
 def run_pipeline(opts: Namespace, argv: Sequence[str], say: Callable[[str], None] = console.print) -> Path | None:
+    with sweep_trial() as sweep:
+        if sweep:  # one folder per trial: trials of one sweep may run at once
+            opts.out = str(Path(opts.out) / f"sweep-{sweep.get('WANDB_SWEEP_ID')}" / sweep.get("WANDB_RUN_ID", "run"))
+            say(f"W&B sweep trial: writing under {opts.out}")
+        return _run_steps(opts, argv, say, sweep)
+
+
+def _run_steps(opts: Namespace, argv: Sequence[str], say: Callable[[str], None], sweep: dict[str, str]) -> Path | None:
     runs = [SeedRun(opts, s) for s in opts.seeds]
     for run, step in [(r, s) for r in runs for s in STEPS[:-1] if s in opts.steps and r.applies(s)]:
         label = f"seed {run.seed}: {step}"
@@ -398,7 +497,7 @@ def run_pipeline(opts: Namespace, argv: Sequence[str], say: Callable[[str], None
         say(f"{label}: finished in {time.perf_counter() - start:.0f} s")
     if "report" not in opts.steps:
         return None
-    report = write_report(opts, runs, argv)
+    report = write_report(opts, runs, argv, sweep)
     say(f"report: {report}")
     return report
 
@@ -415,6 +514,11 @@ def check_options(opts: Namespace) -> None:
     if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds):
         raise SuiteError(f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers.")
     for run in [SeedRun(opts, seed) for seed in opts.seeds[:1]] if opts.experts_config else []:
+        if "progressive" not in run.job.variants and {"evaluate", "export"} & set(opts.steps):
+            raise SuiteError(
+                f"The expert variants {run.job.variants} leave out 'progressive', which the evaluate and export "
+                "steps route to; add it to --variants or leave those steps out with --steps."
+            )
         run.check_training_arguments()
     e = opts.evaluate
     evaluate.check_arguments(

@@ -108,7 +108,8 @@ def build_parser() -> SuiteParser:
     parser = SuiteParser(prog="train_experts.py", description=__doc__.split("\n")[0], exit_on_error=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML file with any of these options.")
     parser.add_class_arguments(ExpertsJob, None, as_group=False)
-    parser.add_class_arguments(DataOptions, "data")
+    # Training loaders are the expert configs' own (--args '[--data.batch_size=...]'): no evaluation loader here.
+    parser.add_class_arguments(DataOptions, "data", skip={"batch_size", "num_workers"})
     return parser
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import statistics
 
 import torch
-from common import data_source, delivered_rate, run_cli
+from common import data_source, delivered_rate, run_cli, training_datamodule
 
 from core.options import DataOptions
-from datamodules.cifar100 import CIFAR100DataModule
 
 
 def main(
@@ -45,17 +44,9 @@ def main(
     if threads:
         torch.set_num_threads(threads)
 
-    common = dict(
-        check_integrity=source.check_integrity,
-        val_size=source.val_size,
-        split_seed=source.split_seed,
-        batch_size=batch_size,
-        num_workers=workers,
-        augmentation="basic",
-    )
     paths = {
-        "dataloader": CIFAR100DataModule(source.data_dir, device_resident=False, **common),
-        "device-resident": CIFAR100DataModule(source.data_dir, device_resident=True, **common),
+        "dataloader": training_datamodule(source, batch_size, workers),
+        "device-resident": training_datamodule(source, batch_size, workers, device_resident=True),
     }
     for datamodule in paths.values():
         datamodule.setup("fit")

@@ -18,7 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import StepTimer, data_source, delivered_rate, quiet_trainer, run_cli
+from common import StepTimer, data_source, delivered_rate, quiet_trainer, run_cli, training_datamodule
 from lightning import seed_everything
 
 from core.options import DataOptions
@@ -81,15 +81,7 @@ def main(
     """
     source = data_source(data)
     seed_everything(0)
-    datamodule = CIFAR100DataModule(
-        source.data_dir,
-        check_integrity=source.check_integrity,
-        val_size=source.val_size,
-        split_seed=source.split_seed,
-        batch_size=batch_size,
-        num_workers=workers,
-        augmentation="basic",
-    )
+    datamodule = training_datamodule(source, batch_size, workers)
     datamodule.setup("fit")
     loader = datamodule.loader(datamodule.dataset("train", augment=True), shuffle=True, batch_size=batch_size)
     iterator = iter(loader)

@@ -24,6 +24,7 @@ from lightning import Callback, Trainer
 from core.cli import run_cli as suite_cli
 from core.errors import SuiteError
 from core.options import DataOptions
+from datamodules.cifar100 import CIFAR100DataModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,20 @@ def data_source(data: DataOptions, fake: bool = False) -> DataOptions:
 
 
 # ------------------------------------------------------------------------------------------------ trainer, timers
+def training_datamodule(source: DataOptions, batch_size: int, workers: int, **kwargs: Any) -> CIFAR100DataModule:
+    """The CIFAR-100 data module of the benchmarks' training runs: ``source``'s folder and split, ``basic``
+    augmentation; ``kwargs`` add to or override these (``device_resident=True``)."""
+    settings: dict[str, Any] = {
+        "check_integrity": source.check_integrity,
+        "val_size": source.val_size,
+        "split_seed": source.split_seed,
+        "batch_size": batch_size,
+        "num_workers": workers,
+        "augmentation": "basic",
+    }
+    return CIFAR100DataModule(source.data_dir, **{**settings, **kwargs})
+
+
 def quiet_trainer(**kwargs: Any) -> Trainer:
     """A Trainer on one CPU device without logger, checkpoints, progress bar or model summary; ``kwargs`` add to
     or override these settings (``accelerator="gpu"``, ``devices=2``, ``max_epochs=1``, ``callbacks=[...]``)."""

@@ -18,12 +18,11 @@ import time
 from typing import Literal
 
 import torch
-from common import data_source, quiet_trainer, run_cli
+from common import data_source, quiet_trainer, run_cli, training_datamodule
 from lightning import Callback
 
 from core.errors import SuiteError
 from core.options import DataOptions
-from datamodules.cifar100 import CIFAR100DataModule
 from lightning_modules.classifier import ClassifierModule
 
 MODELS = {"generalist": "vit_tiny", "expert": "vit_small"}
@@ -67,16 +66,7 @@ def images_per_second(
         limit_val_batches=0,
         callbacks=[timer],
     )
-    datamodule = CIFAR100DataModule(
-        source.data_dir,
-        check_integrity=source.check_integrity,
-        val_size=source.val_size,
-        split_seed=source.split_seed,
-        batch_size=batch_size,
-        num_workers=workers,
-        augmentation="basic",
-        device_resident=device_resident,
-    )
+    datamodule = training_datamodule(source, batch_size, workers, device_resident=device_resident)
     model = ClassifierModule(arch=arch, preset="scratch32", warmup_epochs=0, compile=compile_model)
     trainer.fit(model, datamodule=datamodule)
     return steps * batch_size / (timer.end - timer.start)

@@ -36,7 +36,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
 from core.cifar100 import FINE_TO_COARSE, NUM_CLASSES, NUM_SUPERCLASSES, SUPERCLASSES
-from core.costs import COST_KEYS, Profile, baseline_costs
+from core.costs import BASELINE_NAMES, COST_KEYS, COST_NAMES, Profile, baseline_costs
 from core.policies import CURVE_POLICIES, LEARNED, Report, hit_rate_curve
 from core.routing import offload_mask
 
@@ -67,12 +67,6 @@ AXIS_LABELS = {
     "latency_ms": "mean latency per sample (ms)",
     "edge_energy_mj": "mean edge energy per sample (mJ)",
     "system_energy_mj": "mean system energy per sample (mJ)",
-}
-COST_TITLES = {"latency_ms": "latency", "edge_energy_mj": "edge energy", "system_energy_mj": "system energy"}
-BASELINE_NAMES = {
-    "edge_generalist": "edge-only generalist",
-    "edge_medium": "edge-only medium model",
-    "near_edge_only": "near-edge only",
 }
 BASELINE_MARKERS = {"edge_generalist": "s", "edge_medium": "D", "near_edge_only": "^"}
 STRATEGY_NAMES = {**BASELINE_NAMES, "collaboration": "collaboration"}
@@ -247,7 +241,7 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
     if x == "offload_ratio":
         _percent(ax.xaxis)
         ax.set_xlim(0.0, 1.0)
-    what = "offload ratio" if profile is None else f"{COST_TITLES[x]} ({profile.name})"
+    what = "offload ratio" if profile is None else f"{COST_NAMES[x]} ({profile.name})"
     ax.set_title(
         f"{report.split} ({report.num_samples} samples): accuracy vs {what}\n"
         f"confidence {report.measures[0]}; routed at every k, other policies at their best k",
@@ -535,7 +529,7 @@ def plot_break_even(report: Report, entry: Mapping[str, Any], path: Path) -> Pat
         ax.set_yscale("log")
         ax.plot([px], [py], marker="*", markersize=15, color="#000000", markeredgecolor="#ffffff", linestyle="none")
         ax.set_xlabel(field_label(entry["x_field"]))
-        ax.set_title(f"cheapest by {COST_TITLES[cost]}", fontsize=10)
+        ax.set_title(f"cheapest by {COST_NAMES[cost]}", fontsize=10)
     axes[0].set_ylabel(field_label(entry["y_field"]))
     handles: list[Any] = [Patch(facecolor=c, edgecolor="#333333", label=t) for t, c in strategy_legend(entry)]
     if none_feasible:
@@ -569,7 +563,7 @@ def write_plots(report: Report, records: Mapping[str, np.ndarray], folder: Path)
     written = [plot_accuracy(report, "offload_ratio", None, folder / "acc_vs_offload.png")]
     for profile in report.profiles:
         for x in COST_KEYS:
-            stem = f"acc_vs_{COST_TITLES[x].replace(' ', '_')}__{profile.name}"
+            stem = f"acc_vs_{COST_NAMES[x].replace(' ', '_')}__{profile.name}"
             written.append(plot_accuracy(report, x, profile, folder / f"{stem}.png"))
     for name, draw in (
         ("reliability_generalist", plot_reliability),

@@ -19,6 +19,7 @@ import numpy as np
 from callbacks.plots import write_plots
 from core.costs import COST_KEYS, baseline_costs
 from core.deferral import FEATURE_NAMES
+from core.findings import points_text, value_text
 from core.policies import Report
 from core.route import FUSE_WEIGHTS
 from core.sweep import TOLERANCE as SWEEP_SLACK
@@ -352,25 +353,15 @@ def findings_table(report: Report) -> Any:
         table.add_column(c, justify="right" if c.startswith("difference") else "left", overflow="fold")
     colours = {"holds": "green", "fails": "red"}
 
-    def value(v: float, unit: str) -> str:
-        if not math.isfinite(v):
-            return "-"
-        return f"{100 * v:.1f} %" if unit == "accuracy" else f"{v:+.2f} pts"
-
-    def diff(v: float, unit: str) -> str:
-        if not math.isfinite(v):
-            return "-"
-        return f"{100 * v if unit == 'accuracy' else v:+.2f}"
-
     for f in report.findings:
-        interval = f"[{diff(f.low, f.unit)}, {diff(f.high, f.unit)}]"
+        interval = f"[{points_text(f.low, f.unit)}, {points_text(f.high, f.unit)}]"
         colour = colours.get(f.verdict, "yellow")
         table.add_row(
             f.group,
             f.claim,
-            f"{f.a_label}: {value(f.a, f.unit)}",
-            f"{f.b_label}: {value(f.b, f.unit)}",
-            f"{diff(f.difference, f.unit)} pts {interval}",
+            f"{f.a_label}: {value_text(f.a, f.unit)}",
+            f"{f.b_label}: {value_text(f.b, f.unit)}",
+            f"{points_text(f.difference, f.unit)} pts {interval}",
             f"[{colour}]{f.verdict}[/]",
         )
     return table

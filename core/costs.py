@@ -26,6 +26,13 @@ from .errors import ProfileError
 REQUIRED_EDGE_ROLES = ("generalist", "medium")
 REQUIRED_NEAR_ROLES = ("expert",)
 COST_KEYS = ("latency_ms", "edge_energy_mj", "system_energy_mj")
+# How reports and plots name each cost and each reference deployment of baseline_costs.
+COST_NAMES = {"latency_ms": "latency", "edge_energy_mj": "edge energy", "system_energy_mj": "system energy"}
+BASELINE_NAMES = {
+    "edge_generalist": "edge-only generalist",
+    "edge_medium": "edge-only medium model",
+    "near_edge_only": "near-edge only",
+}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ seeds, ``across_seeds`` gives the mean +- std of each finding and a verdict that
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,6 +40,20 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def value_text(v: float, unit: str) -> str:
+    """A finding's value as shown: ``61.2 %`` (accuracy) or ``+1.50 pts`` (points); ``-`` when not finite."""
+    if not math.isfinite(v):
+        return "-"
+    return f"{100 * v:.1f} %" if unit == "accuracy" else f"{v:+.2f} pts"
+
+
+def points_text(v: float, unit: str) -> str:
+    """A difference or interval end in points with its sign (``+1.20``); ``-`` when not finite."""
+    if not math.isfinite(v):
+        return "-"
+    return f"{100 * v if unit == 'accuracy' else v:+.2f}"
 
 
 class Statistics:

@@ -43,7 +43,7 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
+def imported_modules(path: Path) -> set[str]:
     """Every module named by an import statement anywhere in ``path`` (absolute names; relative ones resolved)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     package = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts[:-1])
@@ -74,7 +74,7 @@ def source_closure(roots: Iterable[str], root: Path = REPO_ROOT) -> list[Path]:
         parts = name.split(".")
         # Importing a.b.c executes a/__init__.py and a/b/__init__.py first.
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        todo += sorted(_imports(path))
+        todo += sorted(imported_modules(path))
     return sorted(seen)
 
 

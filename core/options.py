@@ -55,8 +55,11 @@ class WandbOptions:
     Attributes:
         mode: ``auto`` (online with credentials, else offline), ``online``, ``offline`` or ``disabled``.
         project: the W&B project.
-        name: the run name (default: derived from what the run is, e.g. ``evaluate-mini-seed0``).
-        group: the run group (default: the preset or experiment and its seed, so seeds group together).
+        name: the run name (default: derived from what the run is: ``expert-progressive-03-seed0`` for training,
+            ``evaluate-mini-seed0`` in a pipeline, ``evaluate-<split>`` for a standalone evaluation,
+            ``export-<bundle folder>`` for an export).
+        group: the run group (default: the preset or experiment and its seed, so seeds group together;
+            ``evaluate`` or ``export`` for a standalone evaluation or export).
         tags: extra tags besides those derived from the run.
         require_online: fail instead of falling back to offline when an online run cannot start.
     """

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core.costs import BASELINE_NAMES, COST_NAMES
 from core.findings import across_seeds
 from core.stats import mean_std
 
@@ -22,12 +23,6 @@ EXPERT_KEYS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc
 VARIANTS = {"progressive": "progressive", "static": "static-from-base", "static_init": "static-from-init"}
 POLICY_ORDER = ("routed", "fused", "static", "static_init", "base", "oracle", "random")
 CURVE_COLUMNS = ("acc_local_only", "acc_all_offloaded", "acc@10%", "acc@20%", "acc@30%", "acc@50%")
-COSTS = {"latency_ms": "latency", "edge_energy_mj": "edge energy", "system_energy_mj": "system energy"}
-BASELINES = {
-    "edge_generalist": "edge-only generalist",
-    "edge_medium": "edge-only medium",
-    "near_edge_only": "near-edge only",
-}
 VERDICT_MARK = {"holds": "holds", "fails": "**fails**", "not established": "not established"}
 
 
@@ -217,9 +212,9 @@ def _costs(seed_results: Sequence[Mapping[str, Any]], split: str, primary: str, 
     for p in first.get("operating_points", []):
         if p["confidence"] != primary or p["policy"] not in ("routed", "fused") or not p["profile"]:
             continue
-        for base, label in BASELINES.items():
+        for base, label in BASELINE_NAMES.items():
             acc = (p.get("baseline_accuracy") or {}).get(base)
-            reds = [fmt(p["reductions"][base][c], 100.0, 1, 1) for c in COSTS]
+            reds = [fmt(p["reductions"][base][c], 100.0, 1, 1) for c in COST_NAMES]
             lines.append(
                 f"| {p['profile']} | {p['policy']} | {p['k']} | {p['tau']:.4f} | {fmt(p['offload_ratio'])} | "
                 f"{fmt(p['accuracy'])} | {label} | {fmt(acc)} | " + " | ".join(reds) + " |"
@@ -236,8 +231,8 @@ def _costs(seed_results: Sequence[Mapping[str, Any]], split: str, primary: str, 
     for entry in first.get("up_to_reductions", []):
         if entry["confidence"] != primary or entry["policy"] not in ("routed", "fused"):
             continue
-        for base, label in BASELINES.items():
-            for cost, name in COSTS.items():
+        for base, label in BASELINE_NAMES.items():
+            for cost, name in COST_NAMES.items():
                 best = entry["reductions"][base][cost]
                 if best is None:
                     lines.append(f"| {entry['profile']} | {entry['policy']} | {entry['k']} | {label} | {name} | "
@@ -266,7 +261,7 @@ def _break_even(evaluation: Mapping[str, Any], split: str) -> list[str]:
             f"k={m['k']}: " + (f"{fmt(ratio)} % offloaded" if ratio is not None else "never reaches it") + "); "
             f"strategies that reach it: {', '.join(feasible) or 'none'}."
         )
-        for cost, name in COSTS.items():
+        for cost, name in COST_NAMES.items():
             grid = m["best"][cost]
             xs, ys = list(m["x_values"]), list(m["y_values"])
             ix = min(range(len(xs)), key=lambda i: abs(math.log(xs[i]) - math.log(x)))

@@ -44,9 +44,10 @@ def export(
     torch_export: bool = False,
     wandb: WandbOptions = WandbOptions(),
 ) -> int:
-    """Export a generalist and its experts as a bundle folder: generalist.onnx, expert_<j>.onnx (dynamic batch,
-    self-contained), router.json, manifest.json (sha256 of every file, sources, accuracies, versions) and
-    MODEL_CARD.md.
+    """Export a generalist and its experts as a deployment bundle folder.
+
+    The folder holds generalist.onnx, expert_<j>.onnx (dynamic batch, self-contained), router.json,
+    manifest.json (sha256 of every file, sources, accuracies, versions) and MODEL_CARD.md.
 
     Args:
         generalist: checkpoint of the edge generalist.
@@ -122,9 +123,10 @@ def verify(
     experts: list[str] | None = None,
     atol: float = 1e-4,
 ) -> int:
-    """Run the bundle and PyTorch (CollaborativeSystem.predict_step, eager logits, the simulated accuracy at tau)
-    on the same images; print the agreement. Exit 0 when routing decisions are identical, logits agree within
-    --atol and the accuracies are equal, else 1.
+    """Check a bundle against PyTorch on the same images; exit 0 when they agree, else 1.
+
+    Compares with CollaborativeSystem.predict_step, eager logits and the simulated accuracy at tau: routing
+    decisions must be identical, logits agree within --atol and the accuracies be equal.
 
     Args:
         bundle: bundle folder.
@@ -160,9 +162,11 @@ def profile(
     threads: int | None = None,
     name: str | None = None,
 ) -> int:
-    """Time every ONNX model of the bundle with onnxruntime (batch 1 and --batch_size, warm-up, median of repeats)
-    and write a profile in the configs/profiles format: the measured latencies of --section replace those of
-    --base; powers and link come from --base (they cannot be measured).
+    """Time the bundle's ONNX models on this machine and write a cost profile with the measured latencies.
+
+    onnxruntime, batch 1 and --batch_size, warm-up, median of repeats; the profile is in the configs/profiles
+    format: the measured latencies of --section replace those of --base; powers and link come from --base (they
+    cannot be measured).
 
     Args:
         bundle: bundle folder.
@@ -198,8 +202,9 @@ def predict(
     out: str | None = None,
     send: Literal["images", "tensors"] = "images",
 ) -> int:
-    """Classify uint8 images (N, 32, 32, 3) from a .npy file, or a CIFAR-100 split, with the bundle; print a
-    summary and optionally write one CSV row per image.
+    """Classify images with the bundle (a .npy file of uint8 N x 32 x 32 x 3, or a CIFAR-100 split).
+
+    Prints a summary and, with --out, writes one CSV row per image.
 
     Args:
         bundle: bundle folder.

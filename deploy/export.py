@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ import timm
 import torch
 from torch import nn
 
+from core.atomic import atomic_folder
 from core.cifar100 import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from core.costs import Profile
 from core.deferral import DeferralRule
@@ -264,10 +264,7 @@ def export_bundle(
         "generalist": {"checkpoint": str(models.generalist_path), "sha256": file_sha256(models.generalist_path)},
         "experts": [{"checkpoint": str(p), "sha256": file_sha256(p)} for p in models.expert_paths],
     }
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out_dir) as tmp:  # renamed to out_dir only when complete
         entries: list[tuple[str, nn.Module, dict[str, str]]] = [
             (GENERALIST_FILE, models.generalist.model, {"role": "generalist"})
         ]
@@ -298,12 +295,6 @@ def export_bundle(
         manifest["export_seconds"] = round(time.perf_counter() - start, 2)
         # The manifest is written last: a folder without one is never taken for a bundle.
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -11,8 +11,8 @@ The profile's latencies are the batch-1 medians in ms, per model role of ``core.
 Powers and the link cannot be measured here: they are copied from a base profile (``--base``), and ``section``
 limits which side is overwritten, so a user measures the edge device and the accelerator one after another::
 
-    python -m deploy profile BUNDLE --base configs/profiles/edge_arm_wifi.yaml --section near_edge --out p.yaml
-    python -m deploy profile BUNDLE --base p.yaml --section edge --out measured.yaml --force   # on the edge
+    python -m deploy profile --bundle BUNDLE --base configs/profiles/edge_arm_wifi.yaml --section near_edge --out p.yaml
+    python -m deploy profile --bundle BUNDLE --base p.yaml --section edge --out measured.yaml --force   # on the edge
 """
 
 from __future__ import annotations

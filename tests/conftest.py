@@ -36,6 +36,8 @@ import pytest
 import torch
 from fake_cifar100 import write_fake_cifar100
 
+from core.costs import EdgeDevice, Link, NearEdgeDevice, Profile
+
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,19 @@ CONFIG_DIR = REPO_ROOT / "configs"
 TRAIN_PER_CLASS = 6
 TEST_PER_CLASS = 2
 TINY_MODEL_ARGS = ["--model.embed_dim", "16", "--model.depth", "1", "--model.num_heads", "2"]
+# A cost profile of round numbers, so that the tests' arithmetic can be done by hand.
+HAND_PROFILE = Profile(
+    name="hand",
+    description="hand-made",
+    edge=EdgeDevice(
+        latency_ms={"generalist": 10.0, "medium": 40.0},
+        power_active_w=5.0,
+        power_idle_w=2.0,
+        power_radio_w=3.0,
+    ),
+    near_edge=NearEdgeDevice(latency_ms={"expert": 4.0, "medium": 6.0}, power_active_w=50.0),
+    link=Link(uplink_mbps=8.0, downlink_mbps=1.0, rtt_ms=2.0, bytes_up=3000, bytes_down=125),
+)
 
 
 def cli_overrides(

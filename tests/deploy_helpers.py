@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning import Trainer
 
+from benchmarks.common import quiet_trainer
 from core.subsets import superclass_partition
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.expert import ExpertModule
@@ -16,8 +16,9 @@ TINY = {"embed_dim": 16, "depth": 1, "num_heads": 2}
 
 def save_checkpoint(module: torch.nn.Module, path: Path) -> Path:
     """A Lightning checkpoint of an untrained module (hyperparameters + weights), as train.py writes them."""
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer()
     trainer.strategy.connect(module)
+    path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path)
     return path
 

@@ -71,19 +71,10 @@ def _train_images(data: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, np.asarray(content["fine_labels"], dtype=np.int64)
 
 
-def _save(module: torch.nn.Module, path: Path) -> Path:
-    from lightning import Trainer
-
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(module)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return path
-
-
 def build_setup(root: Path) -> dict[str, Path]:
     """Write the data folder and the checkpoints (generalist, base, 4 experts, 4 static experts) under ``root``."""
     sys.path.insert(0, str(HERE))
+    from deploy_helpers import save_checkpoint
     from fake_cifar100 import write_fake_cifar100
     from golden_models import classifier, expert
 
@@ -94,10 +85,12 @@ def build_setup(root: Path) -> dict[str, Path]:
     paths = {
         "data": data,
         # The generalist's head is fitted with a strong ridge (a weaker model), the base's with a light one.
-        "generalist": _save(
+        "generalist": save_checkpoint(
             fit_head(numpy_weights(classifier("generalist", **TINY), 1), images, labels, 300.0), root / "g.ckpt"
         ),
-        "base": _save(fit_head(numpy_weights(classifier("base", **TINY), 2), images, labels, 30.0), root / "base.ckpt"),
+        "base": save_checkpoint(
+            fit_head(numpy_weights(classifier("base", **TINY), 2), images, labels, 30.0), root / "base.ckpt"
+        ),
         "experts": root / "experts",
         "static": root / "static",
     }
@@ -106,7 +99,7 @@ def build_setup(root: Path) -> dict[str, Path]:
         keep = np.isin(labels, subset) | (np.arange(len(labels)) % 10 == j)
         for folder, seed, ridge in ((paths["experts"], 10 + j, 10.0), (paths["static"], 20 + j, 100.0)):
             module = fit_head(numpy_weights(expert(j, 5, **TINY), seed), images[keep], labels[keep], ridge)
-            _save(module, folder / f"expert_{j}.ckpt")
+            save_checkpoint(module, folder / f"expert_{j}.ckpt")
     return paths
 
 

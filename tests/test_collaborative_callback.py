@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_collaborative_system import cpu_trainer, image_loader, tiny_system
+from test_collaborative_system import image_loader, tiny_system
 from torch.utils.data import DataLoader, DistributedSampler
 
+from benchmarks.common import quiet_trainer
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
 from callbacks.reporting import CURVE_COLUMNS
 from callbacks.wandb_logging import SuiteWandbLogger
@@ -69,7 +70,7 @@ def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
     system = tiny_system(static=True, base=True, temperature="fit", k_values=[1, 2])
     callback = CollaborativeInferenceCallback(out_dir=tmp_path / "out", profiles=PROFILES, print_table=True)
     logger = SuiteWandbLogger(save_dir=str(tmp_path), mode="offline", job_type="test")
-    trainer = cpu_trainer(logger=logger, callbacks=[callback])
+    trainer = quiet_trainer(logger=logger, callbacks=[callback])
     trainer.validate(system, dataloaders=image_loader(64, seed=1), verbose=False)
     trainer.test(system, dataloaders=image_loader(48, seed=2, first_index=0), verbose=False)
     logger.experiment.finish()

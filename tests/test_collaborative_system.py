@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning import Trainer
+from deploy_helpers import save_checkpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.common import quiet_trainer
 from core.errors import PartitionError, RoutingError, SuiteError
 from core.routing import count_pairs, experts_needed, fit_temperature, select_experts, softmax, top_k
 from core.subsets import class_to_expert, superclass_partition
@@ -54,11 +55,6 @@ def image_loader(n: int, seed: int = 0, batch_size: int = 16, first_index: int =
     labels = torch.randint(0, 100, (n,), generator=g)
     indices = torch.arange(first_index, first_index + n)
     return DataLoader(TensorDataset(images, labels, indices), batch_size=batch_size)
-
-
-def cpu_trainer(**kwargs) -> Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    return Trainer(**{**defaults, **kwargs})
 
 
 class SampleCounter:
@@ -142,7 +138,7 @@ def test_evaluation_costs_exactly_the_floor_of_forwards_with_20_experts():
     names.update({f"S{j}": e for j, e in enumerate(system.baselines["static"])})
     counter = SampleCounter(names)
     loader = image_loader(60, batch_size=16)
-    trainer = cpu_trainer()
+    trainer = quiet_trainer()
     trainer.validate(system, dataloaders=loader, verbose=False)
     seen = dict(counter.samples)  # before the checks below call G themselves
 
@@ -237,29 +233,21 @@ class Checkpoints:
 _BUILT: dict[str, Checkpoints] = {}
 
 
-def _save(trainer: Trainer, module, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    return path
-
-
 def build_checkpoints(root: Path) -> Checkpoints:
-    trainer = cpu_trainer(enable_checkpointing=False)
     torch.manual_seed(0)
     ck = Checkpoints(
         root,
-        _save(trainer, ClassifierModule(**TINY), root / "g.ckpt"),
-        _save(trainer, ClassifierModule(arch="vit_small", role="base", **TINY), root / "base.ckpt"),
+        save_checkpoint(ClassifierModule(**TINY), root / "g.ckpt"),
+        save_checkpoint(ClassifierModule(arch="vit_small", role="base", **TINY), root / "base.ckpt"),
         root / "experts",
         root / "static",
         root / "experts20",
     )
     for j in range(4):
-        _save(trainer, ExpertModule(expert_index=j, partition=5, **TINY), ck.experts / f"e{j}.ckpt")
-        _save(trainer, ExpertModule(expert_index=j, partition=5, **TINY), ck.static / f"e{j}.ckpt")
+        save_checkpoint(ExpertModule(expert_index=j, partition=5, **TINY), ck.experts / f"e{j}.ckpt")
+        save_checkpoint(ExpertModule(expert_index=j, partition=5, **TINY), ck.static / f"e{j}.ckpt")
     for j in range(20):
-        _save(trainer, ExpertModule(expert_index=j, partition=1, **TINY), ck.experts20 / f"e{j:02d}.ckpt")
+        save_checkpoint(ExpertModule(expert_index=j, partition=1, **TINY), ck.experts20 / f"e{j:02d}.ckpt")
     return ck
 
 
@@ -304,7 +292,7 @@ def _bad_sets(ck: Checkpoints, tmp: Path) -> dict[str, tuple[dict, str]]:
     shutil.copytree(ck.experts, doubled)
     shutil.copy(ck.experts / "e0.ckpt", doubled / "e0-best.ckpt")
     torch.manual_seed(0)
-    g10 = _save(cpu_trainer(), ClassifierModule(num_classes=10, **TINY), tmp / "g10.ckpt")
+    g10 = save_checkpoint(ClassifierModule(num_classes=10, **TINY), tmp / "g10.ckpt")
     not_ckpt = tmp / "notes.ckpt"
     not_ckpt.write_text("not a checkpoint")
     e = [ck.experts]
@@ -334,7 +322,7 @@ def test_fitting_the_temperature_keeps_the_val_batches_of_a_persistent_worker_lo
     plain = image_loader(40, batch_size=16)
     persistent = DataLoader(plain.dataset, batch_size=16, num_workers=1, persistent_workers=True)
     system = tiny_system(temperature="fit", k_values=[1])
-    trainer = cpu_trainer()
+    trainer = quiet_trainer()
     trainer.validate(system, dataloaders=persistent, verbose=False)
     # Every val sample reached validation_step: with k = 1 each one is routed to exactly one expert.
     assert trainer.callback_metrics["eval/expert_forwards"].item() >= 40

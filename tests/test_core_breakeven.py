@@ -6,23 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import HAND_PROFILE as PROFILE
 
 from core.breakeven import STRATEGIES, break_even_map, get_field, profile_fields, strategy_costs, with_field
-from core.costs import COST_KEYS, EdgeDevice, Link, NearEdgeDevice, Profile
+from core.costs import COST_KEYS
 from core.errors import ProfileError
 
-PROFILE = Profile(
-    name="hand",
-    description="",
-    edge=EdgeDevice(
-        latency_ms={"generalist": 10.0, "medium": 40.0},
-        power_active_w=5.0,
-        power_idle_w=2.0,
-        power_radio_w=3.0,
-    ),
-    near_edge=NearEdgeDevice(latency_ms={"expert": 4.0, "medium": 6.0}, power_active_w=50.0),
-    link=Link(uplink_mbps=8.0, downlink_mbps=1.0, rtt_ms=2.0, bytes_up=3000, bytes_down=125),
-)
 CURVE_X = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 CURVE_Y = np.array([0.6, 0.65, 0.7, 0.72, 0.74])
 

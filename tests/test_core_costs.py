@@ -7,12 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import HAND_PROFILE as PROFILE
 
 from core.costs import (
-    EdgeDevice,
-    Link,
-    NearEdgeDevice,
-    Profile,
     baseline_costs,
     load_profile,
     mean_costs_for_offload_count,
@@ -24,20 +21,6 @@ from core.costs import (
 from core.errors import ProfileError
 
 PROFILES = Path(__file__).resolve().parents[1] / "configs" / "profiles"
-
-# Round numbers so the arithmetic below can be done by hand.
-PROFILE = Profile(
-    name="hand",
-    description="hand-made",
-    edge=EdgeDevice(
-        latency_ms={"generalist": 10.0, "medium": 40.0},
-        power_active_w=5.0,
-        power_idle_w=2.0,
-        power_radio_w=3.0,
-    ),
-    near_edge=NearEdgeDevice(latency_ms={"expert": 4.0, "medium": 6.0}, power_active_w=50.0),
-    link=Link(uplink_mbps=8.0, downlink_mbps=1.0, rtt_ms=2.0, bytes_up=3000, bytes_down=125),
-)
 
 
 def _profile_dict() -> dict:

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import HAND_PROFILE as PROFILE
 
-from core.costs import EdgeDevice, Link, NearEdgeDevice, Profile, baseline_costs, mean_costs_for_offload_count
+from core.costs import baseline_costs, mean_costs_for_offload_count
 from core.errors import RoutingError
 from core.sweep import (
     accuracy_at_offload,
@@ -21,18 +22,6 @@ from core.sweep import (
     sweep_thresholds,
 )
 
-PROFILE = Profile(
-    name="hand",
-    description="",
-    edge=EdgeDevice(
-        latency_ms={"generalist": 10.0, "medium": 40.0},
-        power_active_w=5.0,
-        power_idle_w=2.0,
-        power_radio_w=3.0,
-    ),
-    near_edge=NearEdgeDevice(latency_ms={"expert": 4.0, "medium": 6.0}, power_active_w=50.0),
-    link=Link(uplink_mbps=8.0, downlink_mbps=1.0, rtt_ms=2.0, bytes_up=3000, bytes_down=125),
-)
 # Per sample with this profile: latency 10 + o * 10 ms, system energy 50 + o * 223 mJ.
 
 

@@ -10,6 +10,7 @@ import pytest
 from deploy_helpers import TINY, write_tiny_checkpoints
 from lightning import Trainer
 
+from benchmarks.common import quiet_trainer
 from callbacks.export_bundle import ExportBundleCallback
 from core.errors import RoutingError, SuiteError
 from core.hashing import file_sha256
@@ -34,16 +35,7 @@ def test_fit_exports_the_trained_generalist_with_the_given_experts(fake_cifar_ro
     dm = CIFAR100DataModule(
         data_dir=str(fake_cifar_root), check_integrity=False, val_size=VAL_SIZE, batch_size=32, num_workers=0
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback])
     trainer.fit(ClassifierModule(**TINY), datamodule=dm)
 
     manifest = json.loads((out / MANIFEST_FILE).read_text())

@@ -10,6 +10,7 @@ import torch
 from lightning import Callback, Trainer, seed_everything
 from test_generalist import reference_factor
 
+from benchmarks.common import quiet_trainer
 from core.errors import PartitionError, SuiteError
 from core.schedule import Stage, locate, parse_stages, schedule_steps, static_step_budget
 from datamodules.cifar100 import CIFAR100DataModule
@@ -29,13 +30,7 @@ def datamodule(root: Path) -> ExpertDataModule:
 
 
 def trainer(tmp_path: Path, callbacks: list | None = None, **kwargs) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    return quiet_trainer(
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         default_root_dir=tmp_path,

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import Callback, Trainer
+from lightning import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.common import quiet_trainer
 from core.cifar100 import FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.schedules import warmup_cosine
@@ -25,17 +26,6 @@ def random_batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, 32, 32, generator=generator)
     return images, torch.randint(0, NUM_CLASSES, (n,), generator=generator)
-
-
-def quiet_trainer(**kwargs) -> Trainer:
-    settings = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return Trainer(**{**settings, **kwargs})
 
 
 def test_training_step_overfits_a_batch():

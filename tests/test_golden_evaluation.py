@@ -14,6 +14,9 @@ import pytest
 from golden_evaluation import GOLDEN_FILE, build_setup, run_evaluation
 
 REMOVED_SCALARS = ("auc_norm", "offload_for_99%")
+# Probabilities, confidences and the thresholds taken from them lie in [0, 1]; at the fitted temperature (~0.36)
+# G's logits are scaled by ~3, so another CPU's kernels move them by a few 1e-6: an absolute tolerance.
+TAU_ABS = 2e-5
 # Columns whose values are decisions, counts or indices: compared exactly.
 EXACT_RECORD_PREFIXES = ("index", "label", "g_pred", "g_correct", "g_top", "expert_k", "pred_", "correct_", "oracle_")
 EXACT_RECORD_PREFIXES += ("static_expert_k", "static_pred_k", "static_correct_k")
@@ -51,7 +54,7 @@ def test_records_are_unchanged(outputs: tuple[dict, dict], split: str) -> None:
         if _is_exact(column):
             assert now[column] == values, column
         else:
-            assert _close([float(v) for v in now[column]], [float(v) for v in values]), column
+            assert _close([float(v) for v in now[column]], [float(v) for v in values], abs_=TAU_ABS), column
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
@@ -61,7 +64,7 @@ def test_curves_are_unchanged(outputs: tuple[dict, dict], split: str) -> None:
     for key, curve in golden.items():
         assert now[key]["offload_ratio"] == curve["offload_ratio"], key
         assert now[key]["accuracy"] == curve["accuracy"], key
-        assert _close(now[key]["tau"], curve["tau"]), key
+        assert _close(now[key]["tau"], curve["tau"], abs_=TAU_ABS), key
         assert _close(now[key]["latency_ms"], curve["latency_ms"], rel=1e-9), key
 
 
@@ -75,7 +78,7 @@ def test_summaries_are_unchanged(outputs: tuple[dict, dict], split: str) -> None
     static = now["forwards"].pop("static_expert")
     assert static >= golden["forwards"].pop("static_expert")
     assert now["forwards"] == golden["forwards"]
-    assert now["temperature"] == pytest.approx(golden["temperature"], rel=1e-6)
+    assert now["temperature"] == pytest.approx(golden["temperature"], rel=1e-5)  # an optimiser's result
     for section in ("scalars", "reference_points", "operating_points"):
         index = {(r["policy"], r["k"], r["confidence"], r.get("profile")): r for r in now[section]}
         for row in golden[section]:
@@ -83,5 +86,7 @@ def test_summaries_are_unchanged(outputs: tuple[dict, dict], split: str) -> None
             # The per-policy normalised AUC and the offload "for 99 % of its own end point" were removed on
             # purpose: each was scaled by the policy's own end points, so they ranked policies on different scales.
             kept = {k: v for k, v in row.items() if k not in REMOVED_SCALARS}
+            tau = kept.pop("tau", None)
             assert _close({k: found[k] for k in kept}, kept, rel=1e-6), (section, row)
+            assert _close(found.get("tau"), tau, abs_=TAU_ABS), (section, row)
     assert _close(now["profiles"], golden["profiles"], rel=1e-12)

@@ -3,11 +3,12 @@ deployment runtime needs only core (numpy, onnxruntime), never torch or the Ligh
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
+
+from core.fingerprint import imported_modules
 
 # A package may import from its own layer and the layers below it.
 LAYERS = ["core", "datamodules", "lightning_modules", "deploy_export", "callbacks", "entry"]
@@ -31,17 +32,7 @@ def suite_modules() -> dict[str, Path]:
 
 def imported_suite_modules(path: Path) -> set[str]:
     """Suite modules named by any import statement in ``path`` (top level or inside functions)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = module_name(path).rsplit(".", 1)[0]
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = f"{package}.{base}" if base else package
-            names |= {base, *(f"{base}.{a.name}" for a in node.names)}
+    names = imported_modules(path)
     known = suite_modules()
     return {n for n in names if n in known and n.split(".")[0] in (*PACKAGES, *ENTRY_POINTS)}
 

@@ -12,6 +12,7 @@ from lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
 import train
+from benchmarks.common import quiet_trainer
 from lightning_modules.classifier import ClassifierModule
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2, drop_path_rate=0.0, warmup_epochs=0)
@@ -27,17 +28,7 @@ def _batches(count: int, size: int, seed: int = 0) -> list[tuple[torch.Tensor, t
 
 
 def _fit(module: ClassifierModule, batches: list, callbacks: list[Callback] = (), **trainer_kwargs) -> Trainer:
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=list(callbacks),
-        **trainer_kwargs,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=list(callbacks), **trainer_kwargs)
     # batch_size=None: the loader yields the pre-built batches as they are.
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     return trainer
