@@ -489,11 +489,12 @@ def _run_steps(opts: Namespace, argv: Sequence[str], say: Callable[[str], None],
             say(f"{label}: fresh (fingerprint {record['fingerprint'][:12]}), skipped")
             continue
         run.require(step, *run.inputs_of(step))
+        record = record or run.step_record(step)  # what the step is made from, taken before it runs
         say(f"{label}: started at {time.strftime('%H:%M:%S')}")
         start = time.perf_counter()
         run.prepare(step, record)
         run.run(step)
-        run.finish(step, run.step_record(step), time.perf_counter() - start)
+        run.finish(step, record, time.perf_counter() - start)
         say(f"{label}: finished in {time.perf_counter() - start:.0f} s")
     if "report" not in opts.steps:
         return None
