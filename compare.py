@@ -6,11 +6,12 @@
 Each folder's ``records.csv`` and ``summary.json`` are read and every curve is recomputed with core.policies
 (``policy_inputs``, with the fitted fused weights and deferral rules of ``summary.json``; see ``load_run``). For each
 policy, k and confidence measure present in every run, and each statistic (area gain, accuracy at 10/20/30/50 %
-offload, all offloaded), the outputs give each run's value and the difference of every run against the first with a
-95 % bootstrap interval: PAIRED (the same resample counts applied to both runs) when the two runs' records hold the
-same samples (identical ``index`` and ``label`` arrays), otherwise UNPAIRED (independent resamples of each run),
-marked "unpaired". The verdict is core.findings': "holds" when the interval lies above 0 (the run is above the
-first), "fails" when below, else "not established".
+offload, all offloaded), and for the routing hit rate at each k (policy ``routing``: the share of samples whose
+chosen expert owns the true class, which compares partitions), the outputs give each run's value and the difference
+of every run against the first with a 95 % bootstrap interval: PAIRED (the same resample counts applied to both
+runs) when the two runs' records hold the same samples (identical ``index`` and ``label`` arrays), otherwise
+UNPAIRED (independent resamples of each run), marked "unpaired". The verdict is core.findings': "holds" when the
+interval lies above 0 (the run is above the first), "fails" when below, else "not established".
 
 Outputs (written under a temporary name, renamed when complete): ``OUT/compare.csv`` (one row per curve, statistic
 and run), ``OUT/compare.md``, ``OUT/compare.json`` (the inputs and their pairing) and ``OUT/plots/<policy>.png`` (one
@@ -232,9 +233,22 @@ def compared_keys(runs: Sequence[Run], policies: Sequence[str] | None) -> list[K
     return keys
 
 
+def hit_rate_statistics(run: Run, k: int, counts: np.ndarray) -> np.ndarray:
+    """The routing hit rate at Top-k (the chosen expert owns the true class) on the full sample and every resample."""
+    hit = (run.records[f"expert_k{k}"] == run.records["oracle_expert"]).astype(np.float64)
+    return np.concatenate([[hit.mean()], counts @ hit / len(hit)])
+
+
+def hit_rate_ks(runs: Sequence[Run]) -> list[int]:
+    """The k values whose expert choice every run recorded (runs of different partitions compare here)."""
+    ks = [{int(c[len("expert_k") :]) for c in run.records if re.fullmatch(r"expert_k\d+", c)} for run in runs]
+    return sorted(set.intersection(*ks)) if all("oracle_expert" in run.records for run in runs) else []
+
+
 def compare_rows(runs: Sequence[Run], keys: Sequence[Key], bootstrap: int, seed: int) -> list[dict[str, Any]]:
-    """The compare.csv rows: every run's value of every statistic, and each later run minus the first with its
-    95 % interval (paired over shared samples, else unpaired) and verdict."""
+    """The compare.csv rows: every run's value of every statistic (and the routing hit rate per k, policy
+    ``routing``), and each later run minus the first with its 95 % interval (paired over shared samples, else
+    unpaired) and verdict."""
     first = runs[0]
     counts = [resample_counts(len(first.records["label"]), bootstrap, seed)]
     pairing = ["reference"]
@@ -243,21 +257,25 @@ def compare_rows(runs: Sequence[Run], keys: Sequence[Key], bootstrap: int, seed:
         pairing.append("paired" if paired else "unpaired")
         # Unpaired: independent resamples of each run (another seed); paired: the very same counts.
         counts.append(counts[0] if paired else resample_counts(len(run.records["label"]), bootstrap, seed + i))
-    rows: list[dict[str, Any]] = []
+    measured: list[tuple[tuple[str, int, str, str, str], list[np.ndarray]]] = []
     for key in keys:
         stats = [resampled_statistics(run.inputs[key], c) for run, c in zip(runs, counts, strict=True)]
-        for name, unit, _ in STATISTICS:
-            ref = stats[0][name]
-            for i, run in enumerate(runs):
-                row = {"policy": key[0], "k": key[1], "confidence": key[2], "statistic": name, "unit": unit}
-                row.update(run=run.label, value=float(stats[i][name][0]), pairing=pairing[i])
-                if i == 0:
-                    row.update(vs="", difference=math.nan, low=math.nan, high=math.nan, verdict="")
-                else:
-                    diff = stats[i][name] - ref
-                    iv = interval(float(diff[0]), diff[1:])
-                    row.update(vs=first.label, difference=iv.value, low=iv.low, high=iv.high, verdict=iv.verdict)
-                rows.append(row)
+        measured += [((*key, name, unit), [s[name] for s in stats]) for name, unit, _ in STATISTICS]
+    for k in hit_rate_ks(runs):
+        hits = [hit_rate_statistics(run, k, c) for run, c in zip(runs, counts, strict=True)]
+        measured.append((("routing", k, "", "hit_rate", "accuracy"), hits))
+    rows: list[dict[str, Any]] = []
+    for (policy, k, measure, name, unit), values in measured:
+        for i, run in enumerate(runs):
+            row = {"policy": policy, "k": k, "confidence": measure, "statistic": name, "unit": unit}
+            row.update(run=run.label, value=float(values[i][0]), pairing=pairing[i])
+            if i == 0:
+                row.update(vs="", difference=math.nan, low=math.nan, high=math.nan, verdict="")
+            else:
+                diff = values[i] - values[0]
+                iv = interval(float(diff[0]), diff[1:])
+                row.update(vs=first.label, difference=iv.value, low=iv.low, high=iv.high, verdict=iv.verdict)
+            rows.append(row)
     return rows
 
 
@@ -325,7 +343,7 @@ def rich_comparison(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run]) -> T
         table.add_column(f"{run.label} - {first}", justify="right", no_wrap=True)
         table.add_column("verdict", no_wrap=True)
     colours = {"holds": "green", "fails": "red"}
-    for group in grouped([r for r in rows if r["confidence"] in (runs[0].primary, "random")]):
+    for group in grouped([r for r in rows if r["confidence"] in (runs[0].primary, "random", "")]):
         head = group[0]
         cells = [head["policy"], str(head["k"]), head["confidence"], head["statistic"]]
         cells += [value_text(r["value"], r["unit"]) for r in group]

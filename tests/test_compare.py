@@ -62,7 +62,7 @@ def test_same_samples_give_paired_intervals_and_the_hand_checked_difference(fold
     printed = capsys.readouterr().out
     assert "Runs compared against a" in printed
     rows = _rows(out)
-    assert {r["policy"] for r in rows} == {"routed", "fused", "base"}
+    assert {r["policy"] for r in rows} == {"routed", "fused", "base", "routing"}  # routing: the hit rates
     assert {r["run"] for r in rows} == {"a", "b", "copy"}  # default labels: the path parts that differ
     diff = _row(rows, "b", "acc_all_offloaded")
     assert diff["pairing"] == "paired" and diff["vs"] == "a"
@@ -88,6 +88,28 @@ def test_same_samples_give_paired_intervals_and_the_hand_checked_difference(fold
     assert [r["pairing"] for r in meta["runs"]] == ["reference", "paired", "paired"]
     assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["base.png", "fused.png", "routed.png"]
     assert all(p.stat().st_size > 10_000 for p in (out / "plots").glob("*.png"))
+
+
+def test_routing_hit_rates_of_two_partitions_are_compared_paired(folders, tmp_path: Path, monkeypatch) -> None:
+    a = read_records_csv(folders["a"] / "records.csv")
+    missed = np.flatnonzero(a["expert_k1"] != a["oracle_expert"])[:FLIPPED]
+    other = {**a, "expert_k1": a["expert_k1"].copy()}
+    other["expert_k1"][missed] = a["oracle_expert"][missed]  # another partition's routing finds their experts
+    out = tmp_path / "cmp"
+    runs = f"[{folders['a']}, {_write(other, tmp_path / 'other' / 'val', monkeypatch)}]"
+    assert compare.main(["--runs", runs, "--labels", "[a, other]", "--out", str(out), "--policies", "[routed]"]) == 0
+    rows = [r for r in _rows(out) if r["policy"] == "routing"]
+    ks = sorted({int(r["k"]) for r in rows})
+    assert ks == sorted(int(c[len("expert_k") :]) for c in a if c.startswith("expert_k"))
+    first = next(r for r in rows if (r["run"], r["k"]) == ("a", "1"))
+    assert float(first["value"]) == pytest.approx(np.mean(a["expert_k1"] == a["oracle_expert"]), abs=1e-12)
+    diff = next(r for r in rows if (r["run"], r["k"]) == ("other", "1"))
+    assert diff["statistic"] == "hit_rate" and diff["pairing"] == "paired"
+    assert float(diff["difference"]) == pytest.approx(FLIPPED / N, abs=1e-12)
+    assert 0 < float(diff["low"]) < FLIPPED / N < float(diff["high"]) and diff["verdict"] == "holds"
+    same = next(r for r in rows if (r["run"], r["k"]) == ("other", str(ks[-1])))
+    assert float(same["difference"]) == 0.0 and same["verdict"] == "not established"
+    assert "## routing" in (out / "compare.md").read_text()
 
 
 def test_different_samples_give_unpaired_wider_intervals(folders, tmp_path: Path) -> None:
