@@ -36,7 +36,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from callbacks.plots import k_linestyle
+from callbacks.plots import k_linestyle, percent_axis
 from callbacks.reporting import COMPLETE_FILE, is_complete, read_records_csv
 from callbacks.wandb_logging import has_wandb_credentials
 from core.atomic import atomic_folder
@@ -375,7 +375,6 @@ def plot_policies(
     style per k, the primary confidence measure (``random`` for the random policy)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
 
     folder.mkdir(parents=True, exist_ok=True)
     remote = remote or {}
@@ -406,8 +405,8 @@ def plot_policies(
                     label=f"{name} ({key[2]})",
                 )
         ax.set_xlim(0.0, 1.0)
-        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        percent_axis(ax.xaxis)
+        percent_axis(ax.yaxis)
         ax.set_xlabel("offload ratio (% of samples sent to the near edge)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(

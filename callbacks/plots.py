@@ -153,8 +153,10 @@ def shown_curves(report: Report) -> list[tuple[str, int, str]]:
     return [key for key in keys if key in report.curves]
 
 
-def _percent(axis: Any) -> None:
-    axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+def percent_axis(axis: Any) -> None:
+    """Fractions shown as percent; the decimals follow the tick spacing (0.5-point ticks are not rounded to
+    whole percents, which would repeat labels)."""
+    axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -237,9 +239,9 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
                 )
     ax.set_xlabel(AXIS_LABELS[x])
     ax.set_ylabel("accuracy (%)")
-    _percent(ax.yaxis)
+    percent_axis(ax.yaxis)
     if x == "offload_ratio":
-        _percent(ax.xaxis)
+        percent_axis(ax.xaxis)
         ax.set_xlim(0.0, 1.0)
     what = "offload ratio" if profile is None else f"{COST_NAMES[x]} ({profile.name})"
     ax.set_title(
@@ -310,10 +312,10 @@ def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Pa
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("accuracy in the bin (%)")
-    _percent(ax.yaxis)
+    percent_axis(ax.yaxis)
     hist.set_xlabel(f"generalist's top-1 probability ({RELIABILITY_BINS} equal-width bins, %)")
     hist.set_ylabel("samples")
-    _percent(hist.xaxis)
+    percent_axis(hist.xaxis)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     temperature = float(report.meta.get("temperature", math.nan))
@@ -390,7 +392,7 @@ def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Pa
     ax.set_xticks(np.arange(num_experts))
     ax.set_xlabel("expert")
     ax.set_ylabel("share of the offloaded samples (%)")
-    _percent(ax.yaxis)
+    percent_axis(ax.yaxis)
     pname = f", costs {report.profiles[0].name}" if report.profiles else ""
     ax.set_title(
         f"{report.split} ({report.num_samples} samples): expert load at each k's val operating point\n"
@@ -428,7 +430,7 @@ def plot_superclass_confusion(report: Report, records: Mapping[str, np.ndarray],
     image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
     cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
     cbar.set_label("share of the true superclass's samples (%)")
-    _percent(cbar.ax.yaxis)
+    percent_axis(cbar.ax.yaxis)
     ticks = np.arange(NUM_SUPERCLASSES)
     ax.set_xticks(ticks, labels=SUPERCLASSES, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(ticks, labels=SUPERCLASSES, fontsize=7)
@@ -464,8 +466,8 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
         )
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.02)
-    _percent(ax.xaxis)
-    _percent(ax.yaxis)
+    percent_axis(ax.xaxis)
+    percent_axis(ax.yaxis)
     ax.set_xlabel(AXIS_LABELS["offload_ratio"])
     ax.set_ylabel("hit rate among the offloaded (%)")
     ax.set_title(
