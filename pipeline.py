@@ -58,7 +58,7 @@ from core.errors import SuiteError
 from core.fingerprint import fingerprint
 from core.options import DataOptions, WandbOptions
 from core.results_report import render_markdown, report_summary
-from datamodules.cifar100_files import download, split_file
+from datamodules.cifar100_files import download, require_file, split_file
 from deploy.__main__ import export as export_command
 from partition import learn_partition
 
@@ -512,6 +512,10 @@ def check_options(opts: Namespace) -> None:
     missing = [c for c in opts.generalist_config if not Path(c).is_file()]
     if missing:
         raise SuiteError(f"--generalist_config {missing} do not exist; run from the repository root.")
+    if not opts.download:  # before any training CLI is built: a missing folder is one clear line
+        for name in ("meta", "train", *(["test"] if opts.split == "test" else [])):
+            purpose = f"the pipeline ({'--split test' if name == 'test' else 'training'})"
+            require_file(opts.data.data_dir, name, purpose, download="--download true")
     if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds):
         raise SuiteError(f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers.")
     for run in [SeedRun(opts, seed) for seed in opts.seeds[:1]] if opts.experts_config else []:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lightning_modules.vit_factory import ARCH_SHAPES, resolved_architecture
+
 # timm's default shapes (embed_dim, depth, num_heads) of the suite's archs.
-ARCH_SHAPES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
-PRESET_PATCH = {"scratch32": 4, "pretrained224": 16}
 
 
 def expert_variant(init_args: Mapping[str, Any]) -> str:
@@ -28,13 +28,11 @@ def expert_variant(init_args: Mapping[str, Any]) -> str:
 
 def architecture_tags(init_args: Mapping[str, Any]) -> list[str]:
     """Tags of the network a run really trains (overrides of the arch's shape included)."""
-    arch = init_args.get("arch", "vit_tiny")
-    default = ARCH_SHAPES.get(arch, (None, None, None))
-    shape = tuple(init_args.get(k) or d for k, d in zip(("embed_dim", "depth", "num_heads"), default, strict=True))
-    preset = init_args.get("preset", "scratch32")
-    tags = [f"e{shape[0]}-d{shape[1]}-h{shape[2]}", f"patch{init_args.get('patch_size') or PRESET_PATCH[preset]}"]
-    tags.append(preset)
-    if shape == default:
+    arch, preset = init_args.get("arch", "vit_tiny"), init_args.get("preset", "scratch32")
+    built = resolved_architecture({**init_args, "arch": arch, "preset": preset})
+    shape = (built["embed_dim"], built["depth"], built["num_heads"])
+    tags = [f"e{shape[0]}-d{shape[1]}-h{shape[2]}", f"patch{built['patch_size']}", preset]
+    if shape == ARCH_SHAPES.get(arch):
         tags.append(arch)
     return tags
 

@@ -67,8 +67,8 @@ class RouterSpec:
         k: Top-k of the expert choice (1 = the expert owning G's top-1 class).
         confidence: ``max_prob``, ``margin``, ``entropy`` or ``learned`` (a deferral rule fitted on val,
             core.deferral, which a bundle carries).
-        temperature: softmax temperature of G's logits, or ``"fit"`` (temperature scaling on val, which is
-            also where tau is chosen, whichever split is reported).
+        temperature: softmax temperature of G's logits, or ``"fit"`` (temperature scaling on the split that
+            also chooses tau: val in an evaluation, ``--evaluate_on`` in an export).
         tau: offload threshold (a sample is offloaded when its confidence < tau); None until chosen on val.
         fuse_weight: None answers an offloaded sample with the expert's top-1; a weight w in [0, 1] answers with
             argmax(w log p_G + (1 - w) log p_E), the fused answer (core.policies.fused_predictions).

@@ -57,17 +57,20 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _require_file(root: Path, name: str, purpose: str) -> Path:
+def require_file(root: str | Path, name: str, purpose: str, download: str = "--data.download true") -> Path:
+    """The path of CIFAR-100 file ``name`` (meta, train, test) under ``root``; DataError naming the fix if absent
+    (``download``: how the command at hand fetches the files)."""
+    root = Path(root)
     if not root.is_dir():
         raise DataError(
             f"The CIFAR-100 data folder '{root}' does not exist. Point --data.data_dir at the folder that "
-            f"contains '{FOLDER}/', or pass --data.download true to fetch it with torchvision (needs internet)."
+            f"contains '{FOLDER}/', or pass {download} to fetch it with torchvision (needs internet)."
         )
     path = split_file(root, name)
     if not path.is_file():
         raise DataError(
             f"'{path}' is missing, but {purpose} needs it. The folder '{root}' must contain '{FOLDER}/{name}' "
-            f"in the standard CIFAR-100 python layout; download it with --data.download true, or copy the file "
+            f"in the standard CIFAR-100 python layout; download it with {download}, or copy the file "
             f"there. (A copy that holds only the training file supports fit and validate, not test.)"
         )
     return path
@@ -106,7 +109,7 @@ def _unpickle(path: Path) -> dict:
 
 def load_meta(root: str | Path, check_integrity: bool = True) -> CifarMeta:
     """Class and superclass names from ``meta``, checked against the standard CIFAR-100 table."""
-    path = _require_file(Path(root), "meta", "every stage")
+    path = require_file(Path(root), "meta", "every stage")
     _check_md5(path, "meta", check_integrity)
     content = _unpickle(path)
     missing = {"fine_label_names", "coarse_label_names"} - set(content)
@@ -123,7 +126,7 @@ def load_meta(root: str | Path, check_integrity: bool = True) -> CifarMeta:
 
 def load_split(root: str | Path, split: str, check_integrity: bool = True, purpose: str = "") -> CifarSplit:
     """Read ``train`` or ``test``; the labels are checked against the standard fine-to-superclass table."""
-    path = _require_file(Path(root), split, purpose or f"the '{split}' split")
+    path = require_file(Path(root), split, purpose or f"the '{split}' split")
     _check_md5(path, split, check_integrity)
     content = _unpickle(path)
     missing = {"data", "fine_labels", "coarse_labels"} - set(content)

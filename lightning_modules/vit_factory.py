@@ -25,6 +25,12 @@ ARCHS: dict[str, tuple[str, str]] = {
 }
 # preset -> (input size the ViT sees, patch size)
 PRESETS: dict[str, tuple[int, int]] = {"scratch32": (32, 4), "pretrained224": (224, 16)}
+# arch -> timm's default (embed_dim, depth, num_heads), what an unset --model.embed_dim/depth/num_heads means
+ARCH_SHAPES: dict[str, tuple[int, int, int]] = {
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+}
 
 
 class ViTClassifier(nn.Module):
@@ -111,6 +117,19 @@ def create_vit(
     return ViTClassifier(vit, input_size)
 
 
+def resolved_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The ARCHITECTURE_KEYS of ``hparams`` with an unset shape (None) replaced by what it builds: the arch's
+    embed_dim/depth/num_heads and the preset's patch, so a config that leaves them to the arch matches a checkpoint
+    that spells them out."""
+    out = {k: hparams.get(k) for k in ARCHITECTURE_KEYS}
+    for key, default in zip(
+        ("embed_dim", "depth", "num_heads"), ARCH_SHAPES.get(out["arch"], (None,) * 3), strict=True
+    ):
+        out[key] = out[key] or default
+    out["patch_size"] = out["patch_size"] or PRESETS.get(out["preset"], (None, None))[1]
+    return out
+
+
 def architecture_mismatch(
     expected: Mapping[str, Any], found: Mapping[str, Any], raise_as: str | None = None
 ) -> dict[str, tuple[Any, Any]]:
@@ -118,7 +137,8 @@ def architecture_mismatch(
 
     With ``raise_as`` (the option that named the checkpoint) a mismatch raises SuiteError instead.
     """
-    diff = {k: (expected.get(k), found.get(k)) for k in ARCHITECTURE_KEYS if expected.get(k) != found.get(k)}
+    want, got = resolved_architecture(expected), resolved_architecture(found)
+    diff = {k: (want[k], got[k]) for k in ARCHITECTURE_KEYS if want[k] != got[k]}
     if diff and raise_as is not None:
         details = "; ".join(f"{k}: config {want!r}, checkpoint {got!r}" for k, (want, got) in diff.items())
         raise SuiteError(

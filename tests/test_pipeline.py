@@ -123,6 +123,7 @@ def test_outputs_that_no_finished_step_vouches_for_are_not_reused(fake_cifar_roo
         (["--seeds", "[0, 0]"], "distinct"),
         (["--experts_config", "missing.yaml"], "does not exist"),
         (["--evaluate.k", "[0]"], "k values must be integers"),
+        (["--data.data_dir", "no_such_folder"], "does not exist. Point --data.data_dir at the folder"),
     ],
 )
 def test_bad_input_is_a_clear_error_before_anything_is_written(

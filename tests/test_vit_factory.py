@@ -9,7 +9,7 @@ import timm
 import torch
 
 from core.errors import SuiteError
-from lightning_modules.vit_factory import create_vit
+from lightning_modules.vit_factory import architecture_mismatch, create_vit
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2)
 
@@ -101,3 +101,17 @@ def test_pretrained224_checkpoint_restores_without_the_weights_file(deit_weights
     images = torch.randn(2, 3, 32, 32)
     module.eval(), restored.eval()
     assert torch.equal(module(images), restored(images))
+
+
+def test_an_unset_shape_means_the_arch_default_when_checkpoints_are_compared():
+    config = {"arch": "vit_small", "preset": "scratch32", "num_classes": 100, "embed_dim": None, "patch_size": None}
+    spelled_out = {**config, "embed_dim": 384, "depth": 12, "num_heads": 6, "patch_size": 4}
+    assert architecture_mismatch(config, spelled_out) == {}
+    with torch.device("meta"):  # the table agrees with what timm builds
+        model = create_vit("vit_small", "scratch32")
+    assert (model.vit.embed_dim, len(model.blocks), model.vit.blocks[0].attn.num_heads) == (384, 12, 6)
+    # A real difference is reported with the values each side builds, not as "None".
+    smaller = {**config, "embed_dim": 96, "depth": 4, "num_heads": 3, "patch_size": 8}
+    assert architecture_mismatch(config, smaller) == {
+        "embed_dim": (384, 96), "depth": (12, 4), "num_heads": (6, 3), "patch_size": (4, 8),
+    }  # fmt: skip
