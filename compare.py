@@ -44,7 +44,7 @@ from core.cli import run_cli
 from core.errors import SuiteError
 from core.findings import points_text, value_text
 from core.hashing import file_sha256
-from core.policies import CURVE_POLICIES, LEARNED, Fitted, PolicyData, policy_inputs
+from core.policies import CURVE_POLICIES, LEARNED, Fitted, PolicyData, policy_inputs, record_layout, routing_hits
 from core.stats import MIN_RESAMPLES, accuracy_at, area_gain, interval, resample_counts, weighted_curves
 
 Key = tuple[str, int, str]
@@ -234,15 +234,9 @@ def compared_keys(runs: Sequence[Run], policies: Sequence[str] | None) -> list[K
 
 
 def hit_rate_statistics(run: Run, k: int, counts: np.ndarray) -> np.ndarray:
-    """The routing hit rate at Top-k (the chosen expert owns the true class) on the full sample and every resample."""
-    hit = (run.records[f"expert_k{k}"] == run.records["oracle_expert"]).astype(np.float64)
+    """The routing hit rate at Top-k (core.policies.routing_hits) on the full sample and every resample."""
+    hit = routing_hits(run.records, k).astype(np.float64)
     return np.concatenate([[hit.mean()], counts @ hit / len(hit)])
-
-
-def hit_rate_ks(runs: Sequence[Run]) -> list[int]:
-    """The k values whose expert choice every run recorded (runs of different partitions compare here)."""
-    ks = [{int(c[len("expert_k") :]) for c in run.records if re.fullmatch(r"expert_k\d+", c)} for run in runs]
-    return sorted(set.intersection(*ks)) if all("oracle_expert" in run.records for run in runs) else []
 
 
 def compare_rows(runs: Sequence[Run], keys: Sequence[Key], bootstrap: int, seed: int) -> list[dict[str, Any]]:
@@ -261,7 +255,7 @@ def compare_rows(runs: Sequence[Run], keys: Sequence[Key], bootstrap: int, seed:
     for key in keys:
         stats = [resampled_statistics(run.inputs[key], c) for run, c in zip(runs, counts, strict=True)]
         measured += [((*key, name, unit), [s[name] for s in stats]) for name, unit, _ in STATISTICS]
-    for k in hit_rate_ks(runs):
+    for k in sorted(set.intersection(*(set(record_layout(run.records)[0]) for run in runs))):
         hits = [hit_rate_statistics(run, k, c) for run, c in zip(runs, counts, strict=True)]
         measured.append((("routing", k, "", "hit_rate", "accuracy"), hits))
     rows: list[dict[str, Any]] = []

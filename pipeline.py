@@ -124,6 +124,11 @@ def build_parser() -> SuiteParser:
     return parser
 
 
+def data_file_names(split: str) -> list[str]:
+    """The CIFAR-100 files a pipeline reads: val is held out of ``train``; ``test`` only for a test report."""
+    return ["meta", "train"] + (["test"] if split == "test" else [])
+
+
 class SeedRun:
     """The steps of one seed; each knows its inputs, its outputs and its fingerprint."""
 
@@ -162,8 +167,7 @@ class SeedRun:
         }[step]
 
     def data_files(self) -> dict[str, Path]:
-        names = ["meta", "train"] + (["test"] if self.opts.split == "test" else [])
-        return {f"data/{n}": split_file(self.data.data_dir, n) for n in names}
+        return {f"data/{n}": split_file(self.data.data_dir, n) for n in data_file_names(self.opts.split)}
 
     def expert_files(self, variant: str) -> list[Path]:
         return sorted(self.experts[variant].glob("expert_*.ckpt")) if variant in self.experts else []
@@ -211,21 +215,15 @@ class SeedRun:
             if step == "evaluate":
                 files["base"] = self.base
                 # Where the run is logged does not change its results.
-                kwargs = {k: v for k, v in self.evaluate_kwargs().items() if k != "wandb"}
+                kwargs = {k: v for k, v in self.command_kwargs("evaluate").items() if k != "wandb"}
                 args = {"evaluate": kwargs, "data": asdict(self.data)}
-                files.update({f"profile/{p}": Path(p) for p in self.evaluate_kwargs().get("profiles") or []})
+                files.update({f"profile/{p}": Path(p) for p in self.command_kwargs("evaluate").get("profiles") or []})
             else:
-                kwargs = {k: v for k, v in self.export_kwargs().items() if k != "wandb"}
+                kwargs = {k: v for k, v in self.command_kwargs("export").items() if k != "wandb"}
                 args = {"export": kwargs, "data": asdict(self.data)}
         return fingerprint(step, args, files, CODE[step])
 
-    def evaluate_kwargs(self) -> dict[str, Any]:
-        return self._command_kwargs("evaluate")
-
-    def export_kwargs(self) -> dict[str, Any]:
-        return self._command_kwargs("export")
-
-    def _command_kwargs(self, command: str) -> dict[str, Any]:
+    def command_kwargs(self, command: str) -> dict[str, Any]:
         """The ``--<command>.*`` options, with the W&B run named and grouped by preset and seed unless set."""
         kwargs = dict(vars(self.opts[command]))
         wandb, group = kwargs["wandb"], f"{self.opts.preset}-seed{self.seed}"
@@ -345,7 +343,7 @@ class SeedRun:
                 split=self.opts.split,
                 out=str(self.eval_dir),
                 force=True,
-                **self.evaluate_kwargs(),
+                **self.command_kwargs("evaluate"),
             )
         elif step == "export":
             export_command(
@@ -355,7 +353,7 @@ class SeedRun:
                 force=True,
                 data=self.data,
                 evaluate_on="val",
-                **self.export_kwargs(),
+                **self.command_kwargs("export"),
             )
 
     def results(self) -> dict:
@@ -513,7 +511,7 @@ def check_options(opts: Namespace) -> None:
     if missing:
         raise SuiteError(f"--generalist_config {missing} do not exist; run from the repository root.")
     if not opts.download:  # before any training CLI is built: a missing folder is one clear line
-        for name in ("meta", "train", *(["test"] if opts.split == "test" else [])):
+        for name in data_file_names(opts.split):
             purpose = f"the pipeline ({'--split test' if name == 'test' else 'training'})"
             require_file(opts.data.data_dir, name, purpose, download="--download true")
     if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds):

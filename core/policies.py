@@ -182,16 +182,21 @@ def policy_inputs(
     return out, fitted
 
 
+def routing_hits(records: Mapping[str, np.ndarray], k: int) -> np.ndarray:
+    """(N,) bool: the expert chosen from G's Top-k owns the sample's true class."""
+    return np.asarray(records[f"expert_k{k}"] == records["oracle_expert"])
+
+
 def hit_rates(records: Mapping[str, np.ndarray]) -> dict[int, float]:
     """Per k: the routing hit rate, the share of samples whose chosen expert owns the true class."""
     ks, _ = record_layout(records)
-    return {k: float(np.mean(records[f"expert_k{k}"] == records["oracle_expert"])) for k in ks}
+    return {k: float(np.mean(routing_hits(records, k))) for k in ks}
 
 
 def hit_rate_curve(records: Mapping[str, np.ndarray], k: int, measure: str) -> tuple[np.ndarray, np.ndarray]:
     """(offload ratio, hit rate among the offloaded samples) at every threshold of the routed policy's sweep."""
     conf = np.asarray(records[f"conf_{measure}"], dtype=np.float64)
-    hit = records[f"expert_k{k}"] == records["oracle_expert"]
+    hit = routing_hits(records, k)
     order = np.argsort(conf, kind="stable")
     counts = sweep_thresholds(conf, hit, hit)["num_offloaded"]
     cum = np.concatenate(([0], np.cumsum(hit[order])))

@@ -20,7 +20,6 @@ from core.routing import (
     check_k_values,
     check_measures,
     confidence,
-    oracle_experts,
     select_experts,
     softmax,
     top_k,
@@ -109,8 +108,3 @@ def generalist_records(routed: RoutedBatch, labels: np.ndarray, indices: np.ndar
     if routed.raw_max_prob is not None:
         rec["g_max_prob_t1"] = routed.raw_max_prob.astype(np.float32)
     return rec
-
-
-def oracle_assignment(labels: np.ndarray, class_to_expert: np.ndarray) -> np.ndarray:
-    """The expert that owns each true label (the oracle-routing reference policy)."""
-    return oracle_experts(np.asarray(labels, dtype=np.int64), class_to_expert)

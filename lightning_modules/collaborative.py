@@ -42,7 +42,6 @@ from core.route import (
     RoutedBatch,
     fused_predictions,
     generalist_records,
-    oracle_assignment,
     route_batch,
 )
 from core.routing import (
@@ -54,6 +53,7 @@ from core.routing import (
     experts_needed,
     fit_temperature,
     offload_mask,
+    oracle_experts,
 )
 from core.subsets import class_to_expert
 from lightning_modules.checkpoints import (
@@ -308,7 +308,7 @@ class CollaborativeSystem(LightningModule):
         label = labels.cpu().numpy().astype(np.int64)
         rec = generalist_records(routed, label, indices.cpu().numpy())
         chosen = [routed.experts[k] for k in self.k_values]
-        oracle = oracle_assignment(label, self.class_to_expert)
+        oracle = oracle_experts(label, self.class_to_expert)
         preds, fused = self._run_pairs(self.experts, images, [*chosen, oracle], "expert", routed.probs)
         for k, a, p, f in zip(self.k_values, chosen, preds, fused, strict=False):
             rec[f"expert_k{k}"], rec[f"pred_k{k}"] = a.astype(np.int16), p.astype(np.int32)
@@ -316,7 +316,7 @@ class CollaborativeSystem(LightningModule):
         rec["oracle_expert"], rec["pred_oracle"] = oracle.astype(np.int16), preds[-1].astype(np.int32)
         for name, models in self.baselines.items():
             table = self.baseline_tables[name]
-            assigned = [*routed.experts_for(self.k_values, table, len(models)), oracle_assignment(label, table)]
+            assigned = [*routed.experts_for(self.k_values, table, len(models)), oracle_experts(label, table)]
             picks, _ = self._run_pairs(models, images, assigned, f"{name}_expert")
             for k, a, p in zip(self.k_values, assigned, picks, strict=False):
                 rec[f"{name}_expert_k{k}"], rec[f"{name}_pred_k{k}"] = a.astype(np.int16), p.astype(np.int32)

@@ -41,7 +41,8 @@ from callbacks.reporting import (
 from core.cifar100 import FINE_TO_COARSE
 from core.costs import load_profile
 from core.policies import LEARNED, Report, evaluate_policies
-from core.route import FUSE_WEIGHTS, generalist_records, oracle_assignment, route_batch
+from core.route import FUSE_WEIGHTS, generalist_records, route_batch
+from core.routing import oracle_experts
 from core.subsets import class_to_expert, superclass_partition
 from core.sweep import accuracy_at_offload
 
@@ -61,7 +62,7 @@ def synthetic_records(n: int = 240, seed: int = 0, first_index: int = 0) -> dict
     logits[np.arange(n), labels] += rng.uniform(0.0, 6.0, n)  # confident and right, or unsure and often wrong
     routed = route_batch(logits, TEMPERATURE, K_VALUES, ["max_prob", "margin"], table, 4)
     rec = generalist_records(routed, labels, np.arange(first_index, first_index + n))
-    oracle = oracle_assignment(labels, table)
+    oracle = oracle_experts(labels, table)
 
     def answers(expert: np.ndarray, skill: float) -> np.ndarray:
         right = (expert == oracle) & (rng.random(n) < skill)
