@@ -7,7 +7,8 @@ The generalist's calibrated val probabilities give a soft confusion matrix; core
 ``--partition FILE`` of train_experts.py and ``--model.partition`` of an expert) also records the routing hit rate
 (the chosen expert owns the true class) at each k for the learned groups and for the superclass groups with the same
 number of experts: on all of val (in-sample for the learned groups) and, to be honest about that, with groups
-learned on one half of val and measured on the other half.
+learned on one half of val and measured on the other half, where the gain over the superclass groups gets a 95 %
+paired bootstrap interval (``held_out_gain_over_superclass``).
 """
 
 from __future__ import annotations
@@ -24,20 +25,34 @@ from core.cifar100 import NUM_SUPERCLASSES
 from core.cli import run_cli
 from core.errors import SuiteError
 from core.options import DataOptions
-from core.partitions import confusion_partition, routing_hit_rate, soft_confusion, within_group_mass
+from core.partitions import confusion_partition, routing_hit_mask, soft_confusion, within_group_mass
 from core.routing import check_k_values, fit_temperature, softmax, top_k
+from core.stats import interval, resample_counts
 from core.subsets import class_to_expert, save_partition, superclass_partition
 from datamodules.cifar100 import labelled_images
 from lightning_modules.checkpoints import load_module, read_checkpoint
 
 
+def hit_masks(probs: np.ndarray, labels: np.ndarray, subsets: list[list[int]], k_values: Sequence[int]) -> dict:
+    """Per k, the per-sample routing hits (core.partitions.routing_hit_mask) of the Top-k choice under ``subsets``."""
+    owner = class_to_expert(subsets, probs.shape[1])
+    return {str(k): routing_hit_mask(*top_k(probs, k), labels, owner, len(subsets)) for k in k_values}
+
+
 def hit_rates(probs: np.ndarray, labels: np.ndarray, subsets: list[list[int]], k_values: Sequence[int]) -> dict:
     """Routing hit rate per k of the Top-k expert choice under ``subsets``."""
-    owner = class_to_expert(subsets, probs.shape[1])
+    return {k: float(hit.mean()) for k, hit in hit_masks(probs, labels, subsets, k_values).items()}
+
+
+def held_out_gain(learned: dict, superclass: dict, seed: int) -> dict:
+    """Per k, learned minus superclass hit rate on the same held-out images with its 95 % paired bootstrap interval
+    (the same resamples for both partitions) and verdict."""
+    counts = resample_counts(len(next(iter(learned.values()))), 1000, seed)
     out = {}
-    for k in k_values:
-        classes, top = top_k(probs, k)
-        out[str(k)] = routing_hit_rate(classes, top, labels, owner, len(subsets))
+    for k, hit in learned.items():
+        diff = hit.astype(np.float64) - superclass[k]
+        iv = interval(float(diff.mean()), counts @ diff / len(diff))
+        out[k] = {"difference": iv.value, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
     return out
 
 
@@ -91,14 +106,25 @@ def learn_partition(
     halves = np.random.default_rng(seed).permutation(len(labels)) % 2
     a, b = halves == 0, halves == 1
     on_a = confusion_partition(soft_confusion(probs[a], labels[a], probs.shape[1]), num_experts, seed)
-    meta["hit_rates"]["learned on half A, measured on half B"] = hit_rates(probs[b], labels[b], on_a, k_values)
+    learned_b = hit_masks(probs[b], labels[b], on_a, k_values)
+    meta["hit_rates"]["learned on half A, measured on half B"] = {k: float(h.mean()) for k, h in learned_b.items()}
     if NUM_SUPERCLASSES % num_experts == 0:
         groups = superclass_partition(NUM_SUPERCLASSES // num_experts)
         meta["hit_rates"]["superclass groups (all of val)"] = hit_rates(probs, labels, groups, k_values)
-        meta["hit_rates"]["superclass groups (half B)"] = hit_rates(probs[b], labels[b], groups, k_values)
+        superclass_b = hit_masks(probs[b], labels[b], groups, k_values)
+        meta["hit_rates"]["superclass groups (half B)"] = {k: float(h.mean()) for k, h in superclass_b.items()}
+        meta["held_out_gain_over_superclass"] = held_out_gain(learned_b, superclass_b, seed)
     save_partition(out, learned, meta)
     for name, rates in meta["hit_rates"].items():
         print(f"hit rate, {name}: " + ", ".join(f"k={kk} {100 * v:.1f} %" for kk, v in rates.items()), flush=True)
+    if "held_out_gain_over_superclass" in meta:
+        gains = meta["held_out_gain_over_superclass"].items()
+        print(
+            "held-out gain over superclass groups (half B, 95 % paired bootstrap): "
+            + ", ".join(f"k={k} {100 * g['difference']:+.2f} pts [{100 * g['low']:+.2f}, {100 * g['high']:+.2f}] "
+                        f"{g['verdict']}" for k, g in gains),
+            flush=True,
+        )  # fmt: skip
     print(f"Wrote {out} ({num_experts} groups of {sorted({len(s) for s in learned})} classes)", flush=True)
     return meta
 

@@ -217,14 +217,14 @@ def confusion_partition(confusion: np.ndarray, num_groups: int, seed: int = 0) -
     return groups
 
 
-def routing_hit_rate(
+def routing_hit_mask(
     topk_classes: np.ndarray,
     topk_probs: np.ndarray,
     labels: np.ndarray,
     class_to_expert: np.ndarray,
     num_experts: int,
-) -> float:
-    """Share of samples whose expert chosen from G's Top-k (core.routing.select_experts) owns the true class."""
+) -> np.ndarray:
+    """(N,) bool: the expert chosen from G's Top-k (core.routing.select_experts) owns the sample's true class."""
     chosen = select_experts(topk_classes, topk_probs, class_to_expert, num_experts)
     y = np.asarray(labels)
     if y.shape != chosen.shape or chosen.size == 0:
@@ -232,4 +232,15 @@ def routing_hit_rate(
             f"labels must hold one class id per row of topk_classes ({chosen.shape[0]} rows, at least one), got "
             f"shape {y.shape}."
         )
-    return float(np.mean(chosen == oracle_experts(y, class_to_expert)))
+    return chosen == oracle_experts(y, class_to_expert)
+
+
+def routing_hit_rate(
+    topk_classes: np.ndarray,
+    topk_probs: np.ndarray,
+    labels: np.ndarray,
+    class_to_expert: np.ndarray,
+    num_experts: int,
+) -> float:
+    """Share of samples whose expert chosen from G's Top-k owns the true class (the mean of routing_hit_mask)."""
+    return float(np.mean(routing_hit_mask(topk_classes, topk_probs, labels, class_to_expert, num_experts)))

@@ -32,6 +32,15 @@ def test_learns_balanced_groups_and_reports_hit_rates(tiny_generalist_run, fake_
         "superclass groups (half B)",
     ):
         assert set(rates[name]) == {"1", "3"} and all(0 <= v <= 1 for v in rates[name].values())
+    # The held-out gain is learned minus superclass on half B, with a paired interval around it.
+    for k, gain in meta["held_out_gain_over_superclass"].items():
+        learned_b, superclass_b = (
+            rates["learned on half A, measured on half B"][k],
+            rates["superclass groups (half B)"][k],
+        )
+        assert gain["difference"] == pytest.approx(learned_b - superclass_b, abs=1e-12)
+        assert gain["low"] <= gain["difference"] <= gain["high"]
+        assert gain["verdict"] in ("holds", "fails", "not established")
     assert meta["temperature"] > 0 and meta["num_val_images"] == 100
     # The in-sample hit rate is computed on the very images the groups were learned from: never below the
     # superclass groups' on them (the learned groups maximise within-group confusion).
