@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 
 from core.cifar100 import FINE_TO_COARSE, SUPERCLASSES
 from lightning_modules.schedules import warmup_cosine
-from lightning_modules.vit_factory import Preset, architecture_mismatch, create_vit
+from lightning_modules.vit_factory import GlobalPool, Preset, Tokenizer, architecture_mismatch, create_vit
 
 Role = Literal["generalist", "base", "expert"]
 
@@ -33,6 +33,10 @@ class ClassifierModule(LightningModule):
         fetch_pretrained: load the ``pretrained224`` ImageNet weights at construction; ``load_from_checkpoint``
             turns it off, since the checkpoint holds every weight (so restoring needs no network).
         embed_dim, depth, num_heads, patch_size: override the arch's shape (patch: scratch32 only).
+        tokenizer: ``patch`` (timm's patch embedding) or ``conv`` (a conv stem of total stride ``patch_size``,
+            ``lightning_modules/conv_tokenizer.py``; scratch32 only), which learns far faster from scratch.
+        mlp_ratio, global_pool: MLP width (default 4) and pooling (``token`` or ``avg``; default ``token`` for the
+            patch tokenizer, ``avg`` for the conv tokenizer).
         role: what this model is in the collaboration: ``generalist`` (the edge model) or ``base`` (stage 0, the
             "one medium model" baseline); ExpertModule sets ``expert``. Recorded in checkpoints so that tools can
             refuse the wrong kind.
@@ -56,6 +60,9 @@ class ClassifierModule(LightningModule):
         depth: int | None = None,
         num_heads: int | None = None,
         patch_size: int | None = None,
+        tokenizer: Tokenizer = "patch",
+        mlp_ratio: float | None = None,
+        global_pool: GlobalPool | None = None,
         drop_path_rate: float = 0.1,
         role: Role = "generalist",
         lr: float = 1e-3,
@@ -81,6 +88,9 @@ class ClassifierModule(LightningModule):
             num_heads,
             fetch_pretrained,
             patch_size,
+            tokenizer,
+            mlp_ratio,
+            global_pool,
         )
         self.mixup = (
             Mixup(mixup_alpha, cutmix_alpha, label_smoothing=label_smoothing, num_classes=num_classes)

@@ -12,10 +12,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import SuiteError
+from lightning_modules.conv_tokenizer import ConvTokenizer
 
 Preset = Literal["scratch32", "pretrained224"]
+# How pixels become tokens: timm's patch embedding (one strided linear projection) or a conv stem
+# (lightning_modules/conv_tokenizer.py; scratch32 only).
+Tokenizer = Literal["patch", "conv"]
+GlobalPool = Literal["token", "avg"]
 # Init arguments that fix the network's shape: a checkpoint must agree on them to load.
-ARCHITECTURE_KEYS = ("arch", "preset", "num_classes", "embed_dim", "depth", "num_heads", "patch_size")
+ARCHITECTURE_KEYS = (
+    "arch",
+    "preset",
+    "num_classes",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "patch_size",
+    "tokenizer",
+    "mlp_ratio",
+    "global_pool",
+)
+# What an unset tokenizer / mlp_ratio / global_pool means: timm's ViT (class token for the patch tokenizer; the
+# conv tokenizer averages its tokens, which trains faster from scratch and needs no class token).
+DEFAULT_MLP_RATIO = 4.0
+
+
+def default_global_pool(tokenizer: str | None) -> str:
+    return "avg" if tokenizer == "conv" else "token"
+
 
 # arch -> (timm name for training from scratch, timm name of the ImageNet-pretrained weights)
 ARCHS: dict[str, tuple[str, str]] = {
@@ -69,6 +93,9 @@ def create_vit(
     num_heads: int | None = None,
     fetch_pretrained: bool = True,
     patch_size: int | None = None,
+    tokenizer: Tokenizer = "patch",
+    mlp_ratio: float | None = None,
+    global_pool: GlobalPool | None = None,
 ) -> ViTClassifier:
     """Build a ViT classifier.
 
@@ -77,7 +104,9 @@ def create_vit(
     resizes inputs to 224. ``embed_dim``/``depth``/``num_heads`` override the arch's shape (tests use tiny models);
     ``patch_size`` overrides the preset's patch (``scratch32`` only: 8 gives 16 tokens, ~5x cheaper than 4 on a CPU).
     ``fetch_pretrained=False`` builds the ``pretrained224`` network without loading weights (a checkpoint that is
-    restored next holds them all), so restoring works offline.
+    restored next holds them all), so restoring works offline. ``tokenizer="conv"`` replaces the patch embedding by
+    a conv stem of total stride ``patch_size`` (``scratch32`` only); ``mlp_ratio`` sets the MLP width (timm: 4) and
+    ``global_pool`` the pooling (``token``: class token; ``avg``: mean of the tokens, the conv tokenizer's default).
     """
     if arch not in ARCHS:
         raise SuiteError(f"unknown --model.arch '{arch}'; choose one of {sorted(ARCHS)}.")
@@ -90,12 +119,28 @@ def create_vit(
             f"--model.patch_size {patch_size} does not fit preset {preset!r}: scratch32 takes a patch that divides "
             f"32 (2, 4, 8, 16); pretrained224 keeps the weights' patch 16 (leave patch_size unset)."
         )
+    if tokenizer not in ("patch", "conv"):
+        raise SuiteError(f"unknown --model.tokenizer '{tokenizer}'; choose 'patch' or 'conv'.")
+    if pretrained and (tokenizer != "patch" or mlp_ratio not in (None, DEFAULT_MLP_RATIO) or global_pool):
+        raise SuiteError(
+            "pretrained224 keeps the DeiT weights' patch tokenizer, MLP ratio and class token: leave "
+            "--model.tokenizer, --model.mlp_ratio and --model.global_pool unset, or use --model.preset scratch32."
+        )
+    if global_pool not in (None, "token", "avg"):
+        raise SuiteError(f"unknown --model.global_pool '{global_pool}'; choose 'token' or 'avg'.")
+    if mlp_ratio is not None and not mlp_ratio > 0:
+        raise SuiteError(f"--model.mlp_ratio {mlp_ratio} must be > 0 (timm's ViT uses 4).")
     patch_size = patch_size or preset_patch
     name = ARCHS[arch][1 if pretrained else 0]
     overrides = {k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v}
     kwargs = dict(
         num_classes=num_classes, img_size=input_size, patch_size=patch_size, drop_path_rate=drop_path_rate, **overrides
     )
+    if not pretrained:
+        pool = global_pool or default_global_pool(tokenizer)
+        kwargs.update(mlp_ratio=mlp_ratio or DEFAULT_MLP_RATIO, global_pool=pool, class_token=pool == "token")
+        if tokenizer == "conv":
+            kwargs["embed_layer"] = ConvTokenizer
     if not (pretrained and fetch_pretrained):
         return ViTClassifier(timm.create_model(name, pretrained=False, **kwargs), input_size)
     if pretrained_path is not None:
@@ -127,6 +172,9 @@ def resolved_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     ):
         out[key] = out[key] or default
     out["patch_size"] = out["patch_size"] or PRESETS.get(out["preset"], (None, None))[1]
+    out["tokenizer"] = out["tokenizer"] or "patch"
+    out["mlp_ratio"] = float(out["mlp_ratio"] or DEFAULT_MLP_RATIO)
+    out["global_pool"] = out["global_pool"] or default_global_pool(out["tokenizer"])
     return out
 
 
