@@ -29,9 +29,9 @@ from typing import Any
 from common import REPO, data_source, quiet_trainer, run_cli, training_datamodule
 from lightning import Callback, seed_everything
 
-from core.atomic import write_json_atomic, write_text_atomic
-from core.errors import SuiteError
-from core.options import DataOptions
+from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
 from lightning_modules.classifier import ClassifierModule
 
 
@@ -81,7 +81,7 @@ class EpochClock(Callback):
 def fingerprint(candidate: Candidate, data: DataOptions) -> str:
     code = "".join(
         (REPO / path).read_text()
-        for path in ("lightning_modules/vit_factory.py", "lightning_modules/conv_tokenizer.py", __file__)
+        for path in ("ask_the_expert/models/vit_factory.py", "ask_the_expert/models/conv_tokenizer.py", __file__)
     )
     settings = {"candidate": asdict(candidate), "val_size": data.val_size, "split_seed": data.split_seed}
     return hashlib.sha256((json.dumps(settings, sort_keys=True) + code).encode()).hexdigest()[:16]

@@ -20,8 +20,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from core.errors import SuiteError
-from core.schedule import batches_per_epoch
+from ask_the_expert.method.stages import batches_per_epoch
+from ask_the_expert.utils.errors import SuiteError
 from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.mixing import MixingBatchSampler
 

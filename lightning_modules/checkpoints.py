@@ -1,7 +1,7 @@
 """The suite's checkpoints: find them, read them safely, check role, classes, architecture and partition, load them.
 
 Every consumer (train.py's ``--ckpt_path``, the experts' ``base_checkpoint`` / ``generalist_checkpoint``,
-train_experts.py, evaluate.py, the export and the verifier) goes through ``read_checkpoint``, so a missing,
+ate-train-experts, evaluate.py, the export and the verifier) goes through ``read_checkpoint``, so a missing,
 truncated, random or foreign file is always one clear message naming the option and the fix, never a traceback.
 """
 
@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from lightning import LightningModule
 
-from core.errors import PartitionError, SuiteError
-from core.subsets import class_to_expert
-from lightning_modules.vit_factory import architecture_mismatch
+from ask_the_expert.method.subsets import class_to_expert
+from ask_the_expert.models.vit_factory import architecture_mismatch
+from ask_the_expert.utils.errors import PartitionError, SuiteError
 
 CheckpointSpec = str | Path
 # What each role is, and how to get one; named in error messages.
 ROLES: dict[str, str] = {
     "generalist": "the edge generalist (train.py fit -c configs/generalist.yaml)",
-    "base": "the stage-0 base (medium) model (train.py fit -c configs/base.yaml, or train_experts.py)",
-    "expert": "an expert (train.py fit -c configs/expert.yaml, or train_experts.py)",
+    "base": "the stage-0 base (medium) model (train.py fit -c configs/base.yaml, or ate-train-experts)",
+    "expert": "an expert (train.py fit -c configs/expert.yaml, or ate-train-experts)",
 }
 # The LightningModule of each role, by import path: the modules import this file, so it cannot import them.
 _MODULE_CLASSES = {

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lightning_modules.schedules import restart_schedule
+from lightning_modules.lr_schedules import restart_schedule
 
 
 def set_frozen_blocks(model: nn.Module, frozen_blocks: int) -> None:

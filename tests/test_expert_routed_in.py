@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import SuiteError
-from core.hashing import file_sha256
-from core.routing import fit_temperature
-from core.subsets import parse_partition_spec
+from ask_the_expert.method.router import fit_temperature
+from ask_the_expert.method.subsets import parse_partition_spec
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100 import CifarImages
 from datamodules.expert_data import ExpertDataModule
 from lightning_modules import routed_in
