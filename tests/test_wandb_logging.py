@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ask_the_expert.tracking.wandb_logger import (
     SuiteWandbLogger,
-    WandbRunInCheckpoint,
     has_wandb_credentials,
     resolve_wandb_mode,
     sanitize_wandb_environment,
@@ -32,6 +31,7 @@ from ask_the_expert.tracking.wandb_logger import (
     wandb_run_id_from_checkpoint,
 )
 from ask_the_expert.utils.errors import SuiteError
+from callbacks.wandb_logging import WandbRunInCheckpoint
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, the shape of a real key
 FALLBACK = "W&B: could not start an online run ("

@@ -21,9 +21,10 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from ask_the_expert.tracking.run_identity import run_identity
-from ask_the_expert.tracking.wandb_logger import SaveConfigToRun, wandb_run_from_checkpoint
+from ask_the_expert.tracking.wandb_logger import wandb_run_from_checkpoint
 from ask_the_expert.utils.cli import run_command
 from callbacks.progress import replace_progress_bar
+from callbacks.wandb_logging import SaveConfigToRun
 from lightning_modules.checkpoints import read_checkpoint, require_architecture
 
 

@@ -5,8 +5,8 @@
   line on stderr that says why and how to upload the run later, unless ``require_online`` asks for an error.
 - Empty or unparsable ``WANDB_*`` environment variables are removed before wandb reads them (see
   ``sanitize_wandb_environment``), so a bad variable never ends a run with a wandb traceback.
-- ``WandbRunInCheckpoint`` stores the run id in every checkpoint; ``wandb_run_id_from_checkpoint`` reads it back
-  so that a fit resumed from that checkpoint continues the same W&B run (``SuiteWandbLogger(id=...)``).
+- ``wandb_run_id_from_checkpoint`` reads back the run that callbacks.wandb_logging.WandbRunInCheckpoint stored in a
+  checkpoint, so that a fit resumed from that checkpoint continues the same W&B run (``SuiteWandbLogger(id=...)``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import torch
-from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -31,8 +29,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from ask_the_expert.utils.errors import SuiteError
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
-# Metrics whose best value, not last, is the run's summary in W&B.
-MAX_SUMMARY_METRICS = ("val/acc",)
 # The values wandb 0.31 accepts for WANDB_MODE (read from wandb.Settings when possible, see _valid_wandb_modes).
 _WANDB_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")
 # WANDB_MODE spellings that mean the same as one of ours.
@@ -41,7 +37,7 @@ _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 _ONLINE_MODES = ("online", "shared")
 # Netrc hosts that hold W&B credentials (wandb >= 0.31 logs in to api.forge.coreweave.com by default).
 _WANDB_HOST_MARKERS = ("wandb", "forge.coreweave.com")
-# Where WandbRunInCheckpoint puts the run in a checkpoint.
+# Where callbacks.wandb_logging.WandbRunInCheckpoint puts the run in a checkpoint.
 CHECKPOINT_KEY = "wandb_run"
 
 
@@ -308,28 +304,6 @@ class SuiteWandbLogger(WandbLogger):
         return run
 
 
-class WandbRunInCheckpoint(Callback):
-    """Stores the W&B run of the trainer's ``WandbLogger`` in every checkpoint (``checkpoint["wandb_run"]``: run id,
-    project, save_dir, mode), so that a fit resumed from it can continue the same run; see
-    ``wandb_run_id_from_checkpoint``. Disabled runs are not stored. Only rank zero's copy is written to disk."""
-
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        for logger in trainer.loggers:
-            if not isinstance(logger, WandbLogger):
-                continue
-            experiment = logger._experiment  # never start a run just to save a checkpoint
-            if experiment is None or getattr(experiment, "disabled", False) or not logger.version:
-                return
-            mode = logger.run_mode if isinstance(logger, SuiteWandbLogger) else None
-            checkpoint[CHECKPOINT_KEY] = {
-                "run_id": str(logger.version),
-                "project": logger.name,
-                "save_dir": logger.save_dir,
-                "mode": mode,
-            }
-            return
-
-
 def wandb_run_from_checkpoint(path: str | Path) -> dict[str, Any] | None:
     """What ``WandbRunInCheckpoint`` stored in the checkpoint at ``path``, or None (no such entry, or a file that
     cannot be read: the checkpoint check elsewhere reports that). Memory-maps the file, so it is cheap."""
@@ -345,33 +319,3 @@ def wandb_run_id_from_checkpoint(path: str | Path) -> str | None:
     """The W&B run id stored in the checkpoint at ``path`` (see ``wandb_run_from_checkpoint``), or None."""
     run_id = (wandb_run_from_checkpoint(path) or {}).get("run_id")
     return run_id if isinstance(run_id, str) and run_id else None
-
-
-class SaveConfigToRun(SaveConfigCallback):
-    """Stores the fully resolved CLI config with the run: as the W&B run's config and as ``config.yaml`` in its
-    files (beside the checkpoints when W&B is disabled, in ``trainer.log_dir`` without a W&B logger). Lightning
-    calls it on rank zero only.
-
-    Use with ``save_config_kwargs={"save_to_log_dir": False, "config_filename": "cli_config.yaml"}``: a W&B
-    logger's log dir is shared by all runs, and W&B writes its own ``config.yaml`` into the run's files.
-    """
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # trainer.log_dir is a broadcast, so every rank reads it here; save_config runs on rank zero only.
-        if not self.already_saved:
-            self.log_dir = trainer.log_dir
-        super().setup(trainer, pl_module, stage)
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        folder = Path(self.log_dir or ".")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and getattr(logger.experiment, "disabled", False):
-                # mode=disabled: no run folder to keep (wandb points at a temp dir); save beside the checkpoints.
-                folder = Path(logger.save_dir) / str(logger.name) / str(logger.version)
-            elif isinstance(logger, WandbLogger):
-                logger.experiment.config.update({"cli": self.config.as_dict()}, allow_val_change=True)
-                for metric in MAX_SUMMARY_METRICS:
-                    logger.experiment.define_metric(metric, summary="max")
-                folder = Path(logger.experiment.dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True, multifile=False)
