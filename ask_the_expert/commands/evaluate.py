@@ -1,6 +1,7 @@
-"""Evaluate collaborative inference: a generalist, its experts and the reference policies on val or test.
+"""Evaluate collaborative inference: a generalist, its experts and the reference policies on val or test
+(``ate-evaluate``, or ``python evaluate.py`` in a checkout).
 
-    python evaluate.py --generalist G.ckpt --experts '[runs/experts/]' --data.data_dir data --split test \\
+    ate-evaluate --generalist G.ckpt --experts '[runs/experts/]' --data.data_dir data --split test \\
         --profiles '[configs/profiles/edge_arm_wifi.yaml]' --k '[1, 2, 3, 5]' --out runs/eval/exp1
 
 The evaluation runs through a Lightning Trainer (``trainer.validate`` / ``trainer.test`` on a ``CollaborativeSystem``
@@ -36,7 +37,7 @@ from callbacks.collaborative_eval import CollaborativeInferenceCallback
 from datamodules.cifar100 import evaluation_datamodule
 from lightning_modules.collaborative import CollaborativeSystem
 
-DEFAULT_PROFILE = str(Path(__file__).resolve().parents[2] / "configs" / "profiles" / "edge_arm_wifi.yaml")
+DEFAULT_PROFILE = "configs/profiles/edge_arm_wifi.yaml"  # the suite's own when not in the working directory
 
 
 def check_output_folder(out: Path, splits: Sequence[str], force: bool) -> None:
@@ -237,7 +238,7 @@ def record_what_was_used(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and evaluate; 0 on success, 2 on bad input (message printed, no traceback)."""
-    return run_cli(evaluate, argv, "evaluate.py")
+    return run_cli(evaluate, argv, "ate-evaluate")
 
 
 if __name__ == "__main__":

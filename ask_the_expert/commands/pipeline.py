@@ -16,7 +16,7 @@ kept), one with another fingerprint starts over. ``--force_step`` reruns named s
     OUT/seed_<s>/generalist/generalist.ckpt (+ .json metrics)
     OUT/seed_<s>/partition/partition.json       (with ``partition: confusion:<n>``: ate-partition's groups)
     OUT/seed_<s>/experts/base/base.ckpt, OUT/seed_<s>/experts/<variant>/expert_<j>.ckpt (+ .json)
-    OUT/seed_<s>/eval/<split>/{curves.csv, summary.json, records.csv, plots/}   (evaluate.py's interface)
+    OUT/seed_<s>/eval/<split>/{curves.csv, summary.json, records.csv, plots/}   (ate-evaluate's interface)
     OUT/seed_<s>/bundle/                                                        (ate-deploy export)
     OUT/report.md, OUT/summary.json, OUT/plots/                                 (across seeds)
 
@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +57,7 @@ from ask_the_expert.results.report_markdown import render_markdown, report_summa
 from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
 from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
+from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.fingerprint import fingerprint
 from ask_the_expert.utils.options import DataOptions, WandbOptions
@@ -379,13 +381,19 @@ class SeedRun:
 
 
 def git_commit() -> str:
-    """The checkout's commit (with ``-dirty`` for uncommitted changes), or ``unknown`` outside git."""
+    """The checkout's commit (with ``-dirty`` for uncommitted changes); for an installed package, its version."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / ".git").exists():  # not a git repository that merely holds the environment
+        try:
+            return subprocess.run(
+                ["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True, text=True, check=True,
+                cwd=checkout,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):
+            pass
     try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
+        return f"unknown (ask-the-expert {metadata.version('ask-the-expert')} installed)"
+    except metadata.PackageNotFoundError:
         return "unknown"
 
 
@@ -505,6 +513,18 @@ def _run_steps(opts: Namespace, argv: Sequence[str], say: Callable[[str], None],
     return report
 
 
+def find_configs(opts: Namespace) -> None:
+    """The preset's config and profile paths, each found from any working directory (ask_the_expert.utils.config_files:
+    a ``configs/...`` path that is not in the working directory is the suite's own)."""
+    opts.generalist_config = [find_config(c) for c in opts.generalist_config]
+    if opts.experts_config is not None:
+        opts.experts_config = find_config(opts.experts_config)
+    if opts.evaluate.profiles:
+        opts.evaluate.profiles = [find_config(p) for p in opts.evaluate.profiles]
+    if opts.export.profile is not None:
+        opts.export.profile = find_config(opts.export.profile)
+
+
 def check_options(opts: Namespace) -> None:
     """Everything that can be checked before a step runs."""
     if opts.experts_config is None and {"experts", "evaluate", "export"} & set(opts.steps):
@@ -513,7 +533,10 @@ def check_options(opts: Namespace) -> None:
         raise SuiteError(f"--experts_config {opts.experts_config!r} does not exist; presets name their configs.")
     missing = [c for c in opts.generalist_config if not Path(c).is_file()]
     if missing:
-        raise SuiteError(f"--generalist_config {missing} do not exist; run from the repository root.")
+        raise SuiteError(
+            f"--generalist_config {missing} do not exist (neither in the working directory nor among the suite's "
+            "configs)."
+        )
     if not opts.download:  # before any training CLI is built: a missing folder is one clear line
         for name in data_file_names(opts.split):
             purpose = f"the pipeline ({'--split test' if name == 'test' else 'training'})"
@@ -544,6 +567,7 @@ def main(args: Sequence[str] | None = None) -> int:
     def command() -> None:
         parser = build_parser()
         opts = parser.instantiate(parser.parse_args(argv))
+        find_configs(opts)
         check_options(opts)
         if opts.download:
             download(opts.data.data_dir)

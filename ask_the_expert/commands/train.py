@@ -1,8 +1,11 @@
-"""Train, validate and test the suite's models through LightningCLI.
+"""Train, validate and test the suite's models through LightningCLI (``ate-train``, or ``python train.py`` in a
+checkout).
 
-    python train.py fit -c configs/generalist.yaml
-    python train.py fit -c configs/generalist.yaml -c configs/trainer/gpu.yaml --data.data_dir data
-    python train.py validate -c configs/generalist.yaml --ckpt_path runs/.../checkpoints/last.ckpt
+    ate-train fit -c configs/generalist.yaml
+    ate-train fit -c configs/generalist.yaml -c configs/trainer/gpu.yaml --data.data_dir data
+    ate-train validate -c configs/generalist.yaml --ckpt_path runs/.../checkpoints/last.ckpt
+
+A ``-c configs/...`` file that is not in the working directory is the suite's own (ask_the_expert.utils.config_files).
 
 Every checkpoint the command reads (``--ckpt_path``, ``--model.base_checkpoint``, ``--model.generalist_checkpoint``)
 is checked before any work starts: readable, a Lightning checkpoint of this suite, of the expected role and
@@ -16,16 +19,27 @@ import sys
 from typing import Any
 
 import wandb
+from jsonargparse import ActionConfigFile
 from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ask_the_expert.tracking.run_identity import run_identity
 from ask_the_expert.tracking.wandb_logger import wandb_run_from_checkpoint
 from ask_the_expert.utils.cli import run_command
+from ask_the_expert.utils.config_files import SuiteConfigFile
 from callbacks.progress import replace_progress_bar
 from callbacks.wandb_logging import SaveConfigToRun
 from lightning_modules.checkpoints import read_checkpoint, require_architecture
+
+
+class SuiteArgumentParser(LightningArgumentParser):
+    """Lightning's parser with ``-c/--config`` files under ``configs/`` found from any working directory."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("action") is ActionConfigFile:
+            kwargs["action"] = SuiteConfigFile
+        return super().add_argument(*args, **kwargs)
 
 
 class SuiteCLI(LightningCLI):
@@ -39,7 +53,8 @@ class SuiteCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, exit_on_error: bool = True) -> None:
         # exit_on_error=False: a bad argument raises (for commands that check the runs they will start).
         super().__init__(
-            parser_kwargs={"exit_on_error": exit_on_error},
+            parser_kwargs={"exit_on_error": exit_on_error, "prog": "ate-train"},
+            parser_class=SuiteArgumentParser,
             save_config_callback=SaveConfigToRun,
             save_config_kwargs={"save_to_log_dir": False, "config_filename": "cli_config.yaml"},
             subclass_mode_model=True,

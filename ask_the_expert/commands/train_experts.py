@@ -4,7 +4,7 @@
         --data.data_dir DIR [--common_config '[configs/trainer/gpu.yaml]'] [--parallel 4]
     ate-train-experts --config configs/experiments/experts_small_cpu.yaml --data.data_dir DIR
 
-Variants (DESIGN section 4; ``--variants``, default all three):
+Variants (docs/design.md §4; ``--variants``, default all three):
 
 - ``progressive``: from the stage-0 weights, stages 1-2 (focus, specialise on routed-in images).
 - ``static``: static-from-base, the default baseline: from the stage-0 weights, S_j only, one stage, for exactly the
@@ -12,7 +12,7 @@ Variants (DESIGN section 4; ``--variants``, default all three):
 - ``static_init``: static-from-init: the seeded init of stage 0, S_j only, one stage, for stage 0's steps plus the
   progressive stages' steps (the full per-expert budget).
 
-Every run goes through train.py's SuiteCLI with the YAML configs (``--base_config``, ``--progressive_config``,
+Every run goes through ate-train's SuiteCLI with the YAML configs (``--base_config``, ``--progressive_config``,
 ``--static_config``), then ``--common_config`` files, then ``--data.*`` (data folder and split, as in training),
 ``--args`` and ``--<kind>_args``. The partition is written once to ``<out>/partition.json`` and every expert reads it.
 Outputs, each written under a temporary name and renamed, so a killed job never leaves half a file:
@@ -55,6 +55,7 @@ from ask_the_expert.method.subsets import parse_partition_spec, save_partition
 from ask_the_expert.tracking.artifacts import log_checkpoint
 from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
+from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions
 from lightning_modules.checkpoints import read_checkpoint
@@ -63,6 +64,8 @@ Variant = Literal["progressive", "static", "static_init"]
 VARIANTS: tuple[str, ...] = ("progressive", "static", "static_init")
 # How each static variant starts and is budgeted (ask_the_expert.method.stages.static_step_budget).
 STATIC_START = {"static": "from_base", "static_init": "from_init"}
+# The ExpertsJob fields that name config files.
+CONFIG_FIELDS = ("base_config", "progressive_config", "static_config", "common_config")
 SUMMARY_METRICS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
 console = Console()
 
@@ -118,7 +121,10 @@ def parse_job(argv: Sequence[str]) -> tuple[ExpertsJob, DataOptions]:
     cfg = vars(build_parser().parse_args(list(argv)))
     cfg.pop("config", None)
     data = DataOptions(**vars(cfg.pop("data")))
-    return ExpertsJob(**cfg), data
+    job = ExpertsJob(**cfg)
+    # configs/... paths are found from any working directory (ask_the_expert.utils.config_files)
+    found = {name: [find_config(c) for c in getattr(job, name)] for name in CONFIG_FIELDS}
+    return replace(job, **found), data
 
 
 def load_job(config: str | Path, **overrides: object) -> ExpertsJob:
@@ -138,7 +144,7 @@ def data_args(data: DataOptions) -> list[str]:
 
 
 def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
-    """train.py's CLI, configured from ``cli_args`` and instantiated, without running a subcommand."""
+    """ate-train's CLI, configured from ``cli_args`` and instantiated, without running a subcommand."""
     with warnings.catch_warnings():
         # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
@@ -207,7 +213,7 @@ class Job:
             raise SuiteError(f"--max_experts must be >= 0, got {job.max_experts}.")
         missing = [c for c in self._configs() if not Path(c).is_file()]
         if missing:
-            raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --*_config or run from the repo.")
+            raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --*_config.")
         if job.generalist_checkpoint is not None and check_files:
             read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
         if self.base_checkpoint.is_file() and check_files:

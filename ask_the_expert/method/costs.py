@@ -1,4 +1,4 @@
-"""Cost model (DESIGN section 5): hardware/link profiles and per-sample latency and energy.
+"""Cost model (docs/design.md §5): hardware/link profiles and per-sample latency and energy.
 
 Units: latency in ms, power in W, energy in mJ (ms * W = mJ), link rates in Mbit/s (10^6 bit/s).
 For a sample with offload flag o (edge model G, near-edge model E):
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import ProfileError
 
 # Roles every profile must time: the method needs G on the edge and an expert on the near edge, and the
@@ -202,8 +203,9 @@ def profile_from_dict(d: Mapping[str, Any], source: str | None = None) -> Profil
 
 
 def load_profile(path: str | Path) -> Profile:
-    """Read and schema-check a YAML profile; errors name the file and every bad field."""
-    path = Path(path)
+    """Read and schema-check a YAML profile (``configs/profiles/...`` found from any working directory); errors name
+    the file and every bad field."""
+    path = Path(find_config(str(path)))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -9,7 +9,7 @@ Offline, W&B (0.31) logs artifacts but refuses ``use_artifact``; an offline run 
 artifacts it read in its config (``lineage.inputs``), and after ``wandb sync`` one command links them, rebuilding the
 same graph as an online run::
 
-    python -m ask_the_expert.tracking.artifacts ENTITY/PROJECT/RUN_ID [ENTITY/PROJECT/RUN_ID ...]
+    ate-relink ENTITY/PROJECT/RUN_ID [ENTITY/PROJECT/RUN_ID ...]
 """
 
 from __future__ import annotations
@@ -101,11 +101,3 @@ def log_bundle_artifact(run: Any, folder: str | Path, name: str) -> None:
 def _plain(value: Any) -> Any:
     """JSON-safe metadata (W&B refuses some numpy types)."""
     return json.loads(json.dumps(value, default=str))
-
-
-if __name__ == "__main__":
-    import sys
-
-    from ask_the_expert.utils.cli import run_command
-
-    sys.exit(run_command(lambda: relink(sys.argv[1:])))

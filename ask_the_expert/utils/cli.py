@@ -7,8 +7,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jsonargparse import ArgumentParser, auto_cli
+from jsonargparse import ActionConfigFile, ArgumentParser, auto_cli
 
+from ask_the_expert.utils.config_files import SuiteConfigFile
 from ask_the_expert.utils.errors import SuiteError
 
 BAD_INPUT = 2
@@ -40,11 +41,14 @@ def run_command(command: Callable[[], Any]) -> int:
 
 
 class SuiteParser(ArgumentParser):
-    """The suite's command-line parser: jsonargparse with ``-c`` as the short form of ``--config``."""
+    """The suite's command-line parser: jsonargparse with ``-c`` as the short form of ``--config``, and config files
+    under ``configs/`` found from any working directory (ask_the_expert.utils.config_files)."""
 
     def add_argument(self, *args: Any, **kwargs: Any) -> Any:
         if args == ("--config",):
             args = ("-c", "--config")
+        if kwargs.get("action") is ActionConfigFile:
+            kwargs["action"] = SuiteConfigFile
         return super().add_argument(*args, **kwargs)
 
 
