@@ -1,5 +1,5 @@
 """CollaborativeInferenceCallback: gathers the per-sample records of ``CollaborativeSystem`` from every rank and has
-ask_the_expert.method.policies turn them into the curves, scalars and operating points of DESIGN section 6 (rank
+ask_the_expert.method.policies turn them into the curves, scalars and operating points of docs/design.md §6 (rank
 zero)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CIFAR-100 for one expert: training batches mix the expert's subset with a second pool (DESIGN section 4).
+"""CIFAR-100 for one expert: training batches mix the expert's subset with a second pool (docs/design.md §4).
 
 The ExpertModule tells this datamodule its subset, the mix of each epoch (from its stage list) and its routed-in
 images (``set_expert``, called from the module's ``setup``). ``train_dataloader`` is rebuilt every epoch

@@ -1,4 +1,4 @@
-"""The collaborative system (DESIGN section 3): the edge generalist, the near-edge experts and the router.
+"""The collaborative system (docs/design.md §3): the edge generalist, the near-edge experts and the router.
 
 Both paths route through ``ask_the_expert.method.policies.route_batch`` and offload with
 ``ask_the_expert.method.router.offload_mask``, so deployment and evaluation decide identically:

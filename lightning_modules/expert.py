@@ -1,4 +1,4 @@
-"""Expert ViT: a 100-way classifier specialised on a subset S_j of the classes (DESIGN section 4).
+"""Expert ViT: a 100-way classifier specialised on a subset S_j of the classes (docs/design.md §4).
 
 One expert is one run: it starts from the stage-0 base checkpoint (progressive, static-from-base) or from the same
 seeded initial weights as stage 0 (static-from-init), and trains through a list of stages that switch at epoch
@@ -115,7 +115,7 @@ class ExpertModule(ClassifierModule):
         if role != "expert":
             raise SuiteError(f"ExpertModule is the expert role; got role={role!r}. Use ClassifierModule for {role}.")
         recorded = {key: kwargs.pop(key) for key in RECORDED if key in kwargs}
-        kwargs.setdefault("arch", "vit_small")  # DESIGN section 2: experts have the ViT-Small shape
+        kwargs.setdefault("arch", "vit_small")  # docs/design.md §2: experts have the ViT-Small shape
         super().__init__(role="expert", **kwargs)
         self.save_hyperparameters()
         self.hparams.update(recorded)

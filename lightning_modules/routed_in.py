@@ -1,4 +1,4 @@
-"""Routed-in sets R_j (DESIGN section 4): images outside S_j that the generalist's Top-k routing sends to expert j.
+"""Routed-in sets R_j (docs/design.md §4): images outside S_j that the generalist's Top-k routing sends to expert j.
 
 The generalist runs once per (checkpoint content, split) in eval mode on the whole file with the eval transform; its
 logits are cached on disk as ``<cache_dir>/generalist-logits-<sha256[:16]>-<split>.npy`` and shared by every expert, k,

@@ -36,7 +36,7 @@ def images(datamodule: ExpertDataModule) -> CifarImages:
 
 
 def brute_force(checkpoint: Path, images: CifarImages, subsets: list[list[int]], j: int, t: float) -> np.ndarray:
-    """DESIGN section 3 spelled out: per image, score_e = sum of G's Top-k probabilities (at T) of classes in S_e."""
+    """docs/design.md §3 spelled out: per image, score_e = sum of G's Top-k probabilities (at T) of classes in S_e."""
     model = load_module(read_checkpoint(checkpoint, "test", ("generalist",)))
     owner = {c: e for e, subset in enumerate(subsets) for c in subset}
     mask = []

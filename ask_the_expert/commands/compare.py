@@ -1,4 +1,4 @@
-"""Compare finished evaluations (evaluate.py's ``OUT/<split>/`` folders) curve by curve, with 95 % intervals.
+"""Compare finished evaluations (ate-evaluate's ``OUT/<split>/`` folders) curve by curve, with 95 % intervals.
 
     ate-compare --runs '[results/a/seed_0/eval/val, results/b/seed_0/eval/val]' [--labels '[a, b]'] \\
         --out compare/ [--policies '[routed, fused, base]'] [--bootstrap 1000] [--wandb_runs '[entity/project/id]']
@@ -115,7 +115,7 @@ def default_labels(folders: Sequence[Path]) -> list[str]:
 
 
 def check_folder(folder: Path) -> None:
-    """Refuse a folder that is not a finished evaluation split folder (evaluate.py's OUT/<split>/)."""
+    """Refuse a folder that is not a finished evaluation split folder (ate-evaluate's OUT/<split>/)."""
     missing = [n for n in ("records.csv", "summary.json", COMPLETE_FILE) if not (folder / n).is_file()]
     if not folder.is_dir() or missing or not is_complete(folder):
         hint = ""
@@ -123,7 +123,7 @@ def check_folder(folder: Path) -> None:
             hint = f" It holds evaluation splits: pass {folder / 'val'} or {folder / 'test'}."
         what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing) or 'files its marker lists'}"
         raise SuiteError(
-            f"{str(folder)!r} is not a finished evaluation folder: it {what}. Pass the split folders evaluate.py "
+            f"{str(folder)!r} is not a finished evaluation folder: it {what}. Pass the split folders ate-evaluate "
             f"writes (OUT/val or OUT/test, with records.csv, summary.json and complete.json).{hint}"
         )
 
@@ -504,14 +504,14 @@ def compare(
     """Compare two or more evaluation folders curve by curve: overlay plots and a table of the differences.
 
     Args:
-        runs: evaluation split folders (evaluate.py's OUT/val or OUT/test), at least 2; the first is the reference.
+        runs: evaluation split folders (ate-evaluate's OUT/val or OUT/test), at least 2; the first is the reference.
         out: output folder for compare.csv, compare.md, compare.json and plots/<policy>.png.
         labels: one label per run (default: the parts of the folder paths that differ).
         policies: curve policies to compare (default: every policy the runs share): routed, fused, static,
             static_init, base, oracle, random.
         bootstrap: bootstrap resamples behind every 95 % interval (at least 100).
         seed: seed of the bootstrap resamples.
-        random_seed: seed of the random-offload policy (evaluate.py's --random_seed; default 0 as there).
+        random_seed: seed of the random-offload policy (ate-evaluate's --random_seed; default 0 as there).
         wandb_runs: W&B runs (entity/project/run_id) whose logged grid curves are overlaid on the plots; needs the
             network and W&B credentials (not reachable offline: the command then stops with a clear error).
         force: replace an existing --out folder.

@@ -1,4 +1,4 @@
-"""Learn confusion-aware expert subsets from the generalist's confusion on val (DESIGN section 7).
+"""Learn confusion-aware expert subsets from the generalist's confusion on val (docs/design.md §7).
 
     ate-partition --generalist G.ckpt --num_experts 4 --data.data_dir DIR --out runs/partition.json
 

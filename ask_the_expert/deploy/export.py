@@ -1,10 +1,10 @@
-"""Torch side of deployment: checkpoints -> a verified ONNX bundle (DESIGN sections 3, 5, 6).
+"""Torch side of deployment: checkpoints -> a verified ONNX bundle (docs/design.md §3, §5, §6).
 
 ``export_bundle`` writes ``generalist.onnx`` and ``expert_<j>.onnx`` (dynamic batch, weights inside the file, exported
 with ``torch.onnx.export(dynamo=True)``), ``router.json``, ``manifest.json`` (ask_the_expert.deploy.bundle_format) and
 ``MODEL_CARD.md``. With a labelled split (val by default) it fits the temperature, picks tau at the operating point of
-DESIGN section 6 (the smallest offload whose accuracy is within ``gap`` of all-offloaded) and records the val accuracies
-of every model and of the collaboration at tau, all through ask_the_expert.method.policies.
+docs/design.md §6 (the smallest offload whose accuracy is within ``gap`` of all-offloaded) and records the val
+accuracies of every model and of the collaboration at tau, all through ask_the_expert.method.policies.
 """
 
 from __future__ import annotations

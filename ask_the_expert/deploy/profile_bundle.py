@@ -142,5 +142,5 @@ def write_profile(profile: Profile, path: str | Path, force: bool = False) -> Pa
     )
     body = yaml.safe_dump(profile_to_dict(profile), sort_keys=False, default_flow_style=False)
     path.write_text(header + body, encoding="utf-8")
-    load_profile(path)  # what evaluate.py does with it: fail here rather than there
+    load_profile(path)  # what ate-evaluate does with it: fail here rather than there
     return path

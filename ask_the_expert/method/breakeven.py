@@ -1,4 +1,4 @@
-"""Break-even maps (DESIGN section 7): which deployment is cheapest at a required accuracy, over a profile grid.
+"""Break-even maps (docs/design.md §7): which deployment is cheapest at a required accuracy, over a profile grid.
 
 Four strategies answer every sample: G alone on the edge, the medium model on the edge, everything sent to
 the near edge (the medium model answers), and the collaboration (G plus routed experts at the smallest

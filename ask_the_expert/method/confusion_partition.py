@@ -1,4 +1,4 @@
-"""Confusion-aware expert subsets (DESIGN section 7): balanced groups of whole classes learned from G's confusion.
+"""Confusion-aware expert subsets (docs/design.md §7): balanced groups of whole classes learned from G's confusion.
 
 Classes that the generalist confuses with each other should land in the same expert, so that the expert
 chosen from G's Top-k more often owns the true class (a higher routing hit rate). The groups come from a

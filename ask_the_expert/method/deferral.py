@@ -1,4 +1,4 @@
-"""Learned deferral (DESIGN section 7; Jitkrittum et al., NeurIPS 2023): when does offloading help?
+"""Learned deferral (docs/design.md §7; Jitkrittum et al., NeurIPS 2023): when does offloading help?
 
 Max-probability confidence ranks samples by how likely G is right, ignoring whether the chosen expert would
 do better. A small post-hoc rule on G's calibrated probabilities predicts both P(G correct | x) and

@@ -1,5 +1,5 @@
 """Findings: the comparisons a user asks of an evaluation, each a difference with a 95 % paired-bootstrap interval
-and a verdict (DESIGN section 6, "Uncertainty").
+and a verdict (docs/design.md §6, "Uncertainty").
 
 Every statistic is recomputed on the same resamples of the evaluation samples
 (ask_the_expert.method.stats.resample_counts), so the intervals of differences between policies are paired. A finding

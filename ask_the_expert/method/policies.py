@@ -1,4 +1,4 @@
-"""The one evaluation core (DESIGN sections 3 and 6), plain numpy: every consumer routes and scores through here.
+"""The one evaluation core (docs/design.md §3 and §6), plain numpy: every consumer routes and scores through here.
 
 - ``route_batch`` (ask_the_expert.method.routed_batch, kept small so that training, which routes R_j, does not depend on
   the evaluation's code): G's logits -> calibrated probabilities, Top-k, confidences and the chosen expert per k. The
@@ -7,7 +7,7 @@
 - ``policy_inputs``: per-sample records (``CollaborativeSystem.evaluation_records``) -> each policy's confidence
   and whether its local and offloaded answers are right.
 - ``evaluate_policies``: the exact sweep of every policy, its scalars, operating points and reference points (a
-  ``Report``); the callback, evaluate.py, the export and the verifier use it;
+  ``Report``); the callback, ate-evaluate, the export and the verifier use it;
   ask_the_expert/results/evaluation_outputs.py only writes it.
 
 Policies (``k = 0`` where a policy does not depend on Top-k):
@@ -302,7 +302,7 @@ def evaluate_policies(
     resamples: int = 1000,
     bootstrap_seed: int = 0,
 ) -> Report:
-    """Sweep every policy exactly and compute what DESIGN section 6 asks of an evaluation.
+    """Sweep every policy exactly and compute what docs/design.md §6 asks of an evaluation.
 
     Operating points are chosen with ``rule`` or, given ``val`` (the val report), its thresholds are applied
     unchanged, as are its fused weights and deferral rules (the test protocol). Scalars share one scale across
@@ -416,7 +416,7 @@ def break_even_for(
 
 # ------------------------------------------------------------------------------------------- deployment summaries
 def deployable_tau(curve: Mapping[str, np.ndarray], gap: float) -> float:
-    """tau of the val operating point (DESIGN section 6), moved to the middle of its confidence gap.
+    """tau of the val operating point (docs/design.md §6), moved to the middle of its confidence gap.
 
     Every tau between the last offloaded and the first kept val confidence splits val the same way; the midpoint
     keeps float noise between PyTorch and onnxruntime (~1e-6) from flipping samples next to it.

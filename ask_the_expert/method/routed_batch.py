@@ -1,4 +1,4 @@
-"""Routing one batch (DESIGN section 3), plain numpy: G's logits -> calibrated probabilities, confidences, Top-k, the
+"""Routing one batch (docs/design.md §3), plain numpy: G's logits -> calibrated probabilities, confidences, Top-k, the
 chosen expert per k and the learned-deferral features; and the fused answer of G and an expert.
 
 The Lightning system (evaluation and routed prediction), the routed-in sets R_j of expert training and the torch-free
@@ -59,7 +59,7 @@ def route_batch(
     num_experts: int = 0,
     deferral: DeferralRule | None = None,
 ) -> RoutedBatch:
-    """Route a batch (DESIGN section 3): p = softmax(z / T), the confidences, G's Top-k_max and, when there are
+    """Route a batch (docs/design.md §3): p = softmax(z / T), the confidences, G's Top-k_max and, when there are
     experts, the expert chosen for each k (argmax of the summed Top-k probabilities per expert) and the features of
     the learned deferral. ``measures`` may include ``learned`` when ``deferral`` (the fitted rule) is given."""
     probs = softmax(logits, temperature)

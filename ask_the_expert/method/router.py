@@ -1,4 +1,4 @@
-"""Routing (DESIGN section 3): calibrated probabilities, confidence, Top-k expert choice, pair bookkeeping."""
+"""Routing (docs/design.md §3): calibrated probabilities, confidence, Top-k expert choice, pair bookkeeping."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def check_temperature(temperature: str | float) -> str | float:
 
 @dataclass(frozen=True)
 class RouterSpec:
-    """The routing rule of DESIGN section 3, validated once on construction.
+    """The routing rule of docs/design.md §3, validated once on construction.
 
     Attributes:
         k: Top-k of the expert choice (1 = the expert owning G's top-1 class).

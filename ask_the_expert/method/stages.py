@@ -1,4 +1,4 @@
-"""Expert training schedules (DESIGN section 4): stages, epoch lengths and step budgets, as plain arithmetic.
+"""Expert training schedules (docs/design.md §4): stages, epoch lengths and step budgets, as plain arithmetic.
 
 An expert is one run through a list of stages that switch at epoch boundaries. An epoch shows each image of the
 expert's subset S_j about once: ``ceil(|S_j| / round(rho * B))`` batches (``ceil(|S_j| / B)`` when
@@ -17,7 +17,7 @@ from ask_the_expert.utils.errors import SuiteError
 
 Rest = Literal["other_classes", "routed_in"]
 RESTS: tuple[str, ...] = ("other_classes", "routed_in")
-# How a static expert (the single-stage baseline) starts and how many steps it gets (DESIGN section 4).
+# How a static expert (the single-stage baseline) starts and how many steps it gets (docs/design.md §4).
 StaticVariant = Literal["from_base", "from_init"]
 STATIC_VARIANTS: tuple[str, ...] = ("from_base", "from_init")
 
@@ -140,7 +140,7 @@ def schedule_steps(stages: Sequence[Stage], subset_size: int, batch_size: int, n
 
 
 def static_step_budget(variant: StaticVariant, base_steps: int, progressive_steps: int) -> int:
-    """Optimizer steps a static expert gets (DESIGN section 4).
+    """Optimizer steps a static expert gets (docs/design.md §4).
 
     - ``from_base``: starts from the stage-0 weights, so it gets exactly the steps the progressive stages 1-2 spend
       on that expert: the comparison isolates the strategy (mixing, confusers, freezing, distillation) from compute.

@@ -1,4 +1,4 @@
-"""Paired bootstrap for the differences the suite reports (DESIGN section 6, "Uncertainty").
+"""Paired bootstrap for the differences the suite reports (docs/design.md §6, "Uncertainty").
 
 Resampling the evaluation samples with replacement is represented by multiplicity counts: row b of one (B, N) integer
 matrix says how often each sample occurs in resample b. The same matrix is applied to every policy of an evaluation, so

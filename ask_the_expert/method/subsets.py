@@ -1,4 +1,4 @@
-"""Expert subsets S_j: unions of superclasses that partition the fine classes (DESIGN section 2)."""
+"""Expert subsets S_j: unions of superclasses that partition the fine classes (docs/design.md §2)."""
 
 from __future__ import annotations
 

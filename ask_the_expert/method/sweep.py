@@ -1,4 +1,4 @@
-"""Exact threshold sweep, curve summaries and operating points (DESIGN section 6).
+"""Exact threshold sweep, curve summaries and operating points (docs/design.md §6).
 
 A sample is offloaded when its confidence c < tau. Because the expert choice does not depend on tau,
 one pass of G and of the chosen expert gives, per sample, whether the local answer and the offloaded

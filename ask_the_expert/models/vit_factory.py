@@ -1,4 +1,4 @@
-"""ViT model factory over timm for the presets of DESIGN section 2."""
+"""ViT model factory over timm for the presets of docs/design.md §2."""
 
 from __future__ import annotations
 

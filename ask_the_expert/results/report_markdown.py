@@ -6,7 +6,7 @@ Inputs per seed (as the pipeline collects them from its output files)::
     {"seed": 0,
      "generalist": {"val/acc": ...}, "base": {"val/acc": ...},
      "experts": {"progressive": {"0": {"val/subset_acc": ...}, ...}, "static": {...}, "static_init": {...}},
-     "evaluation": <evaluate.py's summary.json>}
+     "evaluation": <ate-evaluate's summary.json>}
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Option groups shared by the commands, spelled as train.py's LightningCLI options (``--data.data_dir``, ...)."""
+"""Option groups shared by the commands, spelled as ate-train's LightningCLI options (``--data.data_dir``, ...)."""
 
 from __future__ import annotations
 
