@@ -36,6 +36,7 @@ from ask_the_expert.utils.options import DataOptions, WandbOptions
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
 from datamodules.cifar100 import evaluation_datamodule
 from lightning_modules.collaborative import CollaborativeSystem
+from lightning_modules.precision import resolve_precision
 
 DEFAULT_PROFILE = "configs/profiles/edge_arm_wifi.yaml"  # the suite's own when not in the working directory
 
@@ -185,7 +186,7 @@ def evaluate(
     trainer = Trainer(
         accelerator=accelerator,
         devices=devices,
-        precision=precision,
+        precision=resolve_precision(precision, accelerator),
         logger=logger or False,
         callbacks=[callback],
         default_root_dir=str(out_dir),

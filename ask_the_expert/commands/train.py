@@ -31,6 +31,7 @@ from ask_the_expert.utils.config_files import SuiteConfigFile
 from callbacks.progress import replace_progress_bar
 from callbacks.wandb_logging import SaveConfigToRun
 from lightning_modules.checkpoints import read_checkpoint, require_architecture
+from lightning_modules.precision import resolve_precision
 
 
 class SuiteArgumentParser(LightningArgumentParser):
@@ -45,7 +46,8 @@ class SuiteArgumentParser(LightningArgumentParser):
 class SuiteCLI(LightningCLI):
     """LightningCLI with the suite's config saving and input checks; model and data are chosen by ``class_path``.
 
-    Also: the W&B run's name, group, job type and tags are derived from the model when the config leaves them unset
+    Also: a bf16 precision on a CPU without native bf16 trains in fp32 (lightning_modules/precision.py); the W&B
+    run's name, group, job type and tags are derived from the model when the config leaves them unset
     (ask_the_expert.tracking.run_identity); a fit resumed with ``--ckpt_path`` continues the checkpoint's W&B run; and
     when the output is a log file rather than a terminal, the rich progress bar becomes plain periodic progress lines.
     """
@@ -75,7 +77,10 @@ class SuiteCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
-        logger = config.get("trainer", {}).get("logger")
+        trainer = config.get("trainer", {})
+        if "precision" in trainer:
+            trainer["precision"] = resolve_precision(trainer["precision"], trainer.get("accelerator", "auto"))
+        logger = trainer.get("logger")
         if not (hasattr(logger, "class_path") and logger.class_path.endswith("SuiteWandbLogger")):
             return
         args, model = logger.init_args, config.model
