@@ -36,7 +36,7 @@ import pytest
 import torch
 from fake_cifar100 import write_fake_cifar100
 
-from core.costs import EdgeDevice, Link, NearEdgeDevice, Profile
+from ask_the_expert.method.costs import EdgeDevice, Link, NearEdgeDevice, Profile
 
 torch.set_num_threads(1)
 
@@ -132,7 +132,7 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def tiny_generalist_run(fake_cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """One epoch of the tiny generalist through configs/generalist.yaml; shared by the CLI tests."""
-    import train
+    from ask_the_expert.commands import train
 
     out_dir = tmp_path_factory.mktemp("generalist_run")
     args = [*cli_overrides(fake_cifar_root, out_dir), *TINY_MODEL_ARGS]

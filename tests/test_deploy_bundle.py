@@ -15,24 +15,24 @@ import torch
 import yaml
 from deploy_helpers import write_tiny_checkpoints
 
-from core.costs import load_profile
-from core.errors import PartitionError, RoutingError, SuiteError
-from core.hashing import file_sha256
-from core.options import DataOptions
-from core.policies import deployable_tau
-from core.route import route_batch
-from core.routing import RouterSpec, confidence, offload_mask, softmax
-from core.subsets import class_to_expert, superclass_partition
-from core.sweep import sweep_thresholds
+from ask_the_expert.commands.deploy import main
+from ask_the_expert.deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE, ROUTER_FILE, BundleError
+from ask_the_expert.deploy.export import ExportError, export_bundle, load_export_models, torch_logits
+from ask_the_expert.deploy.model_card import profile_status
+from ask_the_expert.deploy.profile_bundle import profile_bundle, write_profile
+from ask_the_expert.deploy.runtime import Bundle, EdgeRuntime, ImageError, NearEdgeRuntime, combine, preprocess
+from ask_the_expert.deploy.verify import verify_bundle
+from ask_the_expert.deploy.wire import OffloadRequest, RequestError
+from ask_the_expert.method.costs import load_profile
+from ask_the_expert.method.policies import deployable_tau
+from ask_the_expert.method.routed_batch import route_batch
+from ask_the_expert.method.router import RouterSpec, confidence, offload_mask, softmax
+from ask_the_expert.method.subsets import class_to_expert, superclass_partition
+from ask_the_expert.method.sweep import sweep_thresholds
+from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
+from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.options import DataOptions
 from datamodules.cifar100 import LabelledImages, eval_tensors, labelled_images
-from deploy.__main__ import main
-from deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE, ROUTER_FILE, BundleError
-from deploy.export import ExportError, export_bundle, load_export_models, torch_logits
-from deploy.model_card import profile_status
-from deploy.profile_bundle import profile_bundle, write_profile
-from deploy.runtime import Bundle, EdgeRuntime, ImageError, NearEdgeRuntime, combine, preprocess
-from deploy.verify import verify_bundle
-from deploy.wire import OffloadRequest, RequestError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE = REPO_ROOT / "configs" / "profiles" / "edge_arm_wifi.yaml"
@@ -104,7 +104,8 @@ def _rewrite_router(folder: Path, edit) -> None:
 
 
 def _assert_decisions_are_the_core_policy(edge, logits: np.ndarray, spec: RouterSpec, table: np.ndarray | None):
-    """The runtime's routing of ``logits`` is core.policies.route_batch + core.routing.offload_mask."""
+    """The runtime's routing of ``logits`` is ask_the_expert.method.policies.route_batch +
+    ask_the_expert.method.router.offload_mask."""
     num_experts = 0 if table is None else int(table.max()) + 1
     routed = route_batch(logits, spec.temperature, [spec.k], [spec.confidence], table, num_experts)
     conf = routed.confidence[spec.confidence]
@@ -205,7 +206,8 @@ def test_runtime_decisions_are_the_core_routing_policy(bundle, images, tau):
 
 
 def test_runtime_follows_the_routing_of_router_json(bundle_copy, bundle, images, tau):
-    """k, measure and temperature are read from router.json: another spec gives core.policies' other decisions."""
+    """k, measure and temperature are read from router.json: another spec gives ask_the_expert.method.policies' other
+    decisions."""
     spec = RouterSpec(k=3, confidence="margin", temperature=0.7, tau=0.05)
 
     def reroute(router):
@@ -282,9 +284,9 @@ def test_runtime_imports_and_runs_without_torch(bundle_dir, images, tmp_path):
         "for name in ('torch', 'lightning', 'pytorch_lightning', 'torchvision', 'timm', 'onnx'):\n"
         "    sys.modules[name] = None\n"
         "import numpy as np\n"
-        "from deploy.runtime import Bundle\n"
-        "import deploy.bundle_format, deploy.wire, deploy.profile_bundle\n"
-        "from deploy.__main__ import main\n"
+        "from ask_the_expert.deploy.runtime import Bundle\n"
+        "import ask_the_expert.deploy.bundle_format, ask_the_expert.deploy.wire, ask_the_expert.deploy.profile_bundle\n"
+        "from ask_the_expert.commands.deploy import main\n"
         f"p = Bundle.load({str(bundle_dir)!r}).predict(np.load({str(tmp_path / 'images.npy')!r}))\n"
         "print(int((p.answered_by >= 0).sum()))\n"
         f"sys.exit(main(['predict', '--bundle', {str(bundle_dir)!r}, '--images', {str(tmp_path / 'images.npy')!r}, "
