@@ -94,7 +94,8 @@ CODE = {
 # Arguments of evaluate.evaluate / deploy export that the pipeline sets itself, per seed.
 EVALUATE_OWN = {"generalist", "experts", "out", "static_experts", "static_init_experts", "base", "data", "split"}
 EVALUATE_OWN |= {"force"}
-EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on"}
+# The export splits val as the evaluation does (--evaluate.selection), so both choose tau on the same images.
+EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on", "selection"}
 # What a W&B sweep agent puts in the environment of its trial (wandb_agent.py). The first wandb.init of the process
 # would take the trial's run id, so the steps' runs run without them and the pipeline's summary run takes them back.
 SWEEP_VARIABLES = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
@@ -226,7 +227,7 @@ class SeedRun:
                 files.update({f"profile/{p}": Path(p) for p in self.command_kwargs("evaluate").get("profiles") or []})
             else:
                 kwargs = {k: v for k, v in self.command_kwargs("export").items() if k != "wandb"}
-                args = {"export": kwargs, "data": asdict(self.data)}
+                args = {"export": kwargs, "data": asdict(self.data), "selection": self.opts.evaluate.selection}
         return fingerprint(step, args, files, CODE[step])
 
     def command_kwargs(self, command: str) -> dict[str, Any]:
@@ -359,6 +360,7 @@ class SeedRun:
                 force=True,
                 data=self.data,
                 evaluate_on="val",
+                selection=self.opts.evaluate.selection,
                 **self.command_kwargs("export"),
             )
 
@@ -462,10 +464,11 @@ def log_summary_run(
     if summary["findings"]:
         import wandb  # only when a run is logged
 
-        columns = ["group", "claim", "seeds", "a_mean", "b_mean", "difference_mean", "intervals", "verdict"]
+        columns = ["family", "member", "group", "claim", "seeds", "a_mean", "b_mean", "difference_mean", "intervals"]
+        columns += ["seed_interval", "verdict"]
         rows = [
-            [f["group"], f["claim"], f["seeds"], f["a"][0], f["b"][0], f["difference"][0], json.dumps(f["intervals"]),
-             f["verdict"]]
+            [f["family"], f["member"], f["group"], f["claim"], f["seeds"], f["a"][0], f["b"][0], f["difference"][0],
+             json.dumps(f["intervals"]), json.dumps(f["seed_interval"]), f["verdict"]]
             for f in summary["findings"]
         ]  # fmt: skip
         run.log({"findings": wandb.Table(columns=columns, data=rows)})
@@ -552,7 +555,17 @@ def check_options(opts: Namespace) -> None:
         run.check_training_arguments()
     e = opts.evaluate
     evaluate.check_arguments(
-        e.k, e.confidence, e.temperature, e.rule, e.gap, e.budget, e.profiles, e.within_points, e.delta, e.bootstrap
+        e.k,
+        e.confidence,
+        e.temperature,
+        e.rule,
+        e.gap,
+        e.budget,
+        e.profiles,
+        e.within_points,
+        e.delta,
+        e.bootstrap,
+        e.primary,
     )
     if not opts.export.gap >= 0:
         raise SuiteError(f"--export.gap must be >= 0 (accuracy units), got {opts.export.gap!r}.")

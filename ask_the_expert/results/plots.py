@@ -9,10 +9,10 @@ Design of the accuracy charts (``acc_vs_offload`` and, per profile, ``acc_vs_{la
 
 - one colour per policy family (``FAMILY_COLOURS``: routed, fused, static, static_init, base, oracle, random) and
   one line style per k (``k_linestyle``: the k's position among the evaluation's k values; k = 0 is solid);
-- so that four k values stay readable, ``routed`` is drawn at every k and every other family only at its best k
-  (largest area gain under the primary confidence measure; ``random`` at routed's best k);
-- the ``learned`` deferral variant of routed and fused is drawn at that family's best k, in the family colour with
-  round markers and "learned deferral" in its label;
+- so that several k values stay readable, ``routed`` is drawn at every k and every other family only at the primary
+  family's k (declared before the run, never picked from the data drawn; primary confidence measure);
+- the ``learned`` deferral variant of routed and fused is drawn at that k, in the family colour with round markers
+  and "learned deferral" in its label;
 - reference levels are labelled dotted horizontal lines (generalist only, the base model on every sample when it
   was evaluated, the oracle all offloaded); on cost axes the three baseline deployments are labelled markers at
   (their cost, their accuracy), or labelled vertical lines when their accuracy was not evaluated;
@@ -126,31 +126,19 @@ def curve_style(key: tuple[str, int, str], k_values: Sequence[int]) -> LineStyle
     return LineStyle(family_colour(policy), k_linestyle(k, k_values), "o" if learned else None, name)
 
 
-def best_k(report: Report, policy: str, measure: str) -> int | None:
-    """The k with the largest area gain for ``policy`` under ``measure`` (None when the policy has no curve)."""
-    rows = [s for s in report.scalars if s["policy"] == policy and s["confidence"] == measure]
-    if not rows:
-        return None
-    return int(max(rows, key=lambda s: s["area_gain_pts"] if math.isfinite(s["area_gain_pts"]) else -math.inf)["k"])
-
-
 def shown_curves(report: Report) -> list[tuple[str, int, str]]:
-    """The curves the accuracy charts draw: routed at every k and the other families at their best k (primary
-    measure), the learned variant of routed and fused at their best k, random at routed's best k."""
-    primary = report.measures[0]
-    keys: list[tuple[str, int, str]] = [("routed", k, primary) for k in report.k_values]
-    routed_best = best_k(report, "routed", primary)
+    """The curves the accuracy charts draw: routed at every k and the other families at the primary family's k
+    (declared before the run, so a chart never picks its k from the data it draws), primary measure; the learned
+    variant of routed and fused and random at that k."""
+    primary, k = report.measures[0], report.family.k
+    keys: list[tuple[str, int, str]] = [("routed", kk, primary) for kk in report.k_values]
     for policy in CURVE_POLICIES:
         if policy == "random":
-            if routed_best is not None:
-                keys.append(("random", routed_best, "random"))
-            continue
-        k = best_k(report, policy, primary)
-        if k is None:
+            keys.append(("random", k, "random"))
             continue
         if policy != "routed":
-            keys.append((policy, k, primary))
-        if policy in ("routed", "fused") and (policy, k, LEARNED) in report.curves:
+            keys.append((policy, 0 if policy in ("base", "oracle") else k, primary))
+        if policy in ("routed", "fused"):
             keys.append((policy, k, LEARNED))
     return [key for key in keys if key in report.curves]
 
@@ -247,8 +235,8 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
         ax.set_xlim(0.0, 1.0)
     what = "offload ratio" if profile is None else f"{COST_NAMES[x]} ({profile.name})"
     ax.set_title(
-        f"{report.split} ({report.num_samples} samples): accuracy vs {what}\n"
-        f"confidence {report.measures[0]}; routed at every k, other policies at their best k",
+        f"{report.reported_on} ({report.num_samples} samples): accuracy vs {what}\n"
+        f"confidence {report.measures[0]}; routed at every k, other policies at the primary k={report.family.k}",
         fontsize=10,
     )
     ax.grid(alpha=0.3)
@@ -323,13 +311,16 @@ def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Pa
     temperature = float(report.meta.get("temperature", math.nan))
     # report.meta does not say whether T was fitted (on val) or fixed by the user, so the title gives T only.
     t_text = f"temperature T = {temperature:.3g}" if math.isfinite(temperature) else "temperature unknown"
-    ax.set_title(f"{report.split} ({report.num_samples} samples): reliability of the generalist, {t_text}", fontsize=10)
+    ax.set_title(
+        f"{report.reported_on} ({report.num_samples} samples): reliability of the generalist, {t_text}", fontsize=10
+    )
     return _save(fig, path)
 
 
 # -------------------------------------------------------------------------------------------------- expert load
 def operating_tau(report: Report, policy: str, k: int, measure: str) -> dict[str, Any] | None:
-    """The val operating point of (policy, k, measure) on the report's first profile (or the profile-free one)."""
+    """The operating point (chosen on val's selection part) of (policy, k, measure) on the report's first profile (or
+    the profile-free one)."""
     pname = report.profiles[0].name if report.profiles else ""
     for p in report.operating_points:
         if (p["policy"], p["k"], p["confidence"], p["profile"]) == (policy, k, measure, pname):
@@ -397,7 +388,8 @@ def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Pa
     percent_axis(ax.yaxis)
     pname = f", costs {report.profiles[0].name}" if report.profiles else ""
     ax.set_title(
-        f"{report.split} ({report.num_samples} samples): expert load at each k's val operating point\n"
+        f"{report.reported_on} ({report.num_samples} samples): expert load at each k's operating point (chosen on "
+        f"{report.protocol.get('chosen_on', 'val')})\n"
         f"routed policy, confidence {report.measures[0]}{pname}",
         fontsize=10,
     )
@@ -439,7 +431,7 @@ def plot_superclass_confusion(report: Report, records: Mapping[str, np.ndarray],
     ax.set_xlabel("generalist's top-1 superclass")
     ax.set_ylabel("true superclass")
     ax.set_title(
-        f"{report.split} ({report.num_samples} samples): generalist's superclass confusion (row-normalised); "
+        f"{report.reported_on} ({report.num_samples} samples): generalist's superclass confusion (row-normalised); "
         f"superclass accuracy {_pct(coarse_acc)}",
         fontsize=10,
     )
@@ -473,7 +465,7 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
     ax.set_xlabel(AXIS_LABELS["offload_ratio"])
     ax.set_ylabel("hit rate among the offloaded (%)")
     ax.set_title(
-        f"{report.split} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
+        f"{report.reported_on} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
         f"among the offloaded samples, confidence {primary}",
         fontsize=10,
     )
@@ -551,7 +543,7 @@ def plot_break_even(report: Report, entry: Mapping[str, Any], path: Path) -> Pat
     )
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=9, frameon=False)
     fig.suptitle(
-        f"{report.split} ({report.num_samples} samples): cheapest deployment with accuracy >= "
+        f"{report.reported_on} ({report.num_samples} samples): cheapest deployment with accuracy >= "
         f"{_pct(float(entry['target_accuracy']))}, profile {entry['profile']}",
         fontsize=11,
     )
