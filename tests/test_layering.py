@@ -15,7 +15,10 @@ LAYERS = ["core", "datamodules", "lightning_modules", "deploy_export", "callback
 PACKAGES = ("core", "datamodules", "lightning_modules", "callbacks", "deploy")
 ENTRY_POINTS = ("train", "train_experts", "evaluate", "pipeline", "partition", "compare", "deploy.__main__")
 # The torch-free half of deploy: what runs on the edge device and the near-edge box.
-RUNTIME = ("deploy.bundle_format", "deploy.wire", "deploy.runtime", "deploy.profile_bundle", "deploy.model_card")
+RUNTIME = (
+    "deploy.bundle_format", "deploy.wire", "deploy.runtime", "deploy.profile_bundle", "deploy.model_card",
+    "deploy.serve_contract", "deploy.serve", "deploy.serve_process", "deploy.client", "deploy.triton_repo",
+)  # fmt: skip
 
 
 def module_name(path: Path) -> str:
