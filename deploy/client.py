@@ -315,7 +315,8 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50, p95 and p99 of the finite values (NaN when there are none), rounded to 4 decimals."""
     finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
     if not len(finite):
         return {"p50": math.nan, "p95": math.nan, "p99": math.nan}
@@ -327,10 +328,10 @@ def timing_summary(batches: Sequence[BatchTiming], requests: Sequence[RequestTim
     """Percentiles (ms) of the measured times: per image on the edge, per answered request for the link."""
     answered = [r for r in requests if r.outcome == EXPERT]
     return {
-        "edge_ms_per_image": _percentiles([b.edge_ms / b.images for b in batches]),
-        "round_trip_ms": _percentiles([r.round_trip_ms for r in answered]),
-        "server_ms": _percentiles([r.server_ms for r in answered]),
-        "transfer_queue_ms": _percentiles([r.transfer_queue_ms for r in answered]),
+        "edge_ms_per_image": percentiles([b.edge_ms / b.images for b in batches]),
+        "round_trip_ms": percentiles([r.round_trip_ms for r in answered]),
+        "server_ms": percentiles([r.server_ms for r in answered]),
+        "transfer_queue_ms": percentiles([r.transfer_queue_ms for r in answered]),
         "requests": len(requests),
         "answered_requests": len(answered),
         "images_per_request": _median([r.images for r in requests]),

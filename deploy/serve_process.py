@@ -60,6 +60,7 @@ class ServerProcess:
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="deploy-serve-"))
+        self.env = {"PYTRITON_HOME": str(self.scratch)}
         self.startup_s = float("nan")
         self.shared_memory: set[Path] = set()
 
@@ -75,7 +76,7 @@ class ServerProcess:
         """Start the child and wait (bounded) until every model is ready; ``startup_s`` is how long that took."""
         began = time.perf_counter()
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # the child keeps its own copy
-        env = {**os.environ, "PYTRITON_HOME": str(self.scratch)}
+        env = {**os.environ, **self.env}
         self.process = subprocess.Popen(
             self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
@@ -97,7 +98,7 @@ class ServerProcess:
         try:
             while time.perf_counter() - began < self.start_timeout_s:
                 if self.process.poll() is not None:
-                    raise SuiteError(f"`deploy serve` exited with code {self.process.returncode}: {self.log_tail()}")
+                    raise SuiteError(f"The server exited with code {self.process.returncode}: {self.log_tail()}")
                 try:
                     if client.is_server_ready() and all(client.is_model_ready(m) for m in self.models):
                         return
@@ -106,7 +107,7 @@ class ServerProcess:
                 time.sleep(0.2)
         finally:
             client.close()
-        raise SuiteError(f"`deploy serve` was not ready after {self.start_timeout_s} s: {self.log_tail()}")
+        raise SuiteError(f"The server was not ready after {self.start_timeout_s} s: {self.log_tail()}")
 
     def log_tail(self, chars: int = 2000) -> str:
         if self.log_path is None or not self.log_path.is_file():
