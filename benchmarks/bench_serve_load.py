@@ -8,7 +8,8 @@ at each concurrency, that many edge clients (``deploy.client.EdgeClient``, gRPC,
 one image at a time, as edge devices do, in a closed loop bounded by ``--requests`` and ``--seconds``. Only images
 the router offloads are used, so every call is a request to the server. Reported per level: requests/s and
 p50/p95/p99 of the whole call (generalist + request) and of the request's round trip, the server's compute and the
-fallbacks (every image is answered; a fallback counts a request the server did not answer in ``--timeout_s``).
+fallbacks (every image is answered; a fallback counts a request the server did not answer in ``--timeout_s``), and
+the mean batch the server ran (images / model executions, from Triton's Prometheus metrics).
 
 The measured profile (``--profile_out``) is written from the clients' timings at concurrency 1 with dynamic
 batching (``deploy.client.measured_profile``); ``evaluate.py --profiles`` reads it.
@@ -17,6 +18,7 @@ batching (``deploy.client.measured_profile``); ``evaluate.py --profiles`` reads 
 from __future__ import annotations
 
 import itertools
+import urllib.request
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,17 +51,34 @@ def offloaded_images(bundle: str, images: str | None, split: str | None, data: D
     return pixels[edge.offloaded]
 
 
+def executions(metrics_url: str) -> tuple[int, int]:
+    """(images inferred, model executions) summed over the server's models, from Triton's Prometheus metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as page:
+        lines = page.read().decode().splitlines()
+
+    def total(metric: str) -> int:
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines if line.startswith(metric + "{"))
+
+    return total("nv_inference_count"), total("nv_inference_exec_count")
+
+
 def load_level(
-    bundle: str, url: str, pixels: np.ndarray, concurrency: int, requests: int, seconds: float, timeout_s: float
-) -> tuple[dict[str, Any], list[EdgeClient]]:
-    clients = [EdgeClient(bundle, ClientOptions(url=url, timeout_s=timeout_s, retries=0)) for _ in range(concurrency)]
+    bundle: str, server: ServerProcess, pixels: np.ndarray, concurrency: int, requests: int, seconds: float,
+    timeout_s: float,
+) -> tuple[dict[str, Any], list[EdgeClient]]:  # fmt: skip
+    options = ClientOptions(url=server.grpc_url, timeout_s=timeout_s, retries=0)
+    clients = [EdgeClient(bundle, options) for _ in range(concurrency)]
+    metrics = f"http://{server.host}:{server.metrics_port}/metrics"
     counter = itertools.count()
 
     def send(worker: int) -> None:
         i = next(counter) % len(pixels)
         clients[worker].classify(pixels[i : i + 1])
 
+    images_before, runs_before = executions(metrics)
     run = closed_loop(send, concurrency, requests, seconds)
+    images_after, runs_after = executions(metrics)
+    run["mean_batch"] = round((images_after - images_before) / max(1, runs_after - runs_before), 2)
     timings = [r for c in clients for r in c.requests]
     answered = [r for r in timings if r.outcome == "expert"]
     run["round_trip_ms"] = percentiles([r.round_trip_ms for r in answered])
@@ -121,20 +140,18 @@ def main(
         with ServerProcess(bundle, args, log=Path(log_dir) / f"serve_{mode.replace(' ', '_')}.log") as server:
             results["modes"][mode] = {"startup_s": round(server.startup_s, 2), "levels": {}}
             for level in levels:
-                run, clients = load_level(bundle, server.grpc_url, pixels, level, requests, seconds, timeout_s)
+                run, clients = load_level(bundle, server, pixels, level, requests, seconds, timeout_s)
                 results["modes"][mode]["levels"][level] = run
                 print(f"{mode}, concurrency {level}: {run}", flush=True)
                 if batching and level == levels[0]:
                     profile_clients = clients
-    print(
-        "\n| server | concurrency | requests/s | p50 ms | p95 ms | p99 ms | round trip p50 | server p50 | fallbacks |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = "| server | concurrency | requests/s | p50 ms | p95 ms | p99 ms | round trip p50 | server p50 | mean batch "
+    print(f"\n{head}| fallbacks |\n{'| --- ' * 10}|")
     for mode, result in results["modes"].items():
         for level, r in result["levels"].items():
             print(
                 f"| {mode} | {level} | {r['requests_per_s']} | {r['p50']} | {r['p95']} | {r['p99']} | "
-                f"{r['round_trip_ms']['p50']} | {r['server_ms']['p50']} | {r['fallbacks']} |"
+                f"{r['round_trip_ms']['p50']} | {r['server_ms']['p50']} | {r['mean_batch']} | {r['fallbacks']} |"
             )
     batches = [b for c in profile_clients for b in c.batches]
     timings = [r for c in profile_clients for r in c.requests]

@@ -359,9 +359,16 @@ def measured_profile(
             "No measured profile: the run needs at least one request that the server answered with its compute "
             "time (server_ms, which `deploy serve` reports). Offload some images to a running server."
         )
-    per = lambda attr: _median([getattr(r, attr) / r.images for r in answered])  # noqa: E731
-    g_ms, e_ms, link_ms = _median([b.edge_ms / b.images for b in batches]), per("server_ms"), per("transfer_queue_ms")
-    bytes_up, bytes_down = round(per("bytes_up")), round(per("bytes_down"))
+
+    def per_image(attr: str) -> float:
+        return _median([getattr(r, attr) / r.images for r in answered])
+
+    g_ms, e_ms, link_ms = (
+        _median([b.edge_ms / b.images for b in batches]),
+        per_image("server_ms"),
+        per_image("transfer_queue_ms"),
+    )
+    bytes_up, bytes_down = round(per_image("bytes_up")), round(per_image("bytes_down"))
     t_up, t_down = transfer_ms(bytes_up, base.link.uplink_mbps), transfer_ms(bytes_down, base.link.downlink_mbps)
     rtt = max(0.0, link_ms - t_up - t_down)
     edge = replace(base.edge, latency_ms={**base.edge.latency_ms, "generalist": round(g_ms, 4)})

@@ -107,7 +107,7 @@ def model_card(manifest: Mapping[str, Any], router: RouterConfig, profile: Profi
         "- Near edge without this suite (Triton on a Jetson or GPU server): "
         + (
             "`tritonserver --model-repository <this folder>/triton` (the NGC container "
-            "`nvcr.io/nvidia/tritonserver:<yy.mm>-py3`, or its `-igpu` variant / JetPack release on a Jetson) serves "
+            "`nvcr.io/nvidia/tritonserver:<yy.mm>-py3`, or Triton's JetPack release on a Jetson) serves "
             "`expert_<j>` with the onnxruntime backend, dynamic batching and the GPU when there is one: input "
             "`images` UINT8 (batch, 32, 32, 3) raw pixels, output `logits` FP32 (batch, 100)."
             if manifest.get("triton_repository")

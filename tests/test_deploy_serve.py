@@ -191,13 +191,14 @@ def test_malformed_answers_are_recognised_as_garbage(logits, server_ms, message)
 def test_a_stalled_server_times_out_falls_back_and_recovers(bundle_dir, server, images, reference):
     client = _client(bundle_dir, server, timeout_s=0.3, retries=1, retry_backoff_ms=10)
     offloaded = np.flatnonzero(reference.answered_by >= 0)[:3]
-    server.signal(signal.SIGSTOP)  # the whole server freezes: requests queue, nothing answers
+    # The process that runs the experts freezes (a stalled model): Triton still takes requests, nothing answers.
+    server.process.send_signal(signal.SIGSTOP)
     try:
         start = time.perf_counter()
         prediction = client.classify(images[offloaded])
         elapsed = time.perf_counter() - start
     finally:
-        server.signal(signal.SIGCONT)
+        server.process.send_signal(signal.SIGCONT)
     requests = len(np.unique(reference.answered_by[offloaded]))
     assert client.stats.fallbacks["timeout"] == len(offloaded) and np.all(prediction.answered_by == -1)
     assert all(r.attempts == 2 for r in client.requests)  # one retry each, then the fallback
