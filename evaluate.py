@@ -35,6 +35,7 @@ from core.routing import FIT, check_k_values, check_measures, check_temperature
 from core.stats import MIN_RESAMPLES
 from datamodules.cifar100 import evaluation_datamodule
 from lightning_modules.collaborative import CollaborativeSystem
+from lightning_modules.precision import resolve_precision
 
 DEFAULT_PROFILE = str(Path(__file__).resolve().parent / "configs" / "profiles" / "edge_arm_wifi.yaml")
 
@@ -184,7 +185,7 @@ def evaluate(
     trainer = Trainer(
         accelerator=accelerator,
         devices=devices,
-        precision=precision,
+        precision=resolve_precision(precision, accelerator),
         logger=logger or False,
         callbacks=[callback],
         default_root_dir=str(out_dir),

@@ -25,12 +25,14 @@ from callbacks.run_identity import run_identity
 from callbacks.wandb_logging import SaveConfigToRun, wandb_run_from_checkpoint
 from core.cli import run_command
 from lightning_modules.checkpoints import read_checkpoint, require_architecture
+from lightning_modules.precision import resolve_precision
 
 
 class SuiteCLI(LightningCLI):
     """LightningCLI with the suite's config saving and input checks; model and data are chosen by ``class_path``.
 
-    Also: the W&B run's name, group, job type and tags are derived from the model when the config leaves them unset
+    Also: a bf16 precision on a CPU without native bf16 trains in fp32 (lightning_modules/precision.py); the W&B
+    run's name, group, job type and tags are derived from the model when the config leaves them unset
     (callbacks.run_identity); a fit resumed with ``--ckpt_path`` continues the checkpoint's W&B run; and when the
     output is a log file rather than a terminal, the rich progress bar becomes plain periodic progress lines.
     """
@@ -59,7 +61,10 @@ class SuiteCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
-        logger = config.get("trainer", {}).get("logger")
+        trainer = config.get("trainer", {})
+        if "precision" in trainer:
+            trainer["precision"] = resolve_precision(trainer["precision"], trainer.get("accelerator", "auto"))
+        logger = trainer.get("logger")
         if not (hasattr(logger, "class_path") and logger.class_path.endswith("SuiteWandbLogger")):
             return
         args, model = logger.init_args, config.model

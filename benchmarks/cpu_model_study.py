@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from common import REPO, data_source, quiet_trainer, run_cli, training_datamodule
 from lightning import Callback, seed_everything
 
@@ -79,11 +80,17 @@ class EpochClock(Callback):
 
 
 def fingerprint(candidate: Candidate, data: DataOptions) -> str:
+    # The model code; the study's own code only measures (a change to its report must not retrain).
     code = "".join(
         (REPO / path).read_text()
-        for path in ("lightning_modules/vit_factory.py", "lightning_modules/conv_tokenizer.py", __file__)
+        for path in ("lightning_modules/vit_factory.py", "lightning_modules/conv_tokenizer.py")
     )
-    settings = {"candidate": asdict(candidate), "val_size": data.val_size, "split_seed": data.split_seed}
+    settings = {
+        "candidate": asdict(candidate),
+        "val_size": data.val_size,
+        "split_seed": data.split_seed,
+        "threads": torch.get_num_threads(),
+    }
     return hashlib.sha256((json.dumps(settings, sort_keys=True) + code).encode()).hexdigest()[:16]
 
 
@@ -95,7 +102,7 @@ def train_candidate(candidate: Candidate, data: DataOptions, seed: int) -> dict[
     trainer = quiet_trainer(max_epochs=candidate.epochs, num_sanity_val_steps=0, callbacks=[clock])
     trainer.fit(module, datamodule=datamodule)
     params = sum(p.numel() for p in module.model.parameters())
-    return {"params": params, "points": clock.points}
+    return {"params": params, "threads": torch.get_num_threads(), "points": clock.points}
 
 
 def write_report(records: list[dict[str, Any]], anchor: list[list[float]], folder: Path) -> None:
@@ -151,6 +158,7 @@ def main(
     seed: int = 0,
     report: str | None = None,
     anchor: list[list[float]] | None = None,
+    threads: int | None = None,
 ) -> None:
     """Train the candidates (or, with ``--report``, tabulate and plot their records); see the module docstring.
 
@@ -162,6 +170,9 @@ def main(
         seed: training seed.
         report: write the table and plot into this folder instead of training.
         anchor: (minutes, accuracy %) points of the plain-ViT anchor curve drawn beside the candidates.
+        threads: torch's intra-op threads (default: torch's choice, one per core). The recorded study ran with 1
+            thread pinned to one core (``taskset -c 0``), so that other work on the second core could not disturb
+            its clock; bench_cpu_step.py measures the 1-thread/2-thread step-time ratio that converts it.
     """
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
@@ -180,6 +191,10 @@ def main(
             f"Bad candidate list: names {names}, --only unknown {unknown}. Give -c benchmarks/cpu_model_study.yaml "
             "(unique names) and --only names from it."
         )
+    if threads is not None:
+        if threads < 1:
+            raise SuiteError(f"--threads {threads}: give a positive number of threads.")
+        torch.set_num_threads(threads)
     source = data_source(data)
     folder.mkdir(parents=True, exist_ok=True)
     for candidate in candidates:

@@ -37,6 +37,8 @@ class ClassifierModule(LightningModule):
             ``lightning_modules/conv_tokenizer.py``; scratch32 only), which learns far faster from scratch.
         mlp_ratio, global_pool: MLP width (default 4) and pooling (``token`` or ``avg``; default ``token`` for the
             patch tokenizer, ``avg`` for the conv tokenizer).
+        stem_widths: the conv tokenizer's 3x3 convolution widths (the last log2(patch_size) stride 2, any before
+            them stride 1; default: doubling up to embed_dim).
         role: what this model is in the collaboration: ``generalist`` (the edge model) or ``base`` (stage 0, the
             "one medium model" baseline); ExpertModule sets ``expert``. Recorded in checkpoints so that tools can
             refuse the wrong kind.
@@ -45,6 +47,7 @@ class ClassifierModule(LightningModule):
         compile, compile_backend: ``torch.compile`` the network in place when a Trainer sets the model up
             (``nn.Module.compile``: parameter names, hence checkpoints, stay those of the eager model).
             ``inductor`` generates fused kernels; ``aot_eager`` only traces (the CPU tests use it).
+        fused_adamw: torch's fused AdamW kernels instead of its default (foreach) implementation.
 
     Channels-last memory format is not offered: the ViT's only convolution is the patch embedding, under 0.2%
     of the FLOPs of ``scratch32`` models (about 2% at ``pretrained224``), so its layout cannot matter.
@@ -63,6 +66,7 @@ class ClassifierModule(LightningModule):
         tokenizer: Tokenizer = "patch",
         mlp_ratio: float | None = None,
         global_pool: GlobalPool | None = None,
+        stem_widths: list[int] | None = None,
         drop_path_rate: float = 0.1,
         role: Role = "generalist",
         lr: float = 1e-3,
@@ -73,6 +77,7 @@ class ClassifierModule(LightningModule):
         cutmix_alpha: float = 0.0,
         compile: bool = False,
         compile_backend: str = "inductor",
+        fused_adamw: bool = False,
         fetch_pretrained: bool = True,
     ) -> None:
         super().__init__()
@@ -91,6 +96,7 @@ class ClassifierModule(LightningModule):
             tokenizer,
             mlp_ratio,
             global_pool,
+            stem_widths,
         )
         self.mixup = (
             Mixup(mixup_alpha, cutmix_alpha, label_smoothing=label_smoothing, num_classes=num_classes)
@@ -183,7 +189,8 @@ class ClassifierModule(LightningModule):
         groups = param_groups_weight_decay(
             self.model, self.hparams.weight_decay, no_weight_decay_list=self.model.no_weight_decay()
         )
-        return torch.optim.AdamW(groups, lr=self.hparams.lr)
+        # fused: one kernel per parameter group instead of torch's default foreach implementation.
+        return torch.optim.AdamW(groups, lr=self.hparams.lr, fused=self.hparams.get("fused_adamw") or None)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer()

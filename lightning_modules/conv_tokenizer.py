@@ -3,7 +3,8 @@
 From-scratch ViTs on 32x32 images learn far faster per FLOP when a few 3x3 convolutions, rather than one strided
 linear projection, turn pixels into tokens (CCT, Hassani et al. 2021; "Early convolutions help transformers see
 better", Xiao et al. 2021). This stem follows the second: ``log2(patch_size)`` stride-2 3x3 convolutions with
-batch norm and ReLU, doubling the width up to ``embed_dim``, then a 1x1 projection to ``embed_dim``. A
+batch norm and ReLU, doubling the width up to ``embed_dim``, then a 1x1 projection to ``embed_dim``; widths given
+beyond those convolutions add stride-1 3x3 convolutions in front, at full resolution. A
 ``patch_size`` of 8 turns a 32x32 image into a 4x4 grid of 16 tokens, as many as a plain patch-8 ViT, but each
 token is computed by a receptive field of 15x15 pixels.
 
@@ -21,7 +22,7 @@ from torch import nn
 from core.errors import SuiteError
 
 
-def stem_widths(embed_dim: int, patch_size: int) -> list[int]:
+def default_stem_widths(embed_dim: int, patch_size: int) -> list[int]:
     """Widths of the stride-2 convolutions: doubling up to ``embed_dim`` (e.g. 64, 128, 256 for 256 and patch 8)."""
     levels = patch_size.bit_length() - 1
     return [max(8, embed_dim >> (levels - 1 - i)) for i in range(levels)]
@@ -36,7 +37,8 @@ class ConvTokenizer(nn.Module):
         in_chans: input channels.
         embed_dim: token width.
         bias: bias of the final 1x1 projection (timm passes ``not pre_norm``).
-        widths: widths of the stride-2 convolutions (default ``stem_widths(embed_dim, patch_size)``).
+        widths: widths of the 3x3 convolutions (default ``default_stem_widths(embed_dim, patch_size)``): the last
+            ``log2(patch_size)`` have stride 2, any before them stride 1.
     """
 
     def __init__(
@@ -55,16 +57,19 @@ class ConvTokenizer(nn.Module):
                 f"--model.patch_size {patch_size} does not fit the conv tokenizer: it is the stem's total stride, "
                 f"a power of two >= 2 that divides the input size {img_size} (2, 4, 8, 16)."
             )
-        widths = list(widths) if widths is not None else stem_widths(embed_dim, patch_size)
-        if len(widths) != patch_size.bit_length() - 1 or min(widths) < 1:
+        widths = list(widths) if widths is not None else default_stem_widths(embed_dim, patch_size)
+        downsampling = patch_size.bit_length() - 1
+        if len(widths) < downsampling or min(widths) < 1:
             raise SuiteError(
-                f"--model.stem_widths {widths} must give one positive width per stride-2 convolution: "
-                f"{patch_size.bit_length() - 1} for patch {patch_size}."
+                f"--model.stem_widths {widths} must give a positive width to each of the stem's {downsampling} "
+                f"stride-2 convolutions (patch {patch_size}), and may add stride-1 ones in front."
             )
+        strides = [1] * (len(widths) - downsampling) + [2] * downsampling
         layers: list[nn.Module] = []
         channels = in_chans
-        for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        for width, stride in zip(widths, strides, strict=True):
+            conv = nn.Conv2d(channels, width, 3, stride, 1, bias=False)
+            layers += [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             channels = width
         layers.append(nn.Conv2d(channels, embed_dim, 1, bias=bias))
         self.proj = nn.Sequential(*layers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import SuiteError
-from lightning_modules.conv_tokenizer import ConvTokenizer
+from lightning_modules.conv_tokenizer import ConvTokenizer, default_stem_widths
 
 Preset = Literal["scratch32", "pretrained224"]
 # How pixels become tokens: timm's patch embedding (one strided linear projection) or a conv stem
@@ -31,6 +32,7 @@ ARCHITECTURE_KEYS = (
     "tokenizer",
     "mlp_ratio",
     "global_pool",
+    "stem_widths",
 )
 # What an unset tokenizer / mlp_ratio / global_pool means: timm's ViT (class token for the patch tokenizer; the
 # conv tokenizer averages its tokens, which trains faster from scratch and needs no class token).
@@ -96,6 +98,7 @@ def create_vit(
     tokenizer: Tokenizer = "patch",
     mlp_ratio: float | None = None,
     global_pool: GlobalPool | None = None,
+    stem_widths: list[int] | None = None,
 ) -> ViTClassifier:
     """Build a ViT classifier.
 
@@ -106,7 +109,8 @@ def create_vit(
     ``fetch_pretrained=False`` builds the ``pretrained224`` network without loading weights (a checkpoint that is
     restored next holds them all), so restoring works offline. ``tokenizer="conv"`` replaces the patch embedding by
     a conv stem of total stride ``patch_size`` (``scratch32`` only); ``mlp_ratio`` sets the MLP width (timm: 4) and
-    ``global_pool`` the pooling (``token``: class token; ``avg``: mean of the tokens, the conv tokenizer's default).
+    ``global_pool`` the pooling (``token``: class token; ``avg``: mean of the tokens, the conv tokenizer's default);
+    ``stem_widths`` the conv tokenizer's convolution widths (see ``ConvTokenizer``).
     """
     if arch not in ARCHS:
         raise SuiteError(f"unknown --model.arch '{arch}'; choose one of {sorted(ARCHS)}.")
@@ -140,7 +144,9 @@ def create_vit(
         pool = global_pool or default_global_pool(tokenizer)
         kwargs.update(mlp_ratio=mlp_ratio or DEFAULT_MLP_RATIO, global_pool=pool, class_token=pool == "token")
         if tokenizer == "conv":
-            kwargs["embed_layer"] = ConvTokenizer
+            kwargs["embed_layer"] = partial(ConvTokenizer, widths=stem_widths)
+        elif stem_widths is not None:
+            raise SuiteError("--model.stem_widths shapes the conv tokenizer; set --model.tokenizer conv or drop it.")
     if not (pretrained and fetch_pretrained):
         return ViTClassifier(timm.create_model(name, pretrained=False, **kwargs), input_size)
     if pretrained_path is not None:
@@ -175,6 +181,9 @@ def resolved_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     out["tokenizer"] = out["tokenizer"] or "patch"
     out["mlp_ratio"] = float(out["mlp_ratio"] or DEFAULT_MLP_RATIO)
     out["global_pool"] = out["global_pool"] or default_global_pool(out["tokenizer"])
+    if out["tokenizer"] == "conv" and out["stem_widths"] is None and out["embed_dim"] and out["patch_size"]:
+        out["stem_widths"] = default_stem_widths(out["embed_dim"], out["patch_size"])
+    out["stem_widths"] = list(out["stem_widths"]) if out["stem_widths"] is not None else None
     return out
 
 
