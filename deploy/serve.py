@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import sysconfig
 import time
 from collections.abc import Callable
@@ -151,4 +150,3 @@ def serve_bundle(folder: str | Path, options: ServeOptions) -> None:
             flush=True,
         )
         triton.serve()
-    sys.stdout.flush()
