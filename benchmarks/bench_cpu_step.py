@@ -25,8 +25,8 @@ import torch
 from common import StepTimer, data_source, quiet_trainer, run_cli, training_datamodule
 from lightning import seed_everything
 
-from core.errors import SuiteError
-from core.options import DataOptions
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.precision import cpu_has_native_bf16
 

@@ -16,7 +16,7 @@ import statistics
 import torch
 from common import data_source, delivered_rate, run_cli, training_datamodule
 
-from core.options import DataOptions
+from ask_the_expert.utils.options import DataOptions
 
 
 def main(

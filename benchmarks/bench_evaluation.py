@@ -9,7 +9,8 @@ Random-init ViTs (G: embed 64, depth 2; experts: embed 96, depth 3) on random 32
    so that oracle routing needs no extra pairs, as with an accurate G; with k = 1 2 3 5 the floor is G plus the
    distinct (sample, expert) pairs, reported too.
 2. running every expert on every sample vs the evaluation; target >= 10x with 20 experts.
-3. the sweep (core.policies.evaluate_policies) for 10,000 samples x 4 k x all policies x 2 profiles; target < 1 s.
+3. the sweep (ask_the_expert.method.policies.evaluate_policies) for 10,000 samples x 4 k x all policies x 2 profiles;
+   target < 1 s.
 4. records memory per sample (O(k)) vs N x experts x 100 float32 logits.
 """
 
@@ -25,10 +26,10 @@ import torch
 from common import quiet_trainer, run_cli
 from torch.utils.data import DataLoader, TensorDataset
 
+from ask_the_expert.method.costs import load_profile
+from ask_the_expert.method.policies import evaluate_policies, merge_records
+from ask_the_expert.method.subsets import superclass_partition
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
-from core.costs import load_profile
-from core.policies import evaluate_policies, merge_records
-from core.subsets import superclass_partition
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.collaborative import CollaborativeSystem
 

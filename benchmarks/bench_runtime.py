@@ -4,9 +4,9 @@
 
 1. Random-init checkpoints of the default presets (generalist ``vit_tiny`` scratch32, ``--experts`` ``vit_small``
    scratch32 experts on a superclass partition; 20 = one per superclass) are exported with
-   ``deploy.export.export_bundle``: wall time and bundle size. With fewer experts the per-expert export time
-   is measured and the 20-expert figures are extrapolated (printed as such).
-2. Images/s on this CPU, onnxruntime (``deploy.runtime``) vs PyTorch eager of the same checkpoints, both
+   ``ask_the_expert.deploy.export.export_bundle``: wall time and bundle size. With fewer experts the per-expert export
+   time is measured and the 20-expert figures are extrapolated (printed as such).
+2. Images/s on this CPU, onnxruntime (``ask_the_expert.deploy.runtime``) vs PyTorch eager of the same checkpoints, both
    including preprocessing from uint8, the same thread count, alternating runs, median of ``--repeats``:
    the generalist alone (edge half) and the full routed pipeline (``Bundle.predict`` vs
    ``CollaborativeSystem.predict_step``) at a tau that offloads ``--offload`` of the images.
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from common import quiet_trainer, run_cli
 
-from core.routing import RouterSpec, confidence, softmax
-from core.subsets import superclass_partition
+from ask_the_expert.deploy.export import export_bundle, load_export_models, torch_logits
+from ask_the_expert.deploy.runtime import Bundle
+from ask_the_expert.method.router import RouterSpec, confidence, softmax
+from ask_the_expert.method.subsets import superclass_partition
 from datamodules.cifar100 import eval_tensors
-from deploy.export import export_bundle, load_export_models, torch_logits
-from deploy.runtime import Bundle
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.expert import ExpertModule
 

@@ -3,16 +3,16 @@
     python benchmarks/bench_serve_load.py --bundle BUNDLE --split val --data.data_dir DIR \\
         --base configs/profiles/edge_arm_wifi.yaml --profile_out measured.yaml [--out load.json]
 
-For each batching mode (``deploy serve --dynamic_batching true`` / ``false``) a server is started on 127.0.0.1 and,
-at each concurrency, that many edge clients (``deploy.client.EdgeClient``, gRPC, one connection each) classify
-one image at a time, as edge devices do, in a closed loop bounded by ``--requests`` and ``--seconds``. Only images
-the router offloads are used, so every call is a request to the server. Reported per level: requests/s and
-p50/p95/p99 of the whole call (generalist + request) and of the request's round trip, the server's compute and the
-fallbacks (every image is answered; a fallback counts a request the server did not answer in ``--timeout_s``), and
-the mean batch the server ran (images / model executions, from Triton's Prometheus metrics).
+For each batching mode (``ate-deploy serve --dynamic_batching true`` / ``false``) a server is started on 127.0.0.1
+and, at each concurrency, that many edge clients (``ask_the_expert.deploy.client.EdgeClient``, gRPC, one connection
+each) classify one image at a time, as edge devices do, in a closed loop bounded by ``--requests`` and ``--seconds``.
+Only images the router offloads are used, so every call is a request to the server. Reported per level: requests/s
+and p50/p95/p99 of the whole call (generalist + request) and of the request's round trip, the server's compute and
+the fallbacks (every image is answered; a fallback counts a request the server did not answer in ``--timeout_s``),
+and the mean batch the server ran (images / model executions, from Triton's Prometheus metrics).
 
 The measured profile (``--profile_out``) is written from the clients' timings at concurrency 1 with dynamic
-batching (``deploy.client.measured_profile``); ``evaluate.py --profiles`` reads it.
+batching (``ask_the_expert.deploy.client.measured_profile``); ``evaluate.py --profiles`` reads it.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from typing import Any, Literal
 import numpy as np
 from common import closed_loop, run_cli
 
-from core.atomic import write_json_atomic
-from core.costs import load_profile
-from core.errors import SuiteError
-from core.options import DataOptions
-from deploy.client import ClientOptions, EdgeClient, measured_profile, percentiles
-from deploy.profile_bundle import write_profile
-from deploy.runtime import Bundle
-from deploy.serve_process import ServerProcess
+from ask_the_expert.deploy.client import ClientOptions, EdgeClient, measured_profile, percentiles
+from ask_the_expert.deploy.profile_bundle import write_profile
+from ask_the_expert.deploy.runtime import Bundle
+from ask_the_expert.deploy.serve_process import ServerProcess
+from ask_the_expert.method.costs import load_profile
+from ask_the_expert.utils.atomic import write_json_atomic
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
 
 
 def offloaded_images(bundle: str, images: str | None, split: str | None, data: DataOptions) -> np.ndarray:

@@ -5,7 +5,7 @@
 Each candidate serves the bundle's expert 0 through its onnxruntime session on 127.0.0.1, and the same client
 (``tritonclient``, one connection per worker) loads it:
 
-- ``pytriton``: ``python -m deploy serve`` (Triton Inference Server inside PyTriton's wheel; every expert of the
+- ``pytriton``: ``ate-deploy serve`` (Triton Inference Server inside PyTriton's wheel; every expert of the
   bundle is loaded, the load goes to expert_0), in this environment;
 - ``mlserver``: benchmarks/serving_engines/mlserver_expert.py in ``--mlserver_python`` (adaptive batching on);
 - ``kserve``: benchmarks/serving_engines/kserve_expert.py in ``--kserve_python`` (KServe's Python model server).
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from common import REPO, closed_loop, run_cli
 
-from core.atomic import write_json_atomic
-from core.errors import SuiteError
-from deploy.serve_contract import IMAGES, LOGITS, expert_model_name
-from deploy.serve_process import ServerProcess
+from ask_the_expert.deploy.serve_contract import IMAGES, LOGITS, expert_model_name
+from ask_the_expert.deploy.serve_process import ServerProcess
+from ask_the_expert.utils.atomic import write_json_atomic
+from ask_the_expert.utils.errors import SuiteError
 
 ENGINES = ("pytriton", "mlserver", "kserve")
 ADAPTERS = REPO / "benchmarks" / "serving_engines"
@@ -43,7 +43,7 @@ JSON = {"Content-Type": "application/json"}
 
 class EngineProcess(ServerProcess):
     """One candidate engine serving expert 0 of ``bundle`` (see the module doc), started and stopped like
-    ``deploy serve``."""
+    ``ate-deploy serve``."""
 
     def __init__(self, engine: str, python: str, bundle: Path, workdir: Path, max_batch_size: int) -> None:
         super().__init__(bundle, ["--max_batch_size", str(max_batch_size)], log=workdir / f"{engine}.log")

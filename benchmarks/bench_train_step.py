@@ -4,7 +4,7 @@
 
 1. The generalist's training step through Lightning (``ClassifierModule`` + ``Trainer``) against a plain PyTorch
    loop over the same timm model, the same pre-loaded batches and the same AdamW + warm-up/cosine schedule
-   (``lightning_modules.schedules.warmup_cosine``, the module's scheduler, with the module's warm-up steps).
+   (``lightning_modules.lr_schedules.warmup_cosine``, the module's scheduler, with the module's warm-up steps).
    The two run alternately, ``--repeats`` times each; the ratio of medians is printed (target <= 1.05).
 2. Images/s that the DataModule's train loader delivers with ``basic`` and ``strong`` augmentation and
    ``--workers`` workers, against the images/s the training step consumes.
@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from common import StepTimer, data_source, delivered_rate, quiet_trainer, run_cli, training_datamodule
 from lightning import seed_everything
 
-from core.options import DataOptions
+from ask_the_expert.utils.options import DataOptions
 from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.transforms import build_transform
 from lightning_modules.classifier import ClassifierModule
-from lightning_modules.schedules import warmup_cosine
+from lightning_modules.lr_schedules import warmup_cosine
 
 
 def time_lightning(module: ClassifierModule, batches: list, warmup: int) -> float:

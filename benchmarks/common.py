@@ -4,7 +4,7 @@ closed-loop load generator.
 Every benchmark is a ``main(...)`` function with typed, documented keyword parameters, run through
 ``run_cli(main, __doc__)`` (jsonargparse ``auto_cli``): options are spelled with underscores, every command has
 ``-c/--config`` and ``--print_config``, and bad input ends with a one-paragraph message and exit code 2
-(core.cli), as in the suite's other commands.
+(ask_the_expert.utils.cli), as in the suite's other commands.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 from jsonargparse import DefaultHelpFormatter
 from lightning import Callback, Trainer
 
-from core.cli import run_cli as suite_cli
-from core.errors import SuiteError
-from core.options import DataOptions
+from ask_the_expert.utils.cli import run_cli as suite_cli
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
 from datamodules.cifar100 import CIFAR100DataModule
 
 REPO = Path(__file__).resolve().parents[1]

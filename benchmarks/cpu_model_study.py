@@ -30,9 +30,9 @@ import torch
 from common import REPO, data_source, quiet_trainer, run_cli, training_datamodule
 from lightning import Callback, seed_everything
 
-from core.atomic import write_json_atomic, write_text_atomic
-from core.errors import SuiteError
-from core.options import DataOptions
+from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
 from lightning_modules.classifier import ClassifierModule
 
 
@@ -83,7 +83,7 @@ def fingerprint(candidate: Candidate, data: DataOptions) -> str:
     # The model code; the study's own code only measures (a change to its report must not retrain).
     code = "".join(
         (REPO / path).read_text()
-        for path in ("lightning_modules/vit_factory.py", "lightning_modules/conv_tokenizer.py")
+        for path in ("ask_the_expert/models/vit_factory.py", "ask_the_expert/models/conv_tokenizer.py")
     )
     settings = {
         "candidate": asdict(candidate),

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from common import REPO, fake_data_dir, run_cli
 
-import pipeline
-from core.atomic import write_json_atomic
-from core.errors import SuiteError
-from core.options import DataOptions
+from ask_the_expert.commands import pipeline
+from ask_the_expert.utils.atomic import write_json_atomic
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
 
 PRESET = REPO / "configs" / "experiments" / "gpu10.yaml"
 TARGET_SECONDS = 600

@@ -21,8 +21,8 @@ import torch
 from common import data_source, quiet_trainer, run_cli, training_datamodule
 from lightning import Callback
 
-from core.errors import SuiteError
-from core.options import DataOptions
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
 from lightning_modules.classifier import ClassifierModule
 
 MODELS = {"generalist": "vit_tiny", "expert": "vit_small"}

@@ -1,5 +1,6 @@
-"""CollaborativeInferenceCallback: gathers the per-sample records of ``CollaborativeSystem`` from every rank and
-has core.policies turn them into the curves, scalars and operating points of DESIGN section 6 (rank zero)."""
+"""CollaborativeInferenceCallback: gathers the per-sample records of ``CollaborativeSystem`` from every rank and has
+ask_the_expert.method.policies turn them into the curves, scalars and operating points of docs/design.md §6 (rank
+zero)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,20 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 
-from callbacks.plots import write_plots
-from callbacks.reporting import findings_table, log_wandb, plot_files, rich_table, wandb_payload, write_outputs
-from core.costs import Profile, load_profile
-from core.errors import SuiteError
-from core.hashing import file_sha256
-from core.policies import Records, Report, check_operating_rule, evaluate_policies, merge_records
-from core.stats import MIN_RESAMPLES
+from ask_the_expert.method.costs import Profile, load_profile
+from ask_the_expert.method.policies import Records, Report, check_operating_rule, evaluate_policies, merge_records
+from ask_the_expert.method.stats import MIN_RESAMPLES
+from ask_the_expert.results.evaluation_outputs import (
+    findings_table,
+    log_wandb,
+    plot_files,
+    rich_table,
+    wandb_payload,
+    write_outputs,
+)
+from ask_the_expert.results.plots import write_plots
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.hashing import file_sha256
 from lightning_modules.distributed import all_gather_objects
 
 
@@ -36,7 +44,7 @@ class CollaborativeInferenceCallback(Callback):
             files (W&B and the table still happen).
         profiles: cost profiles (YAML paths or loaded ``Profile``); without any, cost columns are empty.
         every_n_epochs: during ``fit``, evaluate only every n validation epochs (sanity checks never).
-        rule, gap, budget: ``core.sweep.choose_operating_point`` settings.
+        rule, gap, budget: ``ask_the_expert.method.sweep.choose_operating_point`` settings.
         random_seed: seed of the random-offload policy.
         reference: the accuracy ``offload_within_*`` is measured against (``base``, ``oracle`` or ``generalist``;
             default base when evaluated, else oracle).

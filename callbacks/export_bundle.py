@@ -1,4 +1,5 @@
-"""Export a deployment bundle at the end of a fit (deploy.export.export_bundle), optionally as a W&B artifact.
+"""Export a deployment bundle at the end of a fit (ask_the_expert.deploy.export.export_bundle), optionally as a W&B
+artifact.
 
 The model being trained becomes one member of the bundle:
 
@@ -23,12 +24,12 @@ from typing import Literal
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.artifacts import log_bundle_artifact
-from core.errors import SuiteError
-from core.options import DataOptions
-from core.routing import FIT, RouterSpec
+from ask_the_expert.deploy.export import export_bundle
+from ask_the_expert.method.router import FIT, RouterSpec
+from ask_the_expert.tracking.artifacts import log_bundle_artifact
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
 from datamodules.cifar100 import CIFAR100DataModule, labelled_images
-from deploy.export import export_bundle
 
 
 class ExportBundleCallback(Callback):
@@ -41,9 +42,9 @@ class ExportBundleCallback(Callback):
         expert_checkpoints: expert checkpoints (files, folders or globs); with ``as_role: expert`` the others.
         checkpoint: ``best`` exports the ModelCheckpoint's best weights when there are any, ``last`` the weights
             at the end of fit (saved next to the bundle as ``<out_dir>.ckpt``, the manifest's source).
-        tau, k, confidence, temperature: the deployed router (core.routing.RouterSpec; temperature ``fit`` and
-            tau null are chosen on val).
-        gap, torch_export, force: as ``deploy.export.export_bundle``.
+        tau, k, confidence, temperature: the deployed router (ask_the_expert.method.router.RouterSpec;
+            temperature ``fit`` and tau null are chosen on val).
+        gap, torch_export, force: as ``ask_the_expert.deploy.export.export_bundle``.
         use_val: evaluate on the datamodule's val split (all classes, same data_dir and split) to fit the
             temperature, choose tau when not given, and record val accuracies.
         log_artifact: log the bundle as a W&B artifact when the run logs to W&B online.

@@ -13,11 +13,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from core.cifar100 import FINE_TO_COARSE, NUM_CLASSES
-from core.errors import SuiteError
-from core.options import DataOptions, check_loader_numbers
-from core.splits import stratified_split
-from core.subsets import resolve_superclasses
+from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, NUM_CLASSES
+from ask_the_expert.method.splits import stratified_split
+from ask_the_expert.method.subsets import resolve_superclasses
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions, check_loader_numbers
 from datamodules.cifar100_files import CifarMeta, CifarSplit, DataError, download, load_meta, load_split
 from datamodules.device_resident import DeviceResidentLoader
 from datamodules.eval_sampler import distributed_eval_sampler

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR100
 
-from core.cifar100 import FINE_CLASSES, FINE_TO_COARSE, SUPERCLASSES
-from core.errors import SuiteError
+from ask_the_expert.method.cifar100_classes import FINE_CLASSES, FINE_TO_COARSE, SUPERCLASSES
+from ask_the_expert.utils.errors import SuiteError
 
 FOLDER = "cifar-100-python"
 # md5 sums of the files torchvision downloads.

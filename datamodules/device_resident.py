@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from core.errors import SuiteError
+from ask_the_expert.utils.errors import SuiteError
 from datamodules.transforms import CIFAR100_MEAN, CIFAR100_STD
 
 PAD = 4  # the pad-4 random crop of the ``basic`` augmentation (v2.RandomCrop(32, padding=4), zero fill)

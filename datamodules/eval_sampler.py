@@ -16,7 +16,7 @@ from lightning import Trainer
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset
 
-from core.errors import SuiteError
+from ask_the_expert.utils.errors import SuiteError
 
 
 def distributed_eval_sampler(dataset: Dataset, trainer: Trainer | None) -> UnrepeatedDistributedSampler | None:

@@ -1,4 +1,4 @@
-"""CIFAR-100 for one expert: training batches mix the expert's subset with a second pool (DESIGN section 4).
+"""CIFAR-100 for one expert: training batches mix the expert's subset with a second pool (docs/design.md §4).
 
 The ExpertModule tells this datamodule its subset, the mix of each epoch (from its stage list) and its routed-in
 images (``set_expert``, called from the module's ``setup``). ``train_dataloader`` is rebuilt every epoch
@@ -20,8 +20,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from core.errors import SuiteError
-from core.schedule import batches_per_epoch
+from ask_the_expert.method.stages import batches_per_epoch
+from ask_the_expert.utils.errors import SuiteError
 from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.mixing import MixingBatchSampler
 

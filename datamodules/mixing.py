@@ -1,7 +1,7 @@
 """Mixing batch sampler: each batch holds a fixed share rho of subset images, the rest from a second pool.
 
-Epoch length (DESIGN section 4, core.schedule.batches_per_epoch): an epoch shows every subset image about once, and
-every DDP rank runs the same number of steps.
+Epoch length (docs/design.md §4, ask_the_expert.method.stages.batches_per_epoch): an epoch shows every subset image
+about once, and every DDP rank runs the same number of steps.
 
 DDP: the epoch's global draw is generated identically on every rank from ``(seed, epoch)`` alone, then batch ``i``
 goes to rank ``i % num_replicas``; the ranks together cover the draw exactly once. Pools are cycled through
@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from core.errors import SuiteError
-from core.schedule import batches_per_epoch, subset_per_batch
+from ask_the_expert.method.stages import batches_per_epoch, subset_per_batch
+from ask_the_expert.utils.errors import SuiteError
 
 
 def _cycle(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:

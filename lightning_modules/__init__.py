@@ -5,7 +5,8 @@
   (``routed_in``).
 - ``collaborative.CollaborativeSystem``: generalist + experts + router, for evaluation and routed prediction.
 - ``checkpoints``: finding, reading, checking and loading the suite's checkpoints.
-- ``vit_factory``, ``schedules``, ``distributed``: the timm model factory, LR schedules, DDP gathering.
+- ``lr_schedules``, ``distributed``: learning-rate schedules, DDP gathering. The networks themselves are built by
+  ask_the_expert.models.
 
 Nothing is re-exported here: import from the module, so that each command imports only what it uses.
 """

@@ -1,7 +1,7 @@
 """The suite's checkpoints: find them, read them safely, check role, classes, architecture and partition, load them.
 
-Every consumer (train.py's ``--ckpt_path``, the experts' ``base_checkpoint`` / ``generalist_checkpoint``,
-train_experts.py, evaluate.py, the export and the verifier) goes through ``read_checkpoint``, so a missing,
+Every consumer (ate-train's ``--ckpt_path``, the experts' ``base_checkpoint`` / ``generalist_checkpoint``,
+ate-train-experts, ate-evaluate, the export and the verifier) goes through ``read_checkpoint``, so a missing,
 truncated, random or foreign file is always one clear message naming the option and the fix, never a traceback.
 """
 
@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from lightning import LightningModule
 
-from core.errors import PartitionError, SuiteError
-from core.subsets import class_to_expert
-from lightning_modules.vit_factory import architecture_mismatch
+from ask_the_expert.method.subsets import class_to_expert
+from ask_the_expert.models.vit_factory import architecture_mismatch
+from ask_the_expert.utils.errors import PartitionError, SuiteError
 
 CheckpointSpec = str | Path
 # What each role is, and how to get one; named in error messages.
 ROLES: dict[str, str] = {
-    "generalist": "the edge generalist (train.py fit -c configs/generalist.yaml)",
-    "base": "the stage-0 base (medium) model (train.py fit -c configs/base.yaml, or train_experts.py)",
-    "expert": "an expert (train.py fit -c configs/expert.yaml, or train_experts.py)",
+    "generalist": "the edge generalist (ate-train fit -c configs/generalist.yaml)",
+    "base": "the stage-0 base (medium) model (ate-train fit -c configs/base.yaml, or ate-train-experts)",
+    "expert": "an expert (ate-train fit -c configs/expert.yaml, or ate-train-experts)",
 }
 # The LightningModule of each role, by import path: the modules import this file, so it cannot import them.
 _MODULE_CLASSES = {
@@ -91,7 +91,7 @@ def read_checkpoint(path: CheckpointSpec, option: str, roles: Sequence[str] | No
     if not path.is_file():
         hint = f" It should be {ROLES[roles[0]]}." if roles else ""
         raise CheckpointError(
-            f"{option} {str(path)!r} does not exist.{hint} Pass the path of a .ckpt file written by train.py."
+            f"{option} {str(path)!r} does not exist.{hint} Pass the path of a .ckpt file written by ate-train."
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
@@ -99,13 +99,13 @@ def read_checkpoint(path: CheckpointSpec, option: str, roles: Sequence[str] | No
         first = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(
             f"{option} {str(path)!r} is not a readable Lightning checkpoint ({type(err).__name__}: {first}); it is "
-            "truncated or not a checkpoint. Pass a .ckpt file written by train.py (rerun the step that wrote it)."
+            "truncated or not a checkpoint. Pass a .ckpt file written by ate-train (rerun the step that wrote it)."
         ) from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
     if not isinstance(hparams, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointError(
             f"{option} {str(path)!r} has no Lightning hyperparameters/state_dict, so it is not a checkpoint of "
-            "this suite's models. Pass a .ckpt file written by train.py."
+            "this suite's models. Pass a .ckpt file written by ate-train."
         )
     info = CheckpointInfo(path, dict(hparams), option)
     if roles is not None and info.role not in roles:

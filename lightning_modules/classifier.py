@@ -16,9 +16,9 @@ from timm.optim import param_groups_weight_decay
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassStatScores
 
-from core.cifar100 import FINE_TO_COARSE, SUPERCLASSES
-from lightning_modules.schedules import warmup_cosine
-from lightning_modules.vit_factory import GlobalPool, Preset, Tokenizer, architecture_mismatch, create_vit
+from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, SUPERCLASSES
+from ask_the_expert.models.vit_factory import GlobalPool, Preset, Tokenizer, architecture_mismatch, create_vit
+from lightning_modules.lr_schedules import warmup_cosine
 
 Role = Literal["generalist", "base", "expert"]
 
@@ -34,7 +34,7 @@ class ClassifierModule(LightningModule):
             turns it off, since the checkpoint holds every weight (so restoring needs no network).
         embed_dim, depth, num_heads, patch_size: override the arch's shape (patch: scratch32 only).
         tokenizer: ``patch`` (timm's patch embedding) or ``conv`` (a conv stem of total stride ``patch_size``,
-            ``lightning_modules/conv_tokenizer.py``; scratch32 only), which learns far faster from scratch.
+            ``ask_the_expert/models/conv_tokenizer.py``; scratch32 only), which learns far faster from scratch.
         mlp_ratio, global_pool: MLP width (default 4) and pooling (``token`` or ``avg``; default ``token`` for the
             patch tokenizer, ``avg`` for the conv tokenizer).
         stem_widths: the conv tokenizer's 3x3 convolution widths (the last log2(patch_size) stride 2, any before

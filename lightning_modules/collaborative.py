@@ -1,22 +1,22 @@
-"""The collaborative system (DESIGN section 3): the edge generalist, the near-edge experts and the router.
+"""The collaborative system (docs/design.md §3): the edge generalist, the near-edge experts and the router.
 
-Both paths route through ``core.policies.route_batch`` and offload with ``core.routing.offload_mask``, so deployment
-and evaluation decide identically:
+Both paths route through ``ask_the_expert.method.policies.route_batch`` and offload with
+``ask_the_expert.method.router.offload_mask``, so deployment and evaluation decide identically:
 
 - ``predict_step`` is real routed inference at one threshold ``tau`` and one ``route_k``: only the chosen expert
   runs, and only on the samples whose confidence is below ``tau``.
 - ``validation_step`` / ``test_step`` evaluate every policy at once without a threshold: G runs once per sample and
   every distinct (sample, expert) pair that some policy needs (each k's Top-k choice and the oracle choice, for the
-  progressive experts and each baseline set of static experts) runs exactly once (``core.routing.experts_needed``);
-  the base ("medium") model runs on every sample. They return per-sample records (O(N x k) numbers, never the
-  experts' logits: the fused answers are computed in the step for every candidate weight) that core.policies
-  sweeps.
+  progressive experts and each baseline set of static experts) runs exactly once
+  (``ask_the_expert.method.router.experts_needed``); the base ("medium") model runs on every sample. They return
+  per-sample records (O(N x k) numbers, never the experts' logits: the fused answers are computed in the step for every
+  candidate weight) that ask_the_expert.method.policies sweeps.
 
 Temperature ``"fit"``: before the first validation epoch the system runs G over the val loader, keeps those logits
-(N_val x classes, G only) to fit T with ``core.routing.fit_temperature`` and reuses them in ``validation_step``
-instead of running G again, so an evaluation still costs one G forward per sample. Under DDP every rank fits on the
-logits of all ranks (shards of unequal length are gathered as objects). The fitted T is a buffer (saved with the
-module) and is reused unchanged on test.
+(N_val x classes, G only) to fit T with ``ask_the_expert.method.router.fit_temperature`` and reuses them in
+``validation_step`` instead of running G again, so an evaluation still costs one G forward per sample. Under DDP every
+rank fits on the logits of all ranks (shards of unequal length are gathered as objects). The fitted T is a buffer (saved
+with the module) and is reused unchanged on test.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.deferral import DeferralRule
-from core.errors import PartitionError, RoutingError, SuiteError
-from core.policies import BASELINE_SETS, merge_records
-from core.route import (
+from ask_the_expert.method.deferral import DeferralRule
+from ask_the_expert.method.policies import BASELINE_SETS, merge_records
+from ask_the_expert.method.routed_batch import (
     FUSE_WEIGHTS,
     Records,
     RoutedBatch,
@@ -44,7 +43,7 @@ from core.route import (
     generalist_records,
     route_batch,
 )
-from core.routing import (
+from ask_the_expert.method.router import (
     FIT,
     LEARNED,
     check_k_values,
@@ -55,7 +54,8 @@ from core.routing import (
     offload_mask,
     oracle_experts,
 )
-from core.subsets import class_to_expert
+from ask_the_expert.method.subsets import class_to_expert
+from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
 from lightning_modules.checkpoints import (
     CheckpointSpec,
     load_expert_set,

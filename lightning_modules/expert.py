@@ -1,4 +1,4 @@
-"""Expert ViT: a 100-way classifier specialised on a subset S_j of the classes (DESIGN section 4).
+"""Expert ViT: a 100-way classifier specialised on a subset S_j of the classes (docs/design.md §4).
 
 One expert is one run: it starts from the stage-0 base checkpoint (progressive, static-from-base) or from the same
 seeded initial weights as stage 0 (static-from-init), and trains through a list of stages that switch at epoch
@@ -17,12 +17,12 @@ from torch import nn
 from torch.optim.lr_scheduler import ConstantLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from core.cifar100 import NUM_CLASSES
-from core.errors import SuiteError
-from core.hashing import file_sha256
-from core.routing import FIT, check_temperature
-from core.schedule import Stage, locate, parse_stages, static_epochs
-from core.subsets import parse_partition_spec
+from ask_the_expert.method.cifar100_classes import NUM_CLASSES
+from ask_the_expert.method.router import FIT, check_temperature
+from ask_the_expert.method.stages import Stage, locate, parse_stages, static_epochs
+from ask_the_expert.method.subsets import parse_partition_spec
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100 import CifarImages
 from datamodules.expert_data import ExpertDataModule
 from lightning_modules.checkpoints import module_state, read_checkpoint, require_architecture
@@ -74,13 +74,13 @@ class ExpertModule(ClassifierModule):
     Args:
         subset: the expert's fine classes S_j; or leave it out and give ``expert_index``.
         expert_index: which subset of ``partition`` this expert owns.
-        partition: the experts' subsets (core.subsets.parse_partition_spec: ``superclass``, g, superclass groups, a
-            partition file, or ``{subsets: [[fine classes], ...]}``); resolves ``expert_index`` and routes (R_j).
-            Checkpoints store the resolved subsets (and the spec as ``partition_spec``).
+        partition: the experts' subsets (ask_the_expert.method.subsets.parse_partition_spec: ``superclass``, g,
+            superclass groups, a partition file, or ``{subsets: [[fine classes], ...]}``); resolves ``expert_index``
+            and routes (R_j). Checkpoints store the resolved subsets (and the spec as ``partition_spec``).
         base_checkpoint: stage-0 checkpoint to start from (role base, same architecture); None starts from the
             seeded init.
-        stages: the schedule, a list of mappings with the fields of core.schedule.Stage. None: one stage on S_j
-            only (rho 1) with ``lr``/``warmup_epochs`` for ``trainer.max_epochs`` epochs.
+        stages: the schedule, a list of mappings with the fields of ask_the_expert.method.stages.Stage. None: one
+            stage on S_j only (rho 1) with ``lr``/``warmup_epochs`` for ``trainer.max_epochs`` epochs.
         generalist_checkpoint: the edge generalist whose Top-k routing defines R_j (stages with ``routed_in``, and
             the ``*/routed_in_acc`` metrics).
         routing_k: k of the Top-k routing that defines R_j.
@@ -88,7 +88,8 @@ class ExpertModule(ClassifierModule):
             val logits, as the evaluation does, so that R_j holds the images the evaluation routes here.
         routing_cache_dir: where the generalist's logits over the data files are cached.
         static_steps: a step budget for a single-stage (static) expert: the stage runs until this many optimizer
-            steps, its cosine schedule ending there (train_experts.py sets it, core.schedule.static_step_budget).
+            steps, its cosine schedule ending there (ate-train-experts sets it,
+            ask_the_expert.method.stages.static_step_budget).
         **kwargs: the ClassifierModule arguments (architecture, optimisation, regularisation, compile).
 
     Checkpoints record ``subset``, ``expert_index``, ``role="expert"``, the stage list, ``base_checkpoint`` and its
@@ -114,7 +115,7 @@ class ExpertModule(ClassifierModule):
         if role != "expert":
             raise SuiteError(f"ExpertModule is the expert role; got role={role!r}. Use ClassifierModule for {role}.")
         recorded = {key: kwargs.pop(key) for key in RECORDED if key in kwargs}
-        kwargs.setdefault("arch", "vit_small")  # DESIGN section 2: experts have the ViT-Small shape
+        kwargs.setdefault("arch", "vit_small")  # docs/design.md §2: experts have the ViT-Small shape
         super().__init__(role="expert", **kwargs)
         self.save_hyperparameters()
         self.hparams.update(recorded)
@@ -139,7 +140,7 @@ class ExpertModule(ClassifierModule):
         if static_steps is not None and (len(self.stages) != 1 or static_steps < 1):
             raise SuiteError(
                 f"--model.static_steps ({static_steps}) is for static experts: give exactly one stage and a budget "
-                ">= 1 (train_experts.py computes it from the progressive schedule)."
+                ">= 1 (ate-train-experts computes it from the progressive schedule)."
             )
         in_subset = torch.zeros(self.hparams.num_classes, dtype=torch.bool)
         in_subset[self.subset] = True

@@ -1,10 +1,10 @@
-"""Routed-in sets R_j (DESIGN section 4): images outside S_j that the generalist's Top-k routing sends to expert j.
+"""Routed-in sets R_j (docs/design.md §4): images outside S_j that the generalist's Top-k routing sends to expert j.
 
 The generalist runs once per (checkpoint content, split) in eval mode on the whole file with the eval transform; its
-logits are cached on disk as ``<cache_dir>/generalist-logits-<sha256[:16]>-<split>.npy`` and shared by every expert,
-k, temperature and partition (a new checkpoint has a new hash, hence a new cache file). The expert choice is
-core.policies.route_batch at the evaluation's temperature: fitted on the generalist's val logits, as the evaluation
-fits it, so R_j holds the images the evaluation will route to expert j.
+logits are cached on disk as ``<cache_dir>/generalist-logits-<sha256[:16]>-<split>.npy`` and shared by every expert, k,
+temperature and partition (a new checkpoint has a new hash, hence a new cache file). The expert choice is
+ask_the_expert.method.policies.route_batch at the evaluation's temperature: fitted on the generalist's val logits, as
+the evaluation fits it, so R_j holds the images the evaluation will route to expert j.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.hashing import file_sha256
-from core.route import route_batch
-from core.routing import FIT, check_temperature, fit_temperature
-from core.subsets import class_to_expert
+from ask_the_expert.method.routed_batch import route_batch
+from ask_the_expert.method.router import FIT, check_temperature, fit_temperature
+from ask_the_expert.method.subsets import class_to_expert
+from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100_files import CifarSplit
 from lightning_modules.checkpoints import CheckpointInfo, load_module
 

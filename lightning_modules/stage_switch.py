@@ -1,4 +1,4 @@
-"""Switches an expert's training stage at epoch boundaries (DESIGN section 4).
+"""Switches an expert's training stage at epoch boundaries (docs/design.md §4).
 
 At the start of every epoch the callback finds the epoch's stage; on entering a new stage (or resuming inside one)
 it freezes the stage's leading blocks, builds its distillation teacher and restarts the learning-rate schedule
@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lightning_modules.schedules import restart_schedule
+from lightning_modules.lr_schedules import restart_schedule
 
 
 def set_frozen_blocks(model: nn.Module, frozen_blocks: int) -> None:

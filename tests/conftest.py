@@ -43,7 +43,7 @@ import pytest
 import torch
 from fake_cifar100 import write_fake_cifar100
 
-from core.costs import EdgeDevice, Link, NearEdgeDevice, Profile
+from ask_the_expert.method.costs import EdgeDevice, Link, NearEdgeDevice, Profile
 
 if TYPE_CHECKING:
     from datamodules.cifar100 import LabelledImages
@@ -145,7 +145,7 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def tiny_generalist_run(fake_cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """One epoch of the tiny generalist through configs/generalist.yaml; shared by the CLI tests."""
-    import train
+    from ask_the_expert.commands import train
 
     out_dir = tmp_path_factory.mktemp("generalist_run")
     args = [*cli_overrides(fake_cifar_root, out_dir), *TINY_MODEL_ARGS]
@@ -169,7 +169,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Pa
 
 @pytest.fixture(scope="session")
 def val_data(fake_cifar_root: Path) -> LabelledImages:
-    from core.options import DataOptions
+    from ask_the_expert.utils.options import DataOptions
     from datamodules.cifar100 import labelled_images
 
     options = DataOptions(data_dir=str(fake_cifar_root), check_integrity=False, val_size=BUNDLE_VAL_SIZE, num_workers=0)
@@ -186,9 +186,9 @@ def images(val_data: LabelledImages) -> np.ndarray:
 @pytest.fixture(scope="session")
 def tau(checkpoints: tuple[Path, list[Path]], images: np.ndarray) -> float:
     """A threshold that offloads about half of ``images`` (between two of G's confidences)."""
-    from core.routing import RouterSpec, confidence, softmax
+    from ask_the_expert.deploy.export import load_export_models, torch_logits
+    from ask_the_expert.method.router import RouterSpec, confidence, softmax
     from datamodules.cifar100 import eval_tensors
-    from deploy.export import load_export_models, torch_logits
 
     g_logits = torch_logits(load_export_models(checkpoints[0], [], RouterSpec()).generalist, eval_tensors(images))
     conf = np.sort(confidence(softmax(g_logits, BUNDLE_TEMPERATURE), "max_prob"))
@@ -199,9 +199,9 @@ def tau(checkpoints: tuple[Path, list[Path]], images: np.ndarray) -> float:
 def bundle_dir(
     checkpoints: tuple[Path, list[Path]], val_data: LabelledImages, tau: float, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    from core.costs import load_profile
-    from core.routing import RouterSpec
-    from deploy.export import export_bundle
+    from ask_the_expert.deploy.export import export_bundle
+    from ask_the_expert.method.costs import load_profile
+    from ask_the_expert.method.router import RouterSpec
 
     out = tmp_path_factory.mktemp("bundles") / "b1"
     g, experts = checkpoints

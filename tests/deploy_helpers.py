@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ask_the_expert.method.subsets import superclass_partition
 from benchmarks.common import quiet_trainer
-from core.subsets import superclass_partition
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.expert import ExpertModule
 

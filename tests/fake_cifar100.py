@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cifar100 import FINE_CLASSES, FINE_TO_COARSE, SUPERCLASSES
+from ask_the_expert.method.cifar100_classes import FINE_CLASSES, FINE_TO_COARSE, SUPERCLASSES
 
 
 def _split(per_class: int, rng: np.random.Generator, name: str) -> dict:

@@ -1,4 +1,4 @@
-"""Runs pipeline.py and kills itself with SIGKILL at one point inside one step (tests/test_fault_injection.py).
+"""Runs ate-pipeline and kills itself with SIGKILL at one point inside one step (tests/test_fault_injection.py).
 
     FAULT_AT=<step>:<event>:<n> python tests/fault_driver.py <pipeline arguments>
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import pipeline
+from ask_the_expert.commands import pipeline
 
 STEP, EVENT, COUNT = os.environ["FAULT_AT"].split(":")
 current: dict[str, str | None] = {"step": None}

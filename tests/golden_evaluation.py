@@ -78,7 +78,7 @@ def build_setup(root: Path) -> dict[str, Path]:
     from fake_cifar100 import write_fake_cifar100
     from golden_models import classifier, expert
 
-    from core.subsets import superclass_partition
+    from ask_the_expert.method.subsets import superclass_partition
 
     data = write_fake_cifar100(root / "data", 6, 2, seed=0)
     images, labels = _train_images(data)

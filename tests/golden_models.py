@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import evaluate
+from ask_the_expert.commands import evaluate
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.expert import ExpertModule
 

@@ -14,13 +14,13 @@ import torch
 from test_collaborative_system import image_loader, tiny_system
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ask_the_expert.method.costs import load_profile
+from ask_the_expert.method.policies import evaluate_policies, merge_records
+from ask_the_expert.method.sweep import accuracy_at_offload
+from ask_the_expert.results.evaluation_outputs import CURVE_COLUMNS
+from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger
 from benchmarks.common import quiet_trainer
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
-from callbacks.reporting import CURVE_COLUMNS
-from callbacks.wandb_logging import SuiteWandbLogger
-from core.costs import load_profile
-from core.policies import evaluate_policies, merge_records
-from core.sweep import accuracy_at_offload
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = [REPO / "configs/profiles/edge_arm_wifi.yaml", REPO / "configs/profiles/edge_jetson_ethernet.yaml"]

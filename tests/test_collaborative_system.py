@@ -17,10 +17,10 @@ import torch
 from deploy_helpers import save_checkpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from ask_the_expert.method.router import count_pairs, experts_needed, fit_temperature, select_experts, softmax, top_k
+from ask_the_expert.method.subsets import class_to_expert, superclass_partition
+from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
 from benchmarks.common import quiet_trainer
-from core.errors import PartitionError, RoutingError, SuiteError
-from core.routing import count_pairs, experts_needed, fit_temperature, select_experts, softmax, top_k
-from core.subsets import class_to_expert, superclass_partition
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.collaborative import CollaborativeSystem
 from lightning_modules.expert import ExpertModule

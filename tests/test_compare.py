@@ -1,5 +1,6 @@
-"""compare.py on evaluation folders written by callbacks.reporting.write_outputs from synthetic records (numpy only):
-paired intervals over shared samples, unpaired ones otherwise, a hand-checkable difference, and bad inputs."""
+"""ate-compare on evaluation folders written by ask_the_expert.results.evaluation_outputs.write_outputs from synthetic
+records (numpy only): paired intervals over shared samples, unpaired ones otherwise, a hand-checkable difference, and
+bad inputs."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ import numpy as np
 import pytest
 from test_plots import synthetic_records, synthetic_report
 
-import compare
-from callbacks.reporting import read_records_csv, write_outputs
-from core.stats import resample_counts
+from ask_the_expert.commands import compare
+from ask_the_expert.method.stats import resample_counts
+from ask_the_expert.results.evaluation_outputs import read_records_csv, write_outputs
 
 N = 200
 FLIPPED = 20  # samples whose routed k=1 answer run "b" corrects: +10 points all offloaded, exactly
 
 
 def _write(records: dict[str, np.ndarray], folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr("callbacks.reporting.write_plots", lambda *args: [])  # compare never reads the plots
+    monkeypatch.setattr(
+        "ask_the_expert.results.evaluation_outputs.write_plots", lambda *args: []
+    )  # compare never reads the plots
     return write_outputs(synthetic_report(records, profiles=False), records, folder)
 
 

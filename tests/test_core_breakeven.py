@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 from conftest import HAND_PROFILE as PROFILE
 
-from core.breakeven import STRATEGIES, break_even_map, get_field, profile_fields, strategy_costs, with_field
-from core.costs import COST_KEYS
-from core.errors import ProfileError
+from ask_the_expert.method.breakeven import (
+    STRATEGIES,
+    break_even_map,
+    get_field,
+    profile_fields,
+    strategy_costs,
+    with_field,
+)
+from ask_the_expert.method.costs import COST_KEYS
+from ask_the_expert.utils.errors import ProfileError
 
 CURVE_X = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 CURVE_Y = np.array([0.6, 0.65, 0.7, 0.72, 0.74])

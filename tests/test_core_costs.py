@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import HAND_PROFILE as PROFILE
 
-from core.costs import (
+from ask_the_expert.method.costs import (
     baseline_costs,
     load_profile,
     mean_costs_for_offload_count,
@@ -18,7 +18,7 @@ from core.costs import (
     sample_costs,
     transfer_ms,
 )
-from core.errors import ProfileError
+from ask_the_expert.utils.errors import ProfileError
 
 PROFILES = Path(__file__).resolve().parents[1] / "configs" / "profiles"
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core.deferral import (
+from ask_the_expert.method.deferral import (
     FEATURE_NAMES,
     DeferralError,
     DeferralRule,
@@ -18,9 +18,9 @@ from core.deferral import (
     fit_deferral,
     fold_assignment,
 )
-from core.errors import SuiteError
-from core.stats import area_gain
-from core.sweep import sweep_thresholds
+from ask_the_expert.method.stats import area_gain
+from ask_the_expert.method.sweep import sweep_thresholds
+from ask_the_expert.utils.errors import SuiteError
 
 F = len(FEATURE_NAMES)
 GAIN_FEATURE = FEATURE_NAMES.index("expert_mass_top1")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import CONFIG_DIR
 
-from core.costs import baseline_costs, load_profile
-from core.findings import across_seeds
-from core.policies import evaluate_policies
-from core.sweep import add_costs, sweep_thresholds, up_to_reductions
+from ask_the_expert.method.costs import baseline_costs, load_profile
+from ask_the_expert.method.findings import across_seeds
+from ask_the_expert.method.policies import evaluate_policies
+from ask_the_expert.method.sweep import add_costs, sweep_thresholds, up_to_reductions
 
 PROFILE = load_profile(CONFIG_DIR / "profiles" / "edge_arm_wifi.yaml")
 

@@ -1,4 +1,5 @@
-"""core/ must import without torch, lightning or torchvision (the deployment runtime has none of them)."""
+"""ask_the_expert.method and ask_the_expert.utils must import without torch, lightning or torchvision (the deployment
+runtime has none of them)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import core
+import ask_the_expert.method
+import ask_the_expert.utils
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_core_imports_without_torch():
-    modules = sorted(f"core.{m.name}" for m in pkgutil.iter_modules(core.__path__))
-    assert {"core.routing", "core.costs", "core.sweep", "core.subsets", "core.cifar100"} <= set(modules)
+    modules = sorted(
+        f"{package.__name__}.{m.name}"
+        for package in (ask_the_expert.method, ask_the_expert.utils)
+        for m in pkgutil.iter_modules(package.__path__)
+    )
+    assert {
+        "ask_the_expert.method.router",
+        "ask_the_expert.method.costs",
+        "ask_the_expert.method.sweep",
+        "ask_the_expert.method.subsets",
+        "ask_the_expert.method.cifar100_classes",
+    } <= set(modules)
     # A None entry in sys.modules makes any `import torch` raise ImportError.
     script = (
         "import sys, importlib\n"

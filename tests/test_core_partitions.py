@@ -9,16 +9,22 @@ import math
 import numpy as np
 import pytest
 
-from core.errors import PartitionError, RoutingError
-from core.partitions import (
+from ask_the_expert.method.confusion_partition import (
     confusion_partition,
     refine_by_swaps,
     routing_hit_rate,
     soft_confusion,
     within_group_mass,
 )
-from core.routing import top_k
-from core.subsets import class_to_expert, load_partition, parse_partition_spec, save_partition, validate_partition
+from ask_the_expert.method.router import top_k
+from ask_the_expert.method.subsets import (
+    class_to_expert,
+    load_partition,
+    parse_partition_spec,
+    save_partition,
+    validate_partition,
+)
+from ask_the_expert.utils.errors import PartitionError, RoutingError
 
 
 def _random_confusion(c, seed):

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from core.errors import RoutingError
-from core.routing import (
+from ask_the_expert.method.router import (
     CONFIDENCE_MEASURES,
     confidence,
     count_pairs,
@@ -20,7 +19,8 @@ from core.routing import (
     softmax,
     top_k,
 )
-from core.subsets import class_to_expert, superclass_partition
+from ask_the_expert.method.subsets import class_to_expert, superclass_partition
+from ask_the_expert.utils.errors import RoutingError
 
 # 6 classes, 3 experts: S_0 = {0, 1}, S_1 = {2, 3}, S_2 = {4, 5}.
 OWNER = np.array([0, 0, 1, 1, 2, 2], dtype=np.int64)

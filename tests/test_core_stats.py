@@ -1,4 +1,5 @@
-"""Paired bootstrap: identities with core.sweep, brute-force resamples, intervals and verdicts, coverage."""
+"""Paired bootstrap: identities with ask_the_expert.method.sweep, brute-force resamples, intervals and verdicts,
+coverage."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from core.errors import RoutingError, SuiteError
-from core.stats import (
+from ask_the_expert.method.stats import (
     Interval,
     accuracy_at,
     area_gain,
@@ -20,7 +20,8 @@ from core.stats import (
     weighted_curves,
     weighted_mean,
 )
-from core.sweep import accuracy_at_offload, area_under_curve, sweep_thresholds
+from ask_the_expert.method.sweep import accuracy_at_offload, area_under_curve, sweep_thresholds
+from ask_the_expert.utils.errors import RoutingError, SuiteError
 
 
 def _case(n, seed):

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.cifar100 import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, NUM_SUPERCLASSES, SUPERCLASSES
-from core.errors import PartitionError, SuiteError
-from core.subsets import (
+from ask_the_expert.method.cifar100_classes import (
+    FINE_CLASSES,
+    FINE_TO_COARSE,
+    NUM_CLASSES,
+    NUM_SUPERCLASSES,
+    SUPERCLASSES,
+)
+from ask_the_expert.method.subsets import (
     class_to_expert,
     membership_matrix,
     parse_partition_spec,
@@ -16,6 +21,7 @@ from core.subsets import (
     superclass_partition,
     validate_partition,
 )
+from ask_the_expert.utils.errors import PartitionError, SuiteError
 
 
 def test_cifar100_tables_are_consistent():

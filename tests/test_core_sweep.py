@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from conftest import HAND_PROFILE as PROFILE
 
-from core.costs import baseline_costs, mean_costs_for_offload_count
-from core.errors import RoutingError
-from core.sweep import (
+from ask_the_expert.method.costs import baseline_costs, mean_costs_for_offload_count
+from ask_the_expert.method.sweep import (
     accuracy_at_offload,
     add_costs,
     apply_threshold,
@@ -21,6 +20,7 @@ from core.sweep import (
     summarise_curve,
     sweep_thresholds,
 )
+from ask_the_expert.utils.errors import RoutingError
 
 # Per sample with this profile: latency 10 + o * 10 ms, system energy 50 + o * 223 mJ.
 

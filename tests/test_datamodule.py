@@ -11,9 +11,9 @@ import torch
 from conftest import TEST_PER_CLASS, TRAIN_PER_CLASS
 from fake_cifar100 import write_fake_cifar100
 
-from core.cifar100 import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
-from core.errors import SuiteError
-from core.splits import stratified_split
+from ask_the_expert.method.cifar100_classes import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
+from ask_the_expert.method.splits import stratified_split
+from ask_the_expert.utils.errors import SuiteError
 from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.cifar100_files import DataError, load_meta, load_split
 

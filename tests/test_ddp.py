@@ -16,8 +16,8 @@ import torch
 from conftest import CONFIG_DIR, REPO_ROOT, TINY_MODEL_ARGS, cli_overrides
 from torch.utils.data import TensorDataset
 
-import train
-from core.errors import SuiteError
+from ask_the_expert.commands import train
+from ask_the_expert.utils.errors import SuiteError
 from datamodules.eval_sampler import distributed_eval_sampler
 
 VAL_SIZE = 101  # odd: a padded sampler would evaluate one image twice on 2 ranks

@@ -15,24 +15,24 @@ import torch
 import yaml
 from conftest import BUNDLE_PROFILE, BUNDLE_TEMPERATURE, BUNDLE_VAL_SIZE, REPO_ROOT
 
-from core.costs import load_profile
-from core.errors import PartitionError, RoutingError, SuiteError
-from core.hashing import file_sha256
-from core.policies import deployable_tau
-from core.route import route_batch
-from core.routing import RouterSpec, offload_mask
-from core.subsets import class_to_expert, superclass_partition
-from core.sweep import sweep_thresholds
+from ask_the_expert.commands.deploy import main
+from ask_the_expert.deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE, ROUTER_FILE, BundleError
+from ask_the_expert.deploy.export import ExportError, export_bundle, load_export_models, torch_logits
+from ask_the_expert.deploy.model_card import profile_status
+from ask_the_expert.deploy.profile_bundle import profile_bundle, write_profile
+from ask_the_expert.deploy.runtime import Bundle, EdgeRuntime, ImageError, NearEdgeRuntime, combine, preprocess
+from ask_the_expert.deploy.triton_repo import TRITON_FOLDER
+from ask_the_expert.deploy.verify import verify_bundle
+from ask_the_expert.deploy.wire import ExpertAnswer, OffloadRequest, RequestError
+from ask_the_expert.method.costs import load_profile
+from ask_the_expert.method.policies import deployable_tau
+from ask_the_expert.method.routed_batch import route_batch
+from ask_the_expert.method.router import RouterSpec, offload_mask
+from ask_the_expert.method.subsets import class_to_expert, superclass_partition
+from ask_the_expert.method.sweep import sweep_thresholds
+from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
+from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100 import LabelledImages, eval_tensors
-from deploy.__main__ import main
-from deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE, ROUTER_FILE, BundleError
-from deploy.export import ExportError, export_bundle, load_export_models, torch_logits
-from deploy.model_card import profile_status
-from deploy.profile_bundle import profile_bundle, write_profile
-from deploy.runtime import Bundle, EdgeRuntime, ImageError, NearEdgeRuntime, combine, preprocess
-from deploy.triton_repo import TRITON_FOLDER
-from deploy.verify import verify_bundle
-from deploy.wire import ExpertAnswer, OffloadRequest, RequestError
 
 
 def _data_args(root: Path) -> list[str]:
@@ -64,7 +64,8 @@ def _rewrite_router(folder: Path, edit) -> None:
 
 
 def _assert_decisions_are_the_core_policy(edge, logits: np.ndarray, spec: RouterSpec, table: np.ndarray | None):
-    """The runtime's routing of ``logits`` is core.policies.route_batch + core.routing.offload_mask."""
+    """The runtime's routing of ``logits`` is ask_the_expert.method.policies.route_batch +
+    ask_the_expert.method.router.offload_mask."""
     num_experts = 0 if table is None else int(table.max()) + 1
     routed = route_batch(logits, spec.temperature, [spec.k], [spec.confidence], table, num_experts)
     conf = routed.confidence[spec.confidence]
@@ -130,7 +131,7 @@ def test_model_card_names_the_routing_and_the_assumed_profile(bundle_dir, tau):
     manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
     for name, info in manifest["models"].items():
         assert f"| `{name}` | " in card and f"| {info['parameters']:,} | {info['latency_ms_batch1']:.3g} ms |" in card
-    assert "tritonserver --model-repository <this folder>/triton" in card and "python -m deploy serve" in card
+    assert "tritonserver --model-repository <this folder>/triton" in card and "ate-deploy serve" in card
     assert "temperature: given" in card
     name = load_profile(BUNDLE_PROFILE).name
     assert f"`{name}`: ASSUMED numbers, not measurements" in card and "MEASURED" not in card
@@ -185,7 +186,8 @@ def test_runtime_decisions_are_the_core_routing_policy(bundle, images, tau):
 
 
 def test_runtime_follows_the_routing_of_router_json(bundle_copy, bundle, images, tau):
-    """k, measure and temperature are read from router.json: another spec gives core.policies' other decisions."""
+    """k, measure and temperature are read from router.json: another spec gives ask_the_expert.method.policies' other
+    decisions."""
     spec = RouterSpec(k=3, confidence="margin", temperature=0.7, tau=0.05)
 
     def reroute(router):
@@ -287,9 +289,9 @@ def test_runtime_imports_and_runs_without_torch(bundle_dir, images, tmp_path):
         "for name in ('torch', 'lightning', 'pytorch_lightning', 'torchvision', 'timm', 'onnx'):\n"
         "    sys.modules[name] = None\n"
         "import numpy as np\n"
-        "from deploy.runtime import Bundle\n"
-        "import deploy.bundle_format, deploy.wire, deploy.profile_bundle\n"
-        "from deploy.__main__ import main\n"
+        "from ask_the_expert.deploy.runtime import Bundle\n"
+        "import ask_the_expert.deploy.bundle_format, ask_the_expert.deploy.wire, ask_the_expert.deploy.profile_bundle\n"
+        "from ask_the_expert.commands.deploy import main\n"
         f"p = Bundle.load({str(bundle_dir)!r}).predict(np.load({str(tmp_path / 'images.npy')!r}))\n"
         "print(int((p.answered_by >= 0).sum()))\n"
         f"sys.exit(main(['predict', '--bundle', {str(bundle_dir)!r}, '--images', {str(tmp_path / 'images.npy')!r}, "

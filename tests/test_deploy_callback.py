@@ -10,19 +10,19 @@ import pytest
 from deploy_helpers import TINY, write_tiny_checkpoints
 from lightning import Trainer
 
+from ask_the_expert.deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE
+from ask_the_expert.deploy.export import load_export_models, torch_logits
+from ask_the_expert.deploy.runtime import Bundle
+from ask_the_expert.method.policies import deployable_tau
+from ask_the_expert.method.routed_batch import route_batch
+from ask_the_expert.method.router import RouterSpec, fit_temperature, offload_mask
+from ask_the_expert.method.sweep import sweep_thresholds
+from ask_the_expert.utils.errors import RoutingError, SuiteError
+from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.options import DataOptions
 from benchmarks.common import quiet_trainer
 from callbacks.export_bundle import ExportBundleCallback
-from core.errors import RoutingError, SuiteError
-from core.hashing import file_sha256
-from core.options import DataOptions
-from core.policies import deployable_tau
-from core.route import route_batch
-from core.routing import RouterSpec, fit_temperature, offload_mask
-from core.sweep import sweep_thresholds
 from datamodules.cifar100 import CIFAR100DataModule, labelled_images
-from deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE
-from deploy.export import load_export_models, torch_logits
-from deploy.runtime import Bundle
 from lightning_modules.classifier import ClassifierModule
 
 VAL_SIZE = 100

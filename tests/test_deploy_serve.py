@@ -1,4 +1,4 @@
-"""The two halves deployed for real, on 127.0.0.1: `deploy serve` (Triton via PyTriton, Open Inference Protocol)
+"""The two halves deployed for real, on 127.0.0.1: `ate-deploy serve` (Triton via PyTriton, Open Inference Protocol)
 and the edge client, with parity, error statuses, a stalled and a killed server, and the measured cost profile.
 
 One server (dynamic batching, at most 8 images a request) serves the shared tiny bundle for the whole module; the
@@ -26,14 +26,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from core.costs import load_profile, sample_costs, transfer_ms
-from deploy.__main__ import main
-from deploy.bundle_format import BundleError
-from deploy.client import ClientOptions, EdgeClient, RequestFailed, V2Connection, measured_profile
-from deploy.profile_bundle import write_profile
-from deploy.runtime import Bundle, preprocess
-from deploy.serve_process import ServerProcess
-from deploy.triton_repo import TRITON_FOLDER
+from ask_the_expert.commands.deploy import main
+from ask_the_expert.deploy.bundle_format import BundleError
+from ask_the_expert.deploy.client import ClientOptions, EdgeClient, RequestFailed, V2Connection, measured_profile
+from ask_the_expert.deploy.profile_bundle import write_profile
+from ask_the_expert.deploy.runtime import Bundle, preprocess
+from ask_the_expert.deploy.serve_process import ServerProcess
+from ask_the_expert.deploy.triton_repo import TRITON_FOLDER
+from ask_the_expert.method.costs import load_profile, sample_costs, transfer_ms
 
 MAX_BATCH = 8
 
@@ -257,7 +257,8 @@ def test_server_and_client_modules_run_without_torch():
         "import sys\n"
         "for name in ('torch', 'lightning', 'torchvision', 'timm'):\n"
         "    sys.modules[name] = None\n"
-        "import deploy.serve, deploy.client, deploy.serve_process, deploy.triton_repo\n"
+        "import ask_the_expert.deploy.serve, ask_the_expert.deploy.client, ask_the_expert.deploy.serve_process\n"
+        "import ask_the_expert.deploy.triton_repo\n"
         "import pytriton.triton, tritonclient.grpc, tritonclient.http\n"
         "print('ok')\n"
     )

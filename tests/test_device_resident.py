@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from core.errors import SuiteError
+from ask_the_expert.utils.errors import SuiteError
 from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.device_resident import PAD, DeviceResidentLoader, EpochShards
 from datamodules.transforms import CIFAR100_MEAN, CIFAR100_STD, build_transform

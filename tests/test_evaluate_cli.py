@@ -16,8 +16,8 @@ import pytest
 import yaml
 from test_collaborative_system import Checkpoints, shared_checkpoints
 
-import evaluate
-from callbacks.reporting import CURVE_COLUMNS
+from ask_the_expert.commands import evaluate
+from ask_the_expert.results.evaluation_outputs import CURVE_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 

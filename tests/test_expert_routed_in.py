@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import SuiteError
-from core.hashing import file_sha256
-from core.routing import fit_temperature
-from core.subsets import parse_partition_spec
+from ask_the_expert.method.router import fit_temperature
+from ask_the_expert.method.subsets import parse_partition_spec
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100 import CifarImages
 from datamodules.expert_data import ExpertDataModule
 from lightning_modules import routed_in
@@ -36,7 +36,7 @@ def images(datamodule: ExpertDataModule) -> CifarImages:
 
 
 def brute_force(checkpoint: Path, images: CifarImages, subsets: list[list[int]], j: int, t: float) -> np.ndarray:
-    """DESIGN section 3 spelled out: per image, score_e = sum of G's Top-k probabilities (at T) of classes in S_e."""
+    """docs/design.md §3 spelled out: per image, score_e = sum of G's Top-k probabilities (at T) of classes in S_e."""
     model = load_module(read_checkpoint(checkpoint, "test", ("generalist",)))
     owner = {c: e for e, subset in enumerate(subsets) for c in subset}
     mask = []

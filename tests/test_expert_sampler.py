@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.errors import SuiteError
+from ask_the_expert.utils.errors import SuiteError
 from datamodules.mixing import MixingBatchSampler, batches_per_epoch
 
 SUBSET = np.arange(0, 120)  # dataset positions of subset images

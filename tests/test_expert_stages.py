@@ -10,14 +10,14 @@ import torch
 from lightning import Callback, Trainer, seed_everything
 from test_generalist import reference_factor
 
+from ask_the_expert.method.stages import Stage, locate, parse_stages, schedule_steps, static_step_budget
+from ask_the_expert.utils.errors import PartitionError, SuiteError
 from benchmarks.common import quiet_trainer
-from core.errors import PartitionError, SuiteError
-from core.schedule import Stage, locate, parse_stages, schedule_steps, static_step_budget
 from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.expert_data import ExpertDataModule
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.expert import ExpertModule
-from lightning_modules.schedules import restart_schedule
+from lightning_modules.lr_schedules import restart_schedule
 
 TINY = {"embed_dim": 16, "depth": 2, "num_heads": 2, "drop_path_rate": 0.0}
 BATCH = 16

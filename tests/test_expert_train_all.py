@@ -1,4 +1,4 @@
-"""train_experts.py end to end (stage 0, progressive and static experts, resume) and bad input on the CLIs."""
+"""ate-train-experts end to end (stage 0, progressive and static experts, resume) and bad input on the CLIs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch
 import yaml
 from conftest import CONFIG_DIR
 
-import train
-import train_experts
+from ask_the_expert.commands import train, train_experts
 
 RUN_ARGS = [
     "--data.check_integrity=false",

@@ -12,10 +12,10 @@ from lightning import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from benchmarks.common import quiet_trainer
-from core.cifar100 import FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from lightning_modules.classifier import ClassifierModule
-from lightning_modules.schedules import warmup_cosine
+from lightning_modules.lr_schedules import warmup_cosine
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2)
 # Tests call the *_step methods without a Trainer, where self.log only warns.

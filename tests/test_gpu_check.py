@@ -4,6 +4,7 @@ throughput into one folder (on a GPU the same script is the device check)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ from conftest import REPO_ROOT
 def test_gpu_check_fake_run_writes_report_timings_and_throughput(tmp_path: Path) -> None:
     out = tmp_path / "gpu_check"
     cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--fake", "true", "--out", str(out)]
-    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    # A script's folder, not the repository, is first on its path: this checkout's packages come from PYTHONPATH.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "## Findings (val)" in (out / "report.md").read_text()
     timings = json.loads((out / "timings.json").read_text())

@@ -1,4 +1,4 @@
-"""partition.py: confusion-aware groups learned from the generalist's val confusion, their hit rates, bad input;
+"""ate-partition: confusion-aware groups learned from the generalist's val confusion, their hit rates, bad input;
 and the pipeline step that learns them for the experts."""
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-import partition
-import pipeline
-from core.subsets import load_partition, validate_partition
+from ask_the_expert.commands import partition, pipeline
+from ask_the_expert.method.subsets import load_partition, validate_partition
 
 TINY = REPO_ROOT / "tests" / "conf" / "pipeline_tiny.yaml"
 DATA = ["--data.check_integrity", "false", "--data.val_size", "100", "--data.num_workers", "0"]

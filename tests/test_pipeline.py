@@ -1,4 +1,4 @@
-"""pipeline.py end to end on generated data with tiny models (tests/conf/pipeline_tiny.yaml): fingerprinted steps
+"""ate-pipeline end to end on generated data with tiny models (tests/conf/pipeline_tiny.yaml): fingerprinted steps
 that are reused only when fresh, reruns of exactly the affected steps, and bad input."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import CONFIG_DIR, REPO_ROOT
 
-import pipeline
-import train_experts
+from ask_the_expert.commands import pipeline, train_experts
 
 TINY = REPO_ROOT / "tests" / "conf" / "pipeline_tiny.yaml"
 PRESETS = sorted(p for p in (CONFIG_DIR / "experiments").glob("*.yaml") if "experts_config" in p.read_text())
@@ -64,7 +63,7 @@ def test_pipeline_runs_reuses_fresh_steps_and_reruns_exactly_what_changed(fake_c
         assert sorted(p.name for p in (seed / "experts" / variant).glob("*.ckpt")) == ["expert_0.ckpt", "expert_1.ckpt"]
     assert (seed / "eval" / "val" / "complete.json").is_file() and (seed / "bundle" / "manifest.json").is_file()
     report = (out / "report.md").read_text()
-    assert "python pipeline.py --config" in report and "one seed only" in report and "## Findings (val)" in report
+    assert "ate-pipeline --config" in report and "one seed only" in report and "## Findings (val)" in report
     assert "progressive vs static-from-base" in report and "collaboration vs base model" in report
     assert "| **fails** |" in report or "| holds |" in report or "| not established |" in report
 

@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO_ROOT
 from test_collaborative_callback import read_wandb_records, wandb_run_content
 
-import pipeline
+from ask_the_expert.commands import pipeline
 
 TINY = REPO_ROOT / "tests" / "conf" / "pipeline_tiny.yaml"
 

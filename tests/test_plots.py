@@ -1,9 +1,11 @@
-"""callbacks/plots.py and the report writers of callbacks/reporting.py on a synthetic evaluation (numpy only, fast):
-every PNG is written and readable, the colour / line-style mapping, the reliability diagram's ECEs, the expert load,
-the superclass confusion, summary.json's new fields, the W&B grid curves and the findings table.
+"""ask_the_expert/results/plots.py and the report writers of ask_the_expert/results/evaluation_outputs.py on a synthetic
+evaluation (numpy only, fast): every PNG is written and readable, the colour / line-style mapping, the reliability
+diagram's ECEs, the expert load, the superclass confusion, summary.json's new fields, the W&B grid curves and the
+findings table.
 
 ``synthetic_records`` (also used by tests/test_compare.py) builds records with every column
-``CollaborativeSystem.evaluation_records`` writes, routed by core.policies.route_batch on random logits.
+``CollaborativeSystem.evaluation_records`` writes, routed by ask_the_expert.method.policies.route_batch on random
+logits.
 """
 
 from __future__ import annotations
@@ -17,7 +19,24 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from callbacks.plots import (
+from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE
+from ask_the_expert.method.costs import load_profile
+from ask_the_expert.method.policies import LEARNED, Report, evaluate_policies
+from ask_the_expert.method.routed_batch import FUSE_WEIGHTS, generalist_records, route_batch
+from ask_the_expert.method.router import oracle_experts
+from ask_the_expert.method.subsets import class_to_expert, superclass_partition
+from ask_the_expert.method.sweep import accuracy_at_offload
+from ask_the_expert.results.evaluation_outputs import (
+    OFFLOAD_GRID_PCT,
+    _json_safe,
+    curve_metric,
+    curves_on_grid,
+    findings_table,
+    plot_files,
+    summary_dict,
+    write_outputs,
+)
+from ask_the_expert.results.plots import (
     FAMILY_COLOURS,
     curve_style,
     expected_calibration_error,
@@ -28,23 +47,6 @@ from callbacks.plots import (
     shown_curves,
     superclass_confusion,
 )
-from callbacks.reporting import (
-    OFFLOAD_GRID_PCT,
-    _json_safe,
-    curve_metric,
-    curves_on_grid,
-    findings_table,
-    plot_files,
-    summary_dict,
-    write_outputs,
-)
-from core.cifar100 import FINE_TO_COARSE
-from core.costs import load_profile
-from core.policies import LEARNED, Report, evaluate_policies
-from core.route import FUSE_WEIGHTS, generalist_records, route_batch
-from core.routing import oracle_experts
-from core.subsets import class_to_expert, superclass_partition
-from core.sweep import accuracy_at_offload
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = [REPO / "configs/profiles/edge_arm_wifi.yaml", REPO / "configs/profiles/edge_jetson_ethernet.yaml"]

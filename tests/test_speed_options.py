@@ -11,7 +11,7 @@ from conftest import CONFIG_DIR, TINY_MODEL_ARGS, cli_overrides
 from lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
-import train
+from ask_the_expert.commands import train
 from benchmarks.common import quiet_trainer
 from lightning_modules.classifier import ClassifierModule
 

@@ -15,7 +15,7 @@ import yaml
 from conftest import CONFIG_DIR, REPO_ROOT, TrainedRun
 from fake_cifar100 import write_fake_cifar100
 
-import train
+from ask_the_expert.commands import train
 from lightning_modules.classifier import ClassifierModule
 
 GENERALIST = str(CONFIG_DIR / "generalist.yaml")

@@ -8,8 +8,8 @@ import pytest
 import timm
 import torch
 
-from core.errors import SuiteError
-from lightning_modules.vit_factory import architecture_mismatch, create_vit
+from ask_the_expert.models.vit_factory import architecture_mismatch, create_vit
+from ask_the_expert.utils.errors import SuiteError
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2)
 

@@ -22,16 +22,16 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.wandb_logging import (
+from ask_the_expert.tracking.wandb_logger import (
     SuiteWandbLogger,
-    WandbRunInCheckpoint,
     has_wandb_credentials,
     resolve_wandb_mode,
     sanitize_wandb_environment,
     wandb_run_from_checkpoint,
     wandb_run_id_from_checkpoint,
 )
-from core.errors import SuiteError
+from ask_the_expert.utils.errors import SuiteError
+from callbacks.wandb_logging import WandbRunInCheckpoint
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, the shape of a real key
 FALLBACK = "W&B: could not start an online run ("

@@ -10,8 +10,8 @@ import uuid
 
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 
-from deploy.runtime import Bundle, preprocess
-from deploy.serve_contract import IMAGES, LOGITS, expert_model_name
+from ask_the_expert.deploy.runtime import Bundle, preprocess
+from ask_the_expert.deploy.serve_contract import IMAGES, LOGITS, expert_model_name
 
 
 class ExpertModel(Model):

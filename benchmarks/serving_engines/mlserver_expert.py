@@ -7,8 +7,8 @@ from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
-from deploy.runtime import Bundle, preprocess
-from deploy.serve_contract import IMAGES, LOGITS
+from ask_the_expert.deploy.runtime import Bundle, preprocess
+from ask_the_expert.deploy.serve_contract import IMAGES, LOGITS
 
 
 class ExpertModel(MLModel):

@@ -1,0 +1,143 @@
+"""Train, validate and test the suite's models through LightningCLI (``ate-train``, or ``python train.py`` in a
+checkout).
+
+    ate-train fit -c configs/generalist.yaml
+    ate-train fit -c configs/generalist.yaml -c configs/trainer/gpu.yaml --data.data_dir data
+    ate-train validate -c configs/generalist.yaml --ckpt_path runs/.../checkpoints/last.ckpt
+
+A ``-c configs/...`` file that is not in the working directory is the suite's own (ask_the_expert.utils.config_files).
+
+Every checkpoint the command reads (``--ckpt_path``, ``--model.base_checkpoint``, ``--model.generalist_checkpoint``)
+is checked before any work starts: readable, a Lightning checkpoint of this suite, of the expected role and
+architecture. Bad input (missing data, wrong checkpoint, bad subsets, ...) ends with a one-paragraph message and
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import wandb
+from jsonargparse import ActionConfigFile
+from lightning import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from ask_the_expert.tracking.run_identity import run_identity
+from ask_the_expert.tracking.wandb_logger import wandb_run_from_checkpoint
+from ask_the_expert.utils.cli import run_command
+from ask_the_expert.utils.config_files import SuiteConfigFile
+from callbacks.progress import replace_progress_bar
+from callbacks.wandb_logging import SaveConfigToRun
+from lightning_modules.checkpoints import read_checkpoint, require_architecture
+from lightning_modules.precision import resolve_precision
+
+
+class SuiteArgumentParser(LightningArgumentParser):
+    """Lightning's parser with ``-c/--config`` files under ``configs/`` found from any working directory."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("action") is ActionConfigFile:
+            kwargs["action"] = SuiteConfigFile
+        return super().add_argument(*args, **kwargs)
+
+
+class SuiteCLI(LightningCLI):
+    """LightningCLI with the suite's config saving and input checks; model and data are chosen by ``class_path``.
+
+    Also: a bf16 precision on a CPU without native bf16 trains in fp32 (lightning_modules/precision.py); the W&B
+    run's name, group, job type and tags are derived from the model when the config leaves them unset
+    (ask_the_expert.tracking.run_identity); a fit resumed with ``--ckpt_path`` continues the checkpoint's W&B run; and
+    when the output is a log file rather than a terminal, the rich progress bar becomes plain periodic progress lines.
+    """
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, exit_on_error: bool = True) -> None:
+        # exit_on_error=False: a bad argument raises (for commands that check the runs they will start).
+        super().__init__(
+            parser_kwargs={"exit_on_error": exit_on_error, "prog": "ate-train"},
+            parser_class=SuiteArgumentParser,
+            save_config_callback=SaveConfigToRun,
+            save_config_kwargs={"save_to_log_dir": False, "config_filename": "cli_config.yaml"},
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would replace the --model.* values with the checkpoint's hyperparameters, silently ignoring
+        # the config and the command line; here the config stays authoritative and check_inputs() refuses a
+        # checkpoint of another role or architecture with a clear message.
+        return
+
+    def _subcommand_config(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        config = self._subcommand_config()
+        trainer = config.get("trainer", {})
+        if "precision" in trainer:
+            trainer["precision"] = resolve_precision(trainer["precision"], trainer.get("accelerator", "auto"))
+        logger = trainer.get("logger")
+        if not (hasattr(logger, "class_path") and logger.class_path.endswith("SuiteWandbLogger")):
+            return
+        args, model = logger.init_args, config.model
+        derived = run_identity(model.class_path, vars(model.init_args), config.get("seed_everything"))
+        for key, value in derived.items():
+            if args.get(key) is None:
+                args[key] = value
+        ckpt_path = config.get("ckpt_path")
+        if self.subcommand == "fit" and ckpt_path and args.get("id") is None:
+            run = wandb_run_from_checkpoint(ckpt_path)
+            if run is not None:
+                args["id"] = run["run_id"]
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Lightning settles on a progress bar in the Trainer's constructor, so the swap happens here; with
+        # --trainer.enable_progress_bar false a config's bar is dropped (Lightning would refuse the combination).
+        every = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is False:
+            every = [c for c in every if not isinstance(c, ProgressBar)]
+        config["callbacks"] = replace_progress_bar(every)
+        return super()._instantiate_trainer(config, [])
+
+    def check_inputs(self) -> None:
+        """Every checkpoint the run reads, before any work: ``--ckpt_path`` and the module's own inputs."""
+        self.model.check_inputs()
+        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
+            role = self.model.hparams.get("role")
+            info = read_checkpoint(ckpt_path, "--ckpt_path", (role,) if role else None)
+            require_architecture(
+                info,
+                self.model.hparams,
+                "Use the config the checkpoint was trained with, or set those --model.* values to the checkpoint's.",
+            )
+
+    def before_fit(self) -> None:
+        self.check_inputs()
+
+    def before_validate(self) -> None:
+        self.check_inputs()
+
+    def before_test(self) -> None:
+        self.check_inputs()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0, or 2 for bad input with its message printed, no traceback)."""
+    code = run_command(lambda: SuiteCLI(args=args))
+    _finish_wandb(code)
+    return code
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """End the W&B run this command started: a later main() in the same process would otherwise reuse it."""
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

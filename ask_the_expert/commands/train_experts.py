@@ -1,0 +1,378 @@
+"""Train stage 0 (if its checkpoint is absent) and every expert of a partition: progressive and static variants.
+
+    ate-train-experts --partition 5 --generalist_checkpoint G.ckpt --out runs/experts \\
+        --data.data_dir DIR [--common_config '[configs/trainer/gpu.yaml]'] [--parallel 4]
+    ate-train-experts --config configs/experiments/experts_small_cpu.yaml --data.data_dir DIR
+
+Variants (docs/design.md §4; ``--variants``, default all three):
+
+- ``progressive``: from the stage-0 weights, stages 1-2 (focus, specialise on routed-in images).
+- ``static``: static-from-base, the default baseline: from the stage-0 weights, S_j only, one stage, for exactly the
+  optimizer steps of that expert's progressive stages (isolates the strategy from compute).
+- ``static_init``: static-from-init: the seeded init of stage 0, S_j only, one stage, for stage 0's steps plus the
+  progressive stages' steps (the full per-expert budget).
+
+Every run goes through ate-train's SuiteCLI with the YAML configs (``--base_config``, ``--progressive_config``,
+``--static_config``), then ``--common_config`` files, then ``--data.*`` (data folder and split, as in training),
+``--args`` and ``--<kind>_args``. The partition is written once to ``<out>/partition.json`` and every expert reads it.
+Outputs, each written under a temporary name and renamed, so a killed job never leaves half a file:
+
+    <out>/partition.json                    the experts' subsets (ask_the_expert.method.subsets.save_partition)
+    <out>/base/base.ckpt                    stage 0
+    <out>/<variant>/expert_<j>.ckpt         final weights of expert j (hparams: subset, stages, start)
+    <out>/<variant>/expert_<j>.json         its final val (and test) metrics
+
+Experts whose checkpoint exists are skipped, so rerunning the same command resumes an interrupted job (an expert
+that was cut off mid-run restarts from its beginning). ``--parallel N`` trains N experts at once, one per GPU
+(subprocesses with CUDA_VISIBLE_DEVICES). Every argument and input checkpoint is checked before stage 0 starts.
+Bad input ends with a one-paragraph message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import wandb
+from jsonargparse import ActionConfigFile
+from lightning.pytorch.loggers import WandbLogger
+from rich.console import Console
+from rich.table import Table
+
+from ask_the_expert.commands.train import SuiteCLI
+from ask_the_expert.method.stages import schedule_steps, static_step_budget
+from ask_the_expert.method.subsets import parse_partition_spec, save_partition
+from ask_the_expert.tracking.artifacts import log_checkpoint
+from ask_the_expert.utils.atomic import write_json_atomic
+from ask_the_expert.utils.cli import SuiteParser, run_command
+from ask_the_expert.utils.config_files import find_config
+from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import DataOptions
+from lightning_modules.checkpoints import read_checkpoint
+
+Variant = Literal["progressive", "static", "static_init"]
+VARIANTS: tuple[str, ...] = ("progressive", "static", "static_init")
+# How each static variant starts and is budgeted (ask_the_expert.method.stages.static_step_budget).
+STATIC_START = {"static": "from_base", "static_init": "from_init"}
+# The ExpertsJob fields that name config files.
+CONFIG_FIELDS = ("base_config", "progressive_config", "static_config", "common_config")
+SUMMARY_METRICS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
+console = Console()
+
+
+@dataclass(frozen=True)
+class ExpertsJob:
+    """One ate-train-experts invocation (every field is a command-line option and a config key).
+
+    Attributes:
+        out: output folder.
+        partition: ``superclass`` (20 experts), g superclasses per expert, explicit superclass groups, or a
+            partition file (*.json, e.g. a confusion-aware one).
+        variants: which experts to train (progressive, static = static-from-base, static_init = static-from-init).
+        base_config, progressive_config, static_config: the YAML configs of each kind of run.
+        common_config: configs added to every run (e.g. a trainer preset).
+        args, base_args, progressive_args, static_args: command-line overrides for every run / one kind.
+        generalist_checkpoint: the generalist whose routing defines R_j.
+        experts: only these expert indices (default: all).
+        max_experts: stop after training this many experts.
+        parallel: experts trained at once, one per GPU.
+        test: also evaluate each model on the test split.
+    """
+
+    out: str = "runs/experts"
+    partition: int | str | list[list[int | str]] = "superclass"
+    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
+    base_config: list[str] = field(default_factory=lambda: ["configs/base.yaml"])
+    progressive_config: list[str] = field(default_factory=lambda: ["configs/expert.yaml"])
+    static_config: list[str] = field(default_factory=lambda: ["configs/expert_static.yaml"])
+    common_config: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    base_args: list[str] = field(default_factory=list)
+    progressive_args: list[str] = field(default_factory=list)
+    static_args: list[str] = field(default_factory=list)
+    generalist_checkpoint: str | None = None
+    experts: list[int] | None = None
+    max_experts: int | None = None
+    parallel: int = 1
+    test: bool = True
+
+
+def build_parser() -> SuiteParser:
+    parser = SuiteParser(prog="ate-train-experts", description=__doc__.split("\n")[0], exit_on_error=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML file with any of these options.")
+    parser.add_class_arguments(ExpertsJob, None, as_group=False)
+    # Training loaders are the expert configs' own (--args '[--data.batch_size=...]'): no evaluation loader here.
+    parser.add_class_arguments(DataOptions, "data", skip={"batch_size", "num_workers"})
+    return parser
+
+
+def parse_job(argv: Sequence[str]) -> tuple[ExpertsJob, DataOptions]:
+    """The job and the data options of an ate-train-experts command line (or ``["--config", FILE]``)."""
+    cfg = vars(build_parser().parse_args(list(argv)))
+    cfg.pop("config", None)
+    data = DataOptions(**vars(cfg.pop("data")))
+    job = ExpertsJob(**cfg)
+    # configs/... paths are found from any working directory (ask_the_expert.utils.config_files)
+    found = {name: [find_config(c) for c in getattr(job, name)] for name in CONFIG_FIELDS}
+    return replace(job, **found), data
+
+
+def load_job(config: str | Path, **overrides: object) -> ExpertsJob:
+    """The ExpertsJob of an ate-train-experts YAML config, with some fields replaced."""
+    return replace(parse_job(["--config", str(config)])[0], **overrides)
+
+
+def data_args(data: DataOptions) -> list[str]:
+    """The data folder and split of every run, as LightningCLI overrides (loader settings stay the configs');
+    they come before the job's own ``args``, which therefore win."""
+    return [
+        f"--data.data_dir={data.data_dir}",
+        f"--data.check_integrity={str(data.check_integrity).lower()}",
+        f"--data.val_size={data.val_size}",
+        f"--data.split_seed={data.split_seed}",
+    ]
+
+
+def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
+    """ate-train's CLI, configured from ``cli_args`` and instantiated, without running a subcommand."""
+    with warnings.catch_warnings():
+        # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        try:
+            return SuiteCLI(args=cli_args, run=False, exit_on_error=False)
+        except argparse.ArgumentError as err:
+            raise SuiteError(
+                f"The arguments of {what} are not accepted: {' '.join(str(err).split())} Fix the config or the "
+                "--*_config / --args / --<kind>_args options that set them."
+            ) from None
+
+
+def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, float]:
+    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete."""
+    cli = suite_cli(cli_args)
+    cli.check_inputs()
+    trainer = cli.trainer
+    began = time.perf_counter()
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - began
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # Throughput of the whole fit (validation included): optimizer steps x global batch / wall time.
+    images = trainer.global_step * cli.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    metrics.update(train_seconds=round(seconds, 2), train_images_per_s=round(images / max(seconds, 1e-9), 1))
+    tmp = target.with_name(f"{target.name}.tmp")
+    trainer.save_checkpoint(tmp)
+    if test:
+        trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    metrics["global_step"] = trainer.global_step
+    if trainer.is_global_zero:
+        write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
+        os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
+        for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
+            if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
+                log_checkpoint(logger.experiment, target, cli.model.hparams)
+    if wandb.run is not None:  # the next run in this process must start its own W&B run
+        wandb.finish()
+    return metrics
+
+
+class Job:
+    """The runs of one ExpertsJob; every argument and input is checked on construction."""
+
+    def __init__(self, job: ExpertsJob, data: DataOptions, check_files: bool = True) -> None:
+        """``check_files=False`` checks the arguments only (the pipeline, before the generalist exists)."""
+        self.job = job
+        self.data = data
+        self.out = Path(job.out)
+        self.subsets = parse_partition_spec(job.partition)
+        self.partition_file = self.out / "partition.json"
+        self.base_checkpoint = self.out / "base" / "base.ckpt"
+        n = len(self.subsets)
+        bad = [j for j in job.experts or [] if not 0 <= j < n]
+        if bad:
+            raise SuiteError(f"--experts {bad} are out of range: the partition has {n} experts, so use 0..{n - 1}.")
+        unknown = [v for v in job.variants if v not in VARIANTS]
+        if unknown or not job.variants:
+            raise SuiteError(f"--variants {job.variants!r} must be a non-empty list of {list(VARIANTS)}.")
+        if job.parallel < 1 or (job.parallel > 1 and torch.cuda.device_count() < job.parallel):
+            raise SuiteError(
+                f"--parallel {job.parallel} needs that many GPUs, found {torch.cuda.device_count()}; use --parallel 1 "
+                "(experts one after another) or at most the number of GPUs."
+            )
+        if job.max_experts is not None and job.max_experts < 0:
+            raise SuiteError(f"--max_experts must be >= 0, got {job.max_experts}.")
+        missing = [c for c in self._configs() if not Path(c).is_file()]
+        if missing:
+            raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --*_config.")
+        if job.generalist_checkpoint is not None and check_files:
+            read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
+        if self.base_checkpoint.is_file() and check_files:
+            read_checkpoint(self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",))
+        for kind in ("base", *job.variants):
+            # Parse and build every kind of run once now: a bad override fails here, not after stage 0.
+            spec = job.partition if isinstance(job.partition, str) else json.dumps(job.partition)
+            suite_cli(self.args(kind, self.out / "check", partition=spec), f"the {kind} runs")
+
+    def _configs(self) -> list[str]:
+        j = self.job
+        return [*j.base_config, *j.progressive_config, *j.static_config, *j.common_config]
+
+    def expert_checkpoint(self, variant: str, j: int) -> Path:
+        return self.out / variant / f"expert_{j}.ckpt"
+
+    def args(self, kind: str, root: Path, j: int = 0, partition: str | None = None) -> list[str]:
+        """SuiteCLI arguments of one run of ``kind`` (base, progressive, static, static_init) for expert ``j``
+        (``partition``: the spec to pass instead of the partition file, for the checks before it is written)."""
+        job = self.job
+        config_kind = "static" if kind == "static_init" else kind
+        configs = [*getattr(job, f"{config_kind}_config"), *job.common_config]
+        out = [*(a for c in configs for a in ("-c", c)), *data_args(self.data)]
+        if kind != "base":  # the generalist's logits, cached next to the experts (the job's args may move it)
+            out.append(f"--model.routing_cache_dir={self.out / 'cache'}")
+        out += [*job.args, *getattr(job, f"{config_kind}_args"), f"--trainer.default_root_dir={root}"]
+        if kind == "base":
+            return out
+        out += [f"--model.partition={partition or self.partition_file}", f"--model.expert_index={j}"]
+        base = self.base_checkpoint if kind in ("progressive", "static") else None
+        out += [
+            f"--model.base_checkpoint={base or 'null'}",
+            f"--model.generalist_checkpoint={job.generalist_checkpoint or 'null'}",
+        ]
+        return out
+
+    def progressive_steps(self, j: int) -> int:
+        """Optimizer steps of expert j's progressive stages, from its resolved progressive config."""
+        cli = suite_cli(self.args("progressive", self.out / "progressive", j))
+        model, data = cli.model, cli.datamodule
+        return schedule_steps(
+            model.stages, data.subset_train_size(model.subset), data.batch_size, cli.trainer.world_size
+        )
+
+    def static_steps(self, variant: str, j: int) -> int:
+        """Step budget of static expert j (ask_the_expert.method.stages.static_step_budget)."""
+        base_steps = torch.load(self.base_checkpoint, map_location="cpu", weights_only=False)["global_step"]
+        return static_step_budget(STATIC_START[variant], base_steps, self.progressive_steps(j))
+
+    def train_base(self) -> None:
+        if self.base_checkpoint.is_file():
+            console.print(f"stage 0: [green]exists[/] {self.base_checkpoint}")
+            return
+        self.base_checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        console.rule("stage 0 (base, all classes)")
+        run_training(self.args("base", self.base_checkpoint.parent), self.base_checkpoint, self.job.test)
+
+    def train_expert(self, variant: str, j: int) -> None:
+        target = self.expert_checkpoint(variant, j)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        args = self.args(variant, target.parent, j)
+        if variant != "progressive":
+            steps = self.static_steps(variant, j)
+            console.print(f"{variant} expert {j}: budget {steps} optimizer steps")
+            args.append(f"--model.static_steps={steps}")
+        run_training(args, target, self.job.test)
+
+    @staticmethod
+    def planned(job: ExpertsJob) -> list[tuple[str, int]]:
+        """(variant, expert index) of every expert ``job`` trains."""
+        experts = job.experts if job.experts is not None else range(len(parse_partition_spec(job.partition)))
+        return [(v, j) for v in job.variants for j in experts]
+
+    def todo(self) -> list[tuple[str, int]]:
+        return self.planned(self.job)
+
+    def write_partition(self) -> None:
+        """The partition every expert reads; an existing file must hold the same subsets (a resumed job)."""
+        if self.partition_file.is_file():
+            found = parse_partition_spec(str(self.partition_file))
+            if found != self.subsets:
+                raise SuiteError(
+                    f"{self.partition_file} holds another partition than --partition {self.job.partition!r}; the "
+                    "experts in this folder belong to it. Use a new --out, or the partition of those experts."
+                )
+            return
+        save_partition(self.partition_file, self.subsets, {"spec": self.job.partition})
+
+    def run(self) -> None:
+        self.write_partition()
+        self.train_base()
+        pending = []
+        for variant, j in self.todo():
+            if self.expert_checkpoint(variant, j).is_file():
+                console.print(f"{variant} expert {j}: [green]exists[/], skipped")
+            else:
+                pending.append((variant, j))
+        if self.job.max_experts is not None:
+            pending = pending[: self.job.max_experts]
+        if self.job.parallel > 1:
+            self.run_parallel(pending)
+        else:
+            for i, (variant, j) in enumerate(pending, 1):
+                console.rule(f"[{i}/{len(pending)}] {variant} expert {j}: classes {self.subsets[j]}")
+                start = time.perf_counter()
+                self.train_expert(variant, j)
+                console.print(f"{variant} expert {j}: done in {time.perf_counter() - start:.0f} s")
+        self.summary()
+
+    def run_parallel(self, pending: list[tuple[str, int]]) -> None:
+        """One subprocess per expert, each on its own GPU, at most ``--parallel`` at a time."""
+        free = list(range(self.job.parallel))
+        running: dict[subprocess.Popen, int] = {}
+        queue = list(pending)
+        failed = []
+        while queue or running:
+            while queue and free:
+                variant, j = queue.pop(0)
+                gpu = free.pop(0)
+                one = replace(self.job, variants=[variant], experts=[j], parallel=1, max_experts=None)
+                config = self.out / f".job-{variant}-{j}.json"
+                write_json_atomic(config, {**asdict(one), "data": asdict(self.data)})
+                cmd = [sys.executable, "-m", "ask_the_expert.commands.train_experts", "--config", str(config)]
+                console.print(f"{variant} expert {j}: started on GPU {gpu}")
+                running[subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)})] = gpu
+            time.sleep(2)
+            for proc in [p for p in running if p.poll() is not None]:
+                free.append(running.pop(proc))
+                if proc.returncode != 0:
+                    failed.append(" ".join(proc.args[-2:]))
+        if failed:
+            raise SuiteError(f"Some expert runs failed ({failed}); see their output above, fix, and rerun to resume.")
+
+    def summary(self) -> None:
+        table = Table(title=f"experts in {self.out}")
+        table.add_column("variant")
+        table.add_column("expert", justify="right")
+        for name in (*SUMMARY_METRICS, "global_step"):
+            table.add_column(name, justify="right")
+        for variant, j in self.todo():
+            path = self.expert_checkpoint(variant, j).with_suffix(".json")
+            if path.is_file():
+                m = json.loads(path.read_text())
+                cells = [f"{m[k]:.4f}" if k in m else "-" for k in SUMMARY_METRICS]
+                table.add_row(variant, str(j), *cells, str(m.get("global_step", "-")))
+        console.print(table)
+
+
+def train_experts(job: ExpertsJob, data: DataOptions) -> None:
+    """Check everything, then train stage 0 and the experts of ``job`` (the function ate-pipeline calls)."""
+    Job(job, data).run()
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Run the command; return the exit code (0, or 2 for bad input with its message printed)."""
+    argv = list(sys.argv[1:] if args is None else args)
+
+    return run_command(lambda: train_experts(*parse_job(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

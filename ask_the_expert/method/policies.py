@@ -1,0 +1,470 @@
+"""The one evaluation core (docs/design.md §3 and §6), plain numpy: every consumer routes and scores through here.
+
+- ``route_batch`` (ask_the_expert.method.routed_batch, kept small so that training, which routes R_j, does not depend on
+  the evaluation's code): G's logits -> calibrated probabilities, Top-k, confidences and the chosen expert per k. The
+  Lightning system (evaluation and routed prediction), the routed-in sets R_j and the torch-free runtime call it.
+- ``offload_mask`` (ask_the_expert.method.router): the offload rule, confidence < tau in float64.
+- ``policy_inputs``: per-sample records (``CollaborativeSystem.evaluation_records``) -> each policy's confidence
+  and whether its local and offloaded answers are right.
+- ``evaluate_policies``: the exact sweep of every policy, its scalars, operating points and reference points (a
+  ``Report``); the callback, ate-evaluate, the export and the verifier use it;
+  ask_the_expert/results/evaluation_outputs.py only writes it.
+
+Policies (``k = 0`` where a policy does not depend on Top-k):
+
+- ``routed``: offload to the expert chosen from G's Top-k (the progressive experts), one curve per k.
+- ``fused``: the same offloads, answered by a weighted geometric mean of G's and the chosen expert's probabilities
+  (its weight chosen on val from ``FUSE_WEIGHTS``); no extra forwards.
+- ``static`` / ``static_init``: the same routing to the static-from-base / static-from-init experts (when given).
+- ``base``: offload to the all-class base ("medium") model (when given).
+- ``oracle``: offload to the expert that owns the true class.
+- ``random``: offload a random subset (same rate sweep) to the routed expert, one curve per k.
+- ``generalist_only`` / ``all_offloaded``: the two end points of the routed curves.
+
+Confidence measures: ``max_prob``, ``margin``, ``entropy`` (ask_the_expert.method.router), and ``learned`` for routed
+and fused policies: a post-hoc deferral rule on G's outputs (ask_the_expert.method.deferral), cross-fitted on val,
+fitted on all of val for test and deployment.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ask_the_expert.method.breakeven import break_even_map, get_field
+from ask_the_expert.method.costs import COST_KEYS, Profile, baseline_costs
+from ask_the_expert.method.deferral import DeferralRule, cross_fitted_confidence, fit_deferral
+from ask_the_expert.method.findings import compute_findings
+from ask_the_expert.method.routed_batch import FUSE_WEIGHTS, Records
+from ask_the_expert.method.router import (
+    LEARNED,
+    RouterSpec,
+    random_confidence,
+)
+from ask_the_expert.method.stats import resample_counts
+from ask_the_expert.method.sweep import (
+    OPERATING_RULES,
+    add_costs,
+    apply_threshold,
+    area_under_curve,
+    choose_operating_point,
+    reductions,
+    summarise_curve,
+    sweep_thresholds,
+    up_to_reductions,
+)
+from ask_the_expert.utils.errors import SuiteError
+
+# Policies with a curve over tau (the end-point policies are single points).
+CURVE_POLICIES = ("routed", "fused", "static", "static_init", "base", "oracle", "random")
+# The single-stage expert sets evaluated beside the progressive experts: record prefix -> what it is.
+BASELINE_SETS = {"static": "static-from-base", "static_init": "static-from-init"}
+# Half-width of the band put below the lowest / above the highest val confidence when a deployed tau sits at an end.
+_END_MARGIN = 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------- records
+def record_layout(records: Mapping[str, np.ndarray]) -> tuple[list[int], list[str]]:
+    """The k values and confidence measures a record set holds (records are self-describing)."""
+    ks = sorted(int(m.group(1)) for key in records if (m := re.fullmatch(r"pred_k(\d+)", key)))
+    measures = [key[len("conf_") :] for key in records if key.startswith("conf_")]
+    if not ks or not measures or "label" not in records:
+        raise SuiteError(
+            "The evaluation records lack label / pred_k<k> / conf_<measure> columns; they must come from "
+            "CollaborativeSystem.evaluation_records()."
+        )
+    return ks, measures
+
+
+def merge_records(parts: Sequence[Mapping[str, np.ndarray]]) -> Records:
+    """Concatenate record sets (batches, or ranks), keep one record per file ``index`` and sort by it.
+
+    A padded DistributedSampler repeats samples on the last rank; those duplicates (same index, same record) are
+    dropped here, so the merged set equals a single-process evaluation.
+    """
+    parts = [p for p in parts if p and len(p["index"])]
+    if not parts:
+        return {}
+    keys = list(parts[0])
+    if any(list(p) != keys for p in parts):
+        raise SuiteError(
+            "Record sets from different batches/ranks have different columns; every rank must run the same "
+            "CollaborativeSystem configuration."
+        )
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    _, first = np.unique(merged["index"], return_index=True)  # sorted unique indices, first occurrence
+    return {k: v[first] for k, v in merged.items()}
+
+
+@dataclass(frozen=True)
+class PolicyData:
+    """A policy's sweep inputs: per-sample confidence and whether the local / offloaded answer is right."""
+
+    policy: str
+    k: int
+    measure: str
+    confidence: np.ndarray
+    correct_local: np.ndarray
+    correct_offload: np.ndarray
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.policy, self.k, self.measure
+
+
+@dataclass
+class Fitted:
+    """What an evaluation fits on val and applies unchanged on test and in deployment: the fused answer's weight per
+    k, and the learned deferral rule per policy and k (``"routed@k1"`` -> DeferralRule.to_dict())."""
+
+    fuse_weight: dict[int, float] = field(default_factory=dict)
+    deferral: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fuse_weight": {str(k): w for k, w in self.fuse_weight.items()}, "deferral": self.deferral}
+
+
+def _best_fuse_weight(conf: np.ndarray, local: np.ndarray, fused: np.ndarray, label: np.ndarray) -> float:
+    """The weight of FUSE_WEIGHTS whose fused policy has the largest area under the accuracy-vs-offload curve."""
+    areas = [area_under_curve(sweep_thresholds(conf, local, fused[:, i] == label)) for i in range(fused.shape[1])]
+    return FUSE_WEIGHTS[int(np.argmax(areas))]
+
+
+def policy_inputs(
+    records: Mapping[str, np.ndarray], random_seed: int = 0, fitted: Fitted | None = None
+) -> tuple[list[PolicyData], Fitted]:
+    """The sweep inputs of every curve policy the records support, and what was fitted for them.
+
+    Without ``fitted`` (val) the fused weights and deferral rules are fitted here and the learned confidences are
+    cross-fitted (out of fold); with it (test) they are applied unchanged.
+    """
+    ks, measures = record_layout(records)
+    label = records["label"]
+    local = records["g_topk_classes"][:, 0] == label
+    primary = records[f"conf_{measures[0]}"]
+    fitting = fitted is None
+    fitted = fitted or Fitted()
+    out: list[PolicyData] = []
+    offload: dict[tuple[str, int], np.ndarray] = {}
+    for k in ks:
+        offload["routed", k] = records[f"pred_k{k}"] == label
+        if f"fused_k{k}" in records:
+            fused = records[f"fused_k{k}"]
+            if fitting:
+                fitted.fuse_weight[k] = _best_fuse_weight(primary, local, fused, label)
+            offload["fused", k] = fused[:, FUSE_WEIGHTS.index(fitted.fuse_weight[k])] == label
+        for name in BASELINE_SETS:
+            if f"{name}_pred_k{k}" in records:
+                offload[name, k] = records[f"{name}_pred_k{k}"] == label
+    if "pred_base" in records:
+        offload["base", 0] = records["pred_base"] == label
+    offload["oracle", 0] = records["pred_oracle"] == label
+    for m in measures:
+        out += [PolicyData(p, k, m, records[f"conf_{m}"], local, correct) for (p, k), correct in offload.items()]
+    if "g_features" in records:
+        features = records["g_features"].astype(np.float64)
+        for (p, k), correct in offload.items():
+            if p not in ("routed", "fused"):
+                continue
+            key = f"{p}@k{k}"
+            if fitting:
+                conf = cross_fitted_confidence(features, local, correct)
+                fitted.deferral[key] = fit_deferral(features, local, correct).to_dict()
+            else:
+                conf = DeferralRule.from_dict(fitted.deferral[key]).confidence(features)
+            out.append(PolicyData(p, k, LEARNED, conf, local, correct))
+    rand = random_confidence(len(label), random_seed)
+    out += [PolicyData("random", k, "random", rand, local, offload["routed", k]) for k in ks]
+    return out, fitted
+
+
+def routing_hits(records: Mapping[str, np.ndarray], k: int) -> np.ndarray:
+    """(N,) bool: the expert chosen from G's Top-k owns the sample's true class."""
+    return np.asarray(records[f"expert_k{k}"] == records["oracle_expert"])
+
+
+def hit_rates(records: Mapping[str, np.ndarray]) -> dict[int, float]:
+    """Per k: the routing hit rate, the share of samples whose chosen expert owns the true class."""
+    ks, _ = record_layout(records)
+    return {k: float(np.mean(routing_hits(records, k))) for k in ks}
+
+
+def hit_rate_curve(records: Mapping[str, np.ndarray], k: int, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offload ratio, hit rate among the offloaded samples) at every threshold of the routed policy's sweep."""
+    conf = np.asarray(records[f"conf_{measure}"], dtype=np.float64)
+    hit = routing_hits(records, k)
+    order = np.argsort(conf, kind="stable")
+    counts = sweep_thresholds(conf, hit, hit)["num_offloaded"]
+    cum = np.concatenate(([0], np.cumsum(hit[order])))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(counts > 0, cum[counts] / np.maximum(counts, 1), np.nan)
+    return counts / len(conf), rate
+
+
+def routed_policy(records: Mapping[str, np.ndarray], k: int, measure: str) -> PolicyData:
+    """The sweep inputs of the routed policy at one k and confidence measure."""
+    ks, measures = record_layout(records)
+    if k not in ks or measure not in measures:
+        raise SuiteError(
+            f"The records hold k {ks} and confidence measures {measures}, not k={k} with {measure!r}; evaluate "
+            "with that k and measure."
+        )
+    label = records["label"]
+    local = records["g_topk_classes"][:, 0] == label
+    return PolicyData("routed", k, measure, records[f"conf_{measure}"], local, records[f"pred_k{k}"] == label)
+
+
+# ----------------------------------------------------------------------------------------------------- report
+@dataclass
+class Report:
+    """Everything one evaluation computes; ``curves[key]`` is a ask_the_expert.method.sweep curve (profile-free)."""
+
+    split: str
+    num_samples: int
+    k_values: list[int]
+    measures: list[str]
+    profiles: list[Profile]
+    curves: dict[tuple[str, int, str], dict[str, np.ndarray]]
+    scalars: list[dict[str, Any]]
+    operating_points: list[dict[str, Any]]
+    reference_points: list[dict[str, Any]]
+    fitted: Fitted = field(default_factory=Fitted)
+    findings: list[Any] = field(default_factory=list)
+    up_to: list[dict[str, Any]] = field(default_factory=list)
+    hit_rates: dict[int, float] = field(default_factory=dict)
+    references: dict[str, float] = field(default_factory=dict)
+    break_even: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def curve_with_costs(self, key: tuple[str, int, str], profile: Profile | None) -> dict[str, np.ndarray]:
+        """The curve of ``key`` with its mean costs per sample under ``profile`` (none without a profile)."""
+        return add_costs(self.curves[key], profile, near_role(profile, key[0]))
+
+
+def near_role(profile: Profile | None, policy: str) -> str:
+    """The near-edge latency role an offload of ``policy`` costs: the base model is timed as ``medium`` when the
+    profile has it, else as an ``expert`` (same architecture); every other policy runs an expert."""
+    if policy == "base" and profile is not None and "medium" in profile.near_edge.latency_ms:
+        return "medium"
+    return "expert"
+
+
+def check_operating_rule(rule: str, gap: float, budget: float | None) -> None:
+    """Fail before any model runs when the operating-point settings are unusable (ask_the_expert.method.sweep
+    rechecks)."""
+    if rule not in OPERATING_RULES:
+        raise SuiteError(f"Unknown operating-point rule {rule!r}. Use one of {', '.join(OPERATING_RULES)}.")
+    if rule == "within_gap" and not gap >= 0:
+        raise SuiteError(f"gap must be >= 0 (accuracy units, 0.005 = 0.5 points), got {gap!r}.")
+    if rule != "within_gap" and budget is None:
+        raise SuiteError(f"The operating-point rule {rule!r} needs a budget (ms for latency, mJ for energy).")
+
+
+def _end_point(
+    curve: Mapping[str, np.ndarray], i: int, policy: str, k: int, measure: str, profile: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"policy": policy, "k": k, "confidence": measure, "profile": profile}
+    for col in ("tau", "offload_ratio", "accuracy", *COST_KEYS):
+        out[col] = float(curve[col][i]) if col in curve else math.nan
+    return out
+
+
+def reference_accuracies(records: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Accuracy levels every policy of an evaluation is measured against: the generalist alone, the oracle's
+    all-offloaded accuracy and, when evaluated, the base (medium) model on every sample."""
+    label = records["label"]
+    refs = {
+        "generalist": float(np.mean(records["g_topk_classes"][:, 0] == label)),
+        "oracle": float(np.mean(records["pred_oracle"] == label)),
+    }
+    if "pred_base" in records:
+        refs["base"] = float(np.mean(records["pred_base"] == label))
+    return refs
+
+
+def evaluate_policies(
+    records: Mapping[str, np.ndarray],
+    profiles: Sequence[Profile] = (),
+    split: str = "val",
+    random_seed: int = 0,
+    rule: str = "within_gap",
+    gap: float = 0.005,
+    budget: float | None = None,
+    val: Report | None = None,
+    reference: str | None = None,
+    within_points: float = 0.5,
+    delta: float = 0.005,
+    resamples: int = 1000,
+    bootstrap_seed: int = 0,
+) -> Report:
+    """Sweep every policy exactly and compute what docs/design.md §6 asks of an evaluation.
+
+    Operating points are chosen with ``rule`` or, given ``val`` (the val report), its thresholds are applied
+    unchanged, as are its fused weights and deferral rules (the test protocol). Scalars share one scale across
+    policies; ``reference`` (default: the base model when evaluated, else the oracle) names the accuracy that
+    ``offload_within_<within_points>pt_of_<reference>`` is measured against. "Up to" reductions allow ``delta``
+    (accuracy units) below each baseline's accuracy. Findings carry paired-bootstrap intervals over ``resamples``
+    resamples of the samples.
+    """
+    n = len(records.get("label", ()))
+    if n == 0:
+        raise SuiteError(
+            f"The {split} split produced no samples, so there is nothing to evaluate. Check the data folder, the "
+            "split and the class selection."
+        )
+    ks, measures = record_layout(records)
+    refs = reference_accuracies(records)
+    reference = reference or ("base" if "base" in refs else "oracle")
+    if reference not in refs:
+        raise SuiteError(
+            f"The reference {reference!r} was not evaluated; this evaluation has {sorted(refs)}. Pass one of them, "
+            "or evaluate the base model (--base) to compare against it."
+        )
+    if not within_points >= 0:
+        raise SuiteError(f"within_points must be >= 0 (accuracy points), got {within_points!r}.")
+    counts = resample_counts(n, resamples, bootstrap_seed)  # checks the resample count before any sweep
+    inputs, fitted = policy_inputs(records, random_seed, val.fitted if val else None)
+    curves = {p.key: sweep_thresholds(p.confidence, p.correct_local, p.correct_offload) for p in inputs}
+    shared = (refs["generalist"], refs["oracle"])
+    scalars = [
+        {
+            "policy": p,
+            "k": k,
+            "confidence": m,
+            **summarise_curve(c, shared, {reference: refs[reference]}, within_points),
+        }
+        for (p, k, m), c in curves.items()
+    ]
+    by_key = {p.key: p for p in inputs}
+    chosen = {(v["policy"], v["k"], v["confidence"], v["profile"]): v for v in (val.operating_points if val else [])}
+    baseline_acc = {"edge_generalist": refs["generalist"], "edge_medium": refs.get("base")}
+    baseline_acc["near_edge_only"] = refs.get("base")
+    points: list[dict[str, Any]] = []
+    refs_points: list[dict[str, Any]] = []
+    up_to: list[dict[str, Any]] = []
+    for profile in profiles or [None]:
+        pname = profile.name if profile else ""
+        baselines = baseline_costs(profile) if profile else {}
+        for key, curve in curves.items():
+            costed = add_costs(curve, profile, near_role(profile, key[0]))
+            tag = {"policy": key[0], "k": key[1], "confidence": key[2], "profile": pname}
+            if val is None:
+                point = {**tag, "chosen_on": split, **choose_operating_point(costed, rule, gap, budget)}
+            elif (*key, pname) in chosen:
+                p = by_key[key]
+                tau = chosen[(*key, pname)]["tau"]
+                applied = apply_threshold(
+                    p.confidence, p.correct_local, p.correct_offload, tau, profile, near_role(profile, key[0])
+                )
+                point = {**tag, "chosen_on": "val", **applied}
+            else:
+                point = None
+            if point is not None:
+                point["reductions"] = reductions(point, baselines)
+                point["baseline_accuracy"] = baseline_acc
+                points.append(point)
+            if profile is not None and key[0] != "random":
+                up_to.append(
+                    {**tag, "delta": delta, "reductions": up_to_reductions(costed, baselines, baseline_acc, delta)}
+                )
+        for m in measures:
+            for k in ks:
+                curve = add_costs(curves["routed", k, m], profile, "expert")
+                if k == ks[0]:
+                    refs_points.append(_end_point(curve, 0, "generalist_only", 0, m, pname))
+                refs_points.append(_end_point(curve, -1, "all_offloaded", k, m, pname))
+    findings = compute_findings(by_key, records, counts, measures[0], ks, split)
+    best_k = max(ks, key=lambda k: next(s["area_gain_pts"] for s in scalars if s["policy"] == "routed" and s["k"] == k))
+    maps = [break_even_for(profile, curves["routed", best_k, measures[0]], refs, delta) for profile in profiles]
+    for entry in maps:
+        entry.update(policy="routed", k=best_k, confidence=measures[0])
+    return Report(
+        split, n, ks, measures, list(profiles), curves, scalars, points, refs_points, fitted, findings, up_to,
+        hit_rates(records), refs, maps,
+    )  # fmt: skip
+
+
+# Where collaboration wins: the two profile quantities a break-even map varies, and their ranges (multiples of the
+# profile's own value), on a log grid.
+BREAK_EVEN_AXES = (("link.uplink_mbps", 0.01, 100.0), ("edge.latency_ms.generalist", 0.1, 10.0))
+BREAK_EVEN_POINTS = 41
+
+
+def break_even_for(
+    profile: Profile, curve: Mapping[str, np.ndarray], references: Mapping[str, float], delta: float
+) -> dict[str, Any]:
+    """ask_the_expert.method.breakeven.break_even_map over BREAK_EVEN_AXES around the profile's own point, at the
+    accuracy of the medium (base) model minus ``delta`` when it was evaluated, else of the collaboration's all-offloaded
+    point."""
+    axes = []
+    for name, lo, hi in BREAK_EVEN_AXES:
+        value = get_field(profile, name)
+        axes.append((name, np.geomspace(value * lo, value * hi, BREAK_EVEN_POINTS)))
+    medium = references.get("base")
+    target = (medium if medium is not None else float(curve["accuracy"][-1])) - delta
+    result = break_even_map(
+        profile, axes[0][0], axes[0][1], axes[1][0], axes[1][1], curve["offload_ratio"], curve["accuracy"],
+        references["generalist"], medium if medium is not None else math.nan, target,
+    )  # fmt: skip
+    return {"profile": profile.name, "target_accuracy": target, **result}
+
+
+# ------------------------------------------------------------------------------------------- deployment summaries
+def deployable_tau(curve: Mapping[str, np.ndarray], gap: float) -> float:
+    """tau of the val operating point (docs/design.md §6), moved to the middle of its confidence gap.
+
+    Every tau between the last offloaded and the first kept val confidence splits val the same way; the midpoint
+    keeps float noise between PyTorch and onnxruntime (~1e-6) from flipping samples next to it.
+    """
+    point = choose_operating_point(curve, "within_gap", gap)
+    values = curve["tau"][:-1]  # the distinct val confidences, ascending
+    idx = int(np.searchsorted(curve["tau"], point["tau"]))
+    if idx == 0:
+        return float(values[0] - _END_MARGIN)
+    if idx == len(values):
+        return float(values[-1] + _END_MARGIN)
+    return float((values[idx - 1] + values[idx]) / 2.0)
+
+
+def deployed_policy(records: Mapping[str, np.ndarray], spec: RouterSpec, deferral: DeferralRule | None) -> PolicyData:
+    """The sweep inputs of what a router deploys: routed or (with a fuse weight) fused answers at spec.k, with the
+    spec's confidence; ``learned`` scores the records' features with the given rule."""
+    p = routed_policy(records, spec.k, "max_prob" if spec.confidence == LEARNED else spec.confidence)
+    label = records["label"]
+    correct = p.correct_offload
+    if spec.fuse_weight is not None:
+        correct = records[f"fused_k{spec.k}"][:, FUSE_WEIGHTS.index(round(spec.fuse_weight, 2))] == label
+    conf = p.confidence
+    if spec.confidence == LEARNED:
+        if deferral is None:
+            raise SuiteError("A router with the 'learned' confidence needs its deferral rule (router.json 'deferral').")
+        conf = deferral.confidence(records["g_features"].astype(np.float64))
+    return PolicyData("fused" if spec.fuse_weight is not None else "routed", spec.k, spec.confidence, conf,
+                      p.correct_local, correct)  # fmt: skip
+
+
+def at_threshold(policy: PolicyData, tau: float) -> dict[str, float]:
+    """A policy at a fixed tau: tau, offload_ratio and accuracy (apply_threshold)."""
+    point = apply_threshold(policy.confidence, policy.correct_local, policy.correct_offload, tau)
+    return {key: point[key] for key in ("tau", "offload_ratio", "accuracy")}
+
+
+def expert_subset_accuracies(records: Mapping[str, np.ndarray], num_experts: int) -> list[dict[str, Any]]:
+    """Per expert: accuracy on the samples of its own subset (its oracle-routed samples) and their number."""
+    owner, correct = records["oracle_expert"], records["pred_oracle"] == records["label"]
+    out = []
+    for j in range(num_experts):
+        mine = owner == j
+        out.append(
+            {
+                "index": j,
+                "subset_accuracy": float(np.mean(correct[mine])) if np.any(mine) else None,
+                "num_subset_samples": int(np.sum(mine)),
+            }
+        )
+    return out

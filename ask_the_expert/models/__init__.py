@@ -1,0 +1,1 @@
+"""Model construction (timm ViTs and the convolutional tokenizer): torch, no Lightning."""

@@ -1,0 +1,583 @@
+"""PNG plots of a collaborative-inference evaluation: a ask_the_expert.method.policies.Report and its per-sample
+records.
+
+Every number comes from core/ (the report's curves, scalars, operating points and break-even maps;
+ask_the_expert.method.policies.hit_rate_curve; ask_the_expert.method.router.offload_mask); this module only draws, with
+matplotlib's Agg canvas (no pyplot state, so it is safe in any process).
+
+Design of the accuracy charts (``acc_vs_offload`` and, per profile, ``acc_vs_{latency,edge_energy,system_energy}``):
+
+- one colour per policy family (``FAMILY_COLOURS``: routed, fused, static, static_init, base, oracle, random) and
+  one line style per k (``k_linestyle``: the k's position among the evaluation's k values; k = 0 is solid);
+- so that four k values stay readable, ``routed`` is drawn at every k and every other family only at its best k
+  (largest area gain under the primary confidence measure; ``random`` at routed's best k);
+- the ``learned`` deferral variant of routed and fused is drawn at that family's best k, in the family colour with
+  round markers and "learned deferral" in its label;
+- reference levels are labelled dotted horizontal lines (generalist only, the base model on every sample when it
+  was evaluated, the oracle all offloaded); on cost axes the three baseline deployments are labelled markers at
+  (their cost, their accuracy), or labelled vertical lines when their accuracy was not evaluated;
+- accuracy and offload axes are in percent; legends sit outside the axes, on the right.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import PercentFormatter
+
+from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, NUM_CLASSES, NUM_SUPERCLASSES, SUPERCLASSES
+from ask_the_expert.method.costs import BASELINE_NAMES, COST_KEYS, COST_NAMES, Profile, baseline_costs
+from ask_the_expert.method.policies import CURVE_POLICIES, LEARNED, Report, hit_rate_curve
+from ask_the_expert.method.router import offload_mask
+
+DPI = 120
+# Colour-blind-friendly tab10 entries, one per family; the order follows ask_the_expert.method.policies.CURVE_POLICIES.
+FAMILY_COLOURS: dict[str, str] = {
+    "routed": "#1f77b4",
+    "fused": "#9467bd",
+    "static": "#ff7f0e",
+    "static_init": "#8c564b",
+    "base": "#2ca02c",
+    "oracle": "#d62728",
+    "random": "#7f7f7f",
+}
+FAMILY_NAMES: dict[str, str] = {
+    "routed": "routed (progressive experts)",
+    "fused": "fused G + expert",
+    "static": "static-from-base experts",
+    "static_init": "static-from-init experts",
+    "base": "offload to the base model",
+    "oracle": "oracle routing",
+    "random": "random offload",
+}
+# Line style of the i-th k value (beyond the list they repeat; the paper sweeps four k values).
+K_LINESTYLES: tuple[Any, ...] = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 4)))
+AXIS_LABELS = {
+    "offload_ratio": "offload ratio (% of samples sent to the near edge)",
+    "latency_ms": "mean latency per sample (ms)",
+    "edge_energy_mj": "mean edge energy per sample (mJ)",
+    "system_energy_mj": "mean system energy per sample (mJ)",
+}
+BASELINE_MARKERS = {"edge_generalist": "s", "edge_medium": "D", "near_edge_only": "^"}
+STRATEGY_NAMES = {**BASELINE_NAMES, "collaboration": "collaboration"}
+STRATEGY_COLOURS = {
+    "edge_generalist": "#c7c7c7",
+    "edge_medium": "#98df8a",
+    "near_edge_only": "#ffbb78",
+    "collaboration": "#aec7e8",
+}
+# Friendly axis names of the break-even maps' profile quantities (ask_the_expert.method.breakeven.profile_fields), with
+# units.
+FIELD_LABELS = {
+    "link.uplink_mbps": "uplink rate (Mbit/s)",
+    "link.downlink_mbps": "downlink rate (Mbit/s)",
+    "link.rtt_ms": "round-trip time (ms)",
+    "edge.power_active_w": "edge active power (W)",
+    "edge.power_idle_w": "edge idle power (W)",
+    "edge.power_radio_w": "edge radio power (W)",
+    "near_edge.power_active_w": "near-edge power (W)",
+}
+RELIABILITY_BINS = 10
+
+
+# ----------------------------------------------------------------------------------------------------- styling
+@dataclass(frozen=True)
+class LineStyle:
+    """How one curve is drawn: colour (its family), line style (its k), marker (learned variant) and label."""
+
+    color: str
+    linestyle: Any
+    marker: str | None
+    label: str
+
+
+def family_colour(policy: str) -> str:
+    """The colour of a policy family (black for a policy this module does not know)."""
+    return FAMILY_COLOURS.get(policy, "#000000")
+
+
+def k_linestyle(k: int, k_values: Sequence[int]) -> Any:
+    """The line style of k: its position among the evaluation's k values; solid for k = 0 (no Top-k)."""
+    ks = sorted(k_values)
+    if k == 0 or k not in ks:
+        return "-"
+    return K_LINESTYLES[ks.index(k) % len(K_LINESTYLES)]
+
+
+def curve_style(key: tuple[str, int, str], k_values: Sequence[int]) -> LineStyle:
+    """The style of the curve ``(policy, k, measure)``; the learned-deferral variant keeps family colour and k
+    style and adds markers."""
+    policy, k, measure = key
+    name = FAMILY_NAMES.get(policy, policy) + (f", k={k}" if k else "")
+    learned = measure == LEARNED
+    if learned:
+        name += ", learned deferral"
+    return LineStyle(family_colour(policy), k_linestyle(k, k_values), "o" if learned else None, name)
+
+
+def best_k(report: Report, policy: str, measure: str) -> int | None:
+    """The k with the largest area gain for ``policy`` under ``measure`` (None when the policy has no curve)."""
+    rows = [s for s in report.scalars if s["policy"] == policy and s["confidence"] == measure]
+    if not rows:
+        return None
+    return int(max(rows, key=lambda s: s["area_gain_pts"] if math.isfinite(s["area_gain_pts"]) else -math.inf)["k"])
+
+
+def shown_curves(report: Report) -> list[tuple[str, int, str]]:
+    """The curves the accuracy charts draw: routed at every k and the other families at their best k (primary
+    measure), the learned variant of routed and fused at their best k, random at routed's best k."""
+    primary = report.measures[0]
+    keys: list[tuple[str, int, str]] = [("routed", k, primary) for k in report.k_values]
+    routed_best = best_k(report, "routed", primary)
+    for policy in CURVE_POLICIES:
+        if policy == "random":
+            if routed_best is not None:
+                keys.append(("random", routed_best, "random"))
+            continue
+        k = best_k(report, policy, primary)
+        if k is None:
+            continue
+        if policy != "routed":
+            keys.append((policy, k, primary))
+        if policy in ("routed", "fused") and (policy, k, LEARNED) in report.curves:
+            keys.append((policy, k, LEARNED))
+    return [key for key in keys if key in report.curves]
+
+
+def percent_axis(axis: Any) -> None:
+    """Fractions shown as percent; the decimals follow the tick spacing (0.5-point ticks are not rounded to
+    whole percents, which would repeat labels)."""
+    axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)  # the Agg canvas: PNG output without a GUI backend
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # bbox_inches="tight" grows the canvas so that legends placed outside the axes are kept.
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _outside_legend(ax: Axes, **kwargs: Any) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0.0, **kwargs)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+# ------------------------------------------------------------------------------------------- accuracy charts
+def reference_levels(report: Report) -> list[tuple[str, float, str]]:
+    """(label, accuracy, colour) of the reference accuracies drawn as horizontal lines."""
+    refs = report.references
+    levels = [("generalist only", refs.get("generalist"), "#000000")]
+    levels.append(("base model on every sample", refs.get("base"), FAMILY_COLOURS["base"]))
+    levels.append(("oracle routing, all offloaded", refs.get("oracle"), FAMILY_COLOURS["oracle"]))
+    return [(f"{name}: {_pct(v)}", float(v), c) for name, v, c in levels if v is not None and math.isfinite(v)]
+
+
+def baseline_accuracies(report: Report) -> dict[str, float | None]:
+    """Accuracy of each baseline deployment: G for the edge generalist, the base (medium) model for the other two
+    (None when the base model was not evaluated)."""
+    base = report.references.get("base")
+    return {"edge_generalist": report.references.get("generalist"), "edge_medium": base, "near_edge_only": base}
+
+
+def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -> Path:
+    """Accuracy vs the offload ratio (``x = "offload_ratio"``) or vs a mean cost under ``profile``."""
+    fig = _figure(9.5, 5.2)
+    ax = fig.subplots()
+    for key in shown_curves(report):
+        style = curve_style(key, report.k_values)
+        curve = report.curve_with_costs(key, profile)
+        ax.plot(
+            curve[x],
+            curve["accuracy"],
+            color=style.color,
+            linestyle=style.linestyle,
+            marker=style.marker,
+            markevery=0.08 if style.marker else None,
+            markersize=3.5,
+            linewidth=1.6,
+            label=style.label,
+            drawstyle="steps-post",  # accuracy is constant between thresholds; costs are affine in the offload
+        )
+    for label, value, colour in reference_levels(report):
+        ax.axhline(value, color=colour, linestyle=":", linewidth=1.1, label=f"reference: {label}")
+    if profile is not None:
+        accuracy = baseline_accuracies(report)
+        for name, costs in baseline_costs(profile).items():
+            acc, where = accuracy[name], costs[x]
+            text = f"{BASELINE_NAMES[name]}: {where:.4g} {x.rsplit('_', 1)[1]}"
+            if acc is None:
+                label = f"{text} (accuracy not evaluated)"
+                ax.axvline(where, color="#555555", linestyle="--", linewidth=0.9, label=label)
+            else:
+                ax.plot(
+                    [where],
+                    [acc],
+                    linestyle="none",
+                    marker=BASELINE_MARKERS[name],
+                    markersize=8,
+                    markerfacecolor="white",
+                    markeredgecolor="#333333",
+                    label=f"{text}, {_pct(acc)}",
+                )
+    ax.set_xlabel(AXIS_LABELS[x])
+    ax.set_ylabel("accuracy (%)")
+    percent_axis(ax.yaxis)
+    if x == "offload_ratio":
+        percent_axis(ax.xaxis)
+        ax.set_xlim(0.0, 1.0)
+    what = "offload ratio" if profile is None else f"{COST_NAMES[x]} ({profile.name})"
+    ax.set_title(
+        f"{report.split} ({report.num_samples} samples): accuracy vs {what}\n"
+        f"confidence {report.measures[0]}; routed at every k, other policies at their best k",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    _outside_legend(ax)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------ reliability
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = RELIABILITY_BINS) -> dict[str, Any]:
+    """Equal-width confidence bins over [0, 1] (a confidence of 1 falls in the last bin): per bin the number of
+    samples, their mean confidence and their accuracy (NaN for empty bins)."""
+    c = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    ok = np.asarray(correct, dtype=np.float64)
+    which = np.minimum((c * bins).astype(np.int64), bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, weights=c, minlength=bins) / counts
+        accuracy = np.bincount(which, weights=ok, minlength=bins) / counts
+    return {"edges": np.linspace(0.0, 1.0, bins + 1), "counts": counts, "confidence": mean_conf, "accuracy": accuracy}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = RELIABILITY_BINS) -> float:
+    """ECE: sum over the bins of reliability_bins of (bin share) x |bin accuracy - bin mean confidence|."""
+    b = reliability_bins(confidence, correct, bins)
+    full = b["counts"] > 0
+    share = b["counts"][full] / b["counts"].sum()
+    return float(np.sum(share * np.abs(b["accuracy"][full] - b["confidence"][full])))
+
+
+def reliability_variants(report: Report, records: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, float]]:
+    """(name, G's top-1 probability, ECE) before temperature scaling (``g_max_prob_t1``, when recorded) and after
+    (``g_topk_probs[:, 0]``); correctness is G's top-1 == label."""
+    correct = records["g_topk_classes"][:, 0] == records["label"]
+    temperature = float(report.meta.get("temperature", math.nan))
+    t_text = f"T = {temperature:.3g}" if math.isfinite(temperature) else "T unknown"
+    variants = []
+    if "g_max_prob_t1" in records:
+        variants.append(("before scaling (T = 1)", records["g_max_prob_t1"]))
+    variants.append((f"after scaling ({t_text})", records["g_topk_probs"][:, 0]))
+    return [(name, conf, expected_calibration_error(conf, correct)) for name, conf in variants]
+
+
+def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
+    """Reliability diagram of G before (softmax at T = 1) and after temperature scaling, with each ECE."""
+    if "g_topk_classes" not in records or "label" not in records:
+        return None
+    correct = records["g_topk_classes"][:, 0] == records["label"]
+    variants = reliability_variants(report, records)
+    colours = ["#7f7f7f", FAMILY_COLOURS["routed"]][-len(variants) :]
+    fig = _figure(6.8, 6.4)
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="#000000", linestyle=":", linewidth=1.0, label="perfect calibration")
+    edges = np.linspace(0.0, 1.0, RELIABILITY_BINS + 1)
+    width = (edges[1] - edges[0]) / (len(variants) + 0.5)
+    for i, ((name, conf, ece), colour) in enumerate(zip(variants, colours, strict=True)):
+        b = reliability_bins(conf, correct)
+        full = b["counts"] > 0
+        ax.plot(
+            b["confidence"][full], b["accuracy"][full], marker="o", color=colour, linewidth=1.5,
+            label=f"{name}: ECE {_pct(ece)}",
+        )  # fmt: skip
+        hist.bar(edges[:-1] + (i + 0.25) * width, b["counts"], width=width, align="edge", color=colour, alpha=0.8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("accuracy in the bin (%)")
+    percent_axis(ax.yaxis)
+    hist.set_xlabel(f"generalist's top-1 probability ({RELIABILITY_BINS} equal-width bins, %)")
+    hist.set_ylabel("samples")
+    percent_axis(hist.xaxis)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    temperature = float(report.meta.get("temperature", math.nan))
+    # report.meta does not say whether T was fitted (on val) or fixed by the user, so the title gives T only.
+    t_text = f"temperature T = {temperature:.3g}" if math.isfinite(temperature) else "temperature unknown"
+    ax.set_title(f"{report.split} ({report.num_samples} samples): reliability of the generalist, {t_text}", fontsize=10)
+    return _save(fig, path)
+
+
+# -------------------------------------------------------------------------------------------------- expert load
+def operating_tau(report: Report, policy: str, k: int, measure: str) -> dict[str, Any] | None:
+    """The val operating point of (policy, k, measure) on the report's first profile (or the profile-free one)."""
+    pname = report.profiles[0].name if report.profiles else ""
+    for p in report.operating_points:
+        if (p["policy"], p["k"], p["confidence"], p["profile"]) == (policy, k, measure, pname):
+            return p
+    return None
+
+
+def expert_load(report: Report, records: Mapping[str, np.ndarray]) -> dict[int, dict[str, Any]]:
+    """Per k: the share of offloaded samples each expert receives at the routed policy's val operating point
+    (first profile, primary measure), with that point's tau and offload ratio (shares are zeros when nothing is
+    offloaded)."""
+    primary = report.measures[0]
+    conf_key = f"conf_{primary}"
+    if conf_key not in records or "oracle_expert" not in records:
+        return {}
+    experts = [records[f"expert_k{k}"] for k in report.k_values if f"expert_k{k}" in records]
+    num_experts = int(max([records["oracle_expert"].max(), *(e.max() for e in experts)])) + 1
+    out: dict[int, dict[str, Any]] = {}
+    for k in report.k_values:
+        point = operating_tau(report, "routed", k, primary)
+        if point is None or f"expert_k{k}" not in records:
+            continue
+        offloaded = offload_mask(records[conf_key], point["tau"])
+        counts = np.bincount(records[f"expert_k{k}"][offloaded].astype(np.int64), minlength=num_experts)
+        shares = counts / max(int(offloaded.sum()), 1)
+        out[k] = {"shares": shares, "tau": float(point["tau"]), "offload_ratio": float(np.mean(offloaded))}
+    return out
+
+
+def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
+    """Grouped bars: per expert, its share of the offloaded samples, one bar per k."""
+    load = expert_load(report, records)
+    if not load:
+        return None
+    num_experts = len(next(iter(load.values()))["shares"])
+    fig = _figure(max(7.0, 0.45 * num_experts * max(len(load), 1) / 2 + 4), 4.6)
+    ax = fig.subplots()
+    width = 0.8 / len(load)
+    shades = np.linspace(0.35, 1.0, len(load))
+    for i, (k, entry) in enumerate(load.items()):
+        ax.bar(
+            np.arange(num_experts) + (i - (len(load) - 1) / 2) * width,
+            entry["shares"],
+            width=width,
+            color=FAMILY_COLOURS["routed"],
+            alpha=float(shades[i]),
+            edgecolor="#333333",
+            linewidth=0.4,
+            label=f"k={k}: tau {entry['tau']:.3g}, {_pct(entry['offload_ratio'])} offloaded",
+        )
+    ax.axhline(1.0 / num_experts, color="#000000", linestyle=":", linewidth=1.0, label="equal load")
+    if all(entry["offload_ratio"] == 0 for entry in load.values()):
+        ax.text(
+            0.5,
+            0.5,
+            "no sample is offloaded at these operating points",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="#555555",
+        )
+    ax.set_xticks(np.arange(num_experts))
+    ax.set_xlabel("expert")
+    ax.set_ylabel("share of the offloaded samples (%)")
+    percent_axis(ax.yaxis)
+    pname = f", costs {report.profiles[0].name}" if report.profiles else ""
+    ax.set_title(
+        f"{report.split} ({report.num_samples} samples): expert load at each k's val operating point\n"
+        f"routed policy, confidence {report.measures[0]}{pname}",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3, axis="y")
+    _outside_legend(ax)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------- superclass confusion
+def superclass_confusion(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray | None:
+    """(20, 20) row-normalised confusion of CIFAR-100 superclasses (rows: true, columns: predicted; rows without
+    samples are zeros); None when a label or prediction is not a CIFAR-100 fine class."""
+    y, p = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
+    if y.size == 0 or min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= NUM_CLASSES:
+        return None
+    counts = np.zeros((NUM_SUPERCLASSES, NUM_SUPERCLASSES))
+    np.add.at(counts, (FINE_TO_COARSE[y], FINE_TO_COARSE[p]), 1.0)
+    rows = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+
+
+def plot_superclass_confusion(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
+    """Heat map of G's superclass confusion (skipped when the labels are not CIFAR-100's 100 classes)."""
+    if "g_topk_classes" not in records:
+        return None
+    matrix = superclass_confusion(records["label"], records["g_topk_classes"][:, 0])
+    if matrix is None:
+        return None
+    coarse_acc = float(np.mean(FINE_TO_COARSE[records["label"]] == FINE_TO_COARSE[records["g_topk_classes"][:, 0]]))
+    fig = _figure(9.0, 8.0)
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
+    cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    cbar.set_label("share of the true superclass's samples (%)")
+    percent_axis(cbar.ax.yaxis)
+    ticks = np.arange(NUM_SUPERCLASSES)
+    ax.set_xticks(ticks, labels=SUPERCLASSES, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(ticks, labels=SUPERCLASSES, fontsize=7)
+    ax.set_xlabel("generalist's top-1 superclass")
+    ax.set_ylabel("true superclass")
+    ax.set_title(
+        f"{report.split} ({report.num_samples} samples): generalist's superclass confusion (row-normalised); "
+        f"superclass accuracy {_pct(coarse_acc)}",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
+# -------------------------------------------------------------------------------------------------- hit rate
+def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
+    """Routing hit rate among the offloaded samples vs the offload ratio, one line per k."""
+    primary = report.measures[0]
+    if "oracle_expert" not in records or f"conf_{primary}" not in records:
+        return None
+    fig = _figure(8.5, 4.8)
+    ax = fig.subplots()
+    for k in report.k_values:
+        if f"expert_k{k}" not in records:
+            continue
+        offload, rate = hit_rate_curve(records, k, primary)
+        ax.plot(
+            offload,
+            rate,
+            color=FAMILY_COLOURS["routed"],
+            linestyle=k_linestyle(k, report.k_values),
+            linewidth=1.5,
+            label=f"k={k} (all samples: {_pct(report.hit_rates.get(k, math.nan))})",
+        )
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    percent_axis(ax.xaxis)
+    percent_axis(ax.yaxis)
+    ax.set_xlabel(AXIS_LABELS["offload_ratio"])
+    ax.set_ylabel("hit rate among the offloaded (%)")
+    ax.set_title(
+        f"{report.split} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
+        f"among the offloaded samples, confidence {primary}",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    _outside_legend(ax)
+    return _save(fig, path)
+
+
+# -------------------------------------------------------------------------------------------------- break-even
+def field_label(name: str) -> str:
+    """Axis label (with unit) of a break-even map's profile quantity."""
+    if name in FIELD_LABELS:
+        return FIELD_LABELS[name]
+    parts = name.split(".")
+    if len(parts) == 3 and parts[1] == "latency_ms":
+        where = "the edge" if parts[0] == "edge" else "the near edge"
+        return f"{parts[2]} latency on {where} (ms)"
+    return name
+
+
+def strategy_legend(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, colour) per strategy of a break-even map; infeasible strategies are named as such."""
+    target = float(entry["target_accuracy"])
+    out = []
+    for name in entry["strategies"]:
+        label = STRATEGY_NAMES.get(name, name)
+        if name == "collaboration":
+            ratio = entry.get("collaboration_offload_ratio")
+            label += f" (routed k={entry.get('k')}, {entry.get('confidence')}"
+            label += f", {_pct(ratio)} offloaded)" if ratio is not None else ")"
+        acc = entry["accuracy"].get(name)
+        if entry["feasible"].get(name):
+            label += f": {_pct(acc)}"
+        else:
+            shown = _pct(acc) if acc is not None and math.isfinite(acc) else "target not reached"
+            label += f": infeasible ({shown} < {_pct(target)})"
+        out.append((label, STRATEGY_COLOURS.get(name, "#dddddd")))
+    return out
+
+
+def plot_break_even(report: Report, entry: Mapping[str, Any], path: Path) -> Path:
+    """One panel per cost: the cheapest strategy at the target accuracy over two profile quantities (log axes)."""
+    xs, ys = np.asarray(entry["x_values"], dtype=np.float64), np.asarray(entry["y_values"], dtype=np.float64)
+    strategies = list(entry["strategies"])
+    colours = ["#ffffff", *(STRATEGY_COLOURS.get(s, "#dddddd") for s in strategies)]  # index -1: none feasible
+    cmap = ListedColormap(colours)
+    norm = BoundaryNorm(np.arange(-1.5, len(strategies)), cmap.N)
+    fig = _figure(15.0, 5.2)
+    axes = fig.subplots(1, len(COST_KEYS), sharey=True)
+    px, py = entry["profile_point"]
+    none_feasible = False
+    for ax, cost in zip(axes, COST_KEYS, strict=True):
+        best = np.asarray(entry["best"][cost])
+        none_feasible |= bool(np.any(best < 0))
+        ax.pcolormesh(xs, ys, best, cmap=cmap, norm=norm, shading="nearest")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.plot([px], [py], marker="*", markersize=15, color="#000000", markeredgecolor="#ffffff", linestyle="none")
+        ax.set_xlabel(field_label(entry["x_field"]))
+        ax.set_title(f"cheapest by {COST_NAMES[cost]}", fontsize=10)
+    axes[0].set_ylabel(field_label(entry["y_field"]))
+    handles: list[Any] = [Patch(facecolor=c, edgecolor="#333333", label=t) for t, c in strategy_legend(entry)]
+    if none_feasible:
+        handles.append(Patch(facecolor="#ffffff", edgecolor="#333333", label="no strategy reaches the target"))
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="*",
+            markersize=12,
+            color="#000000",
+            linestyle="none",
+            label=f"the profile's own point ({px:.4g}, {py:.4g})",
+        )
+    )
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=9, frameon=False)
+    fig.suptitle(
+        f"{report.split} ({report.num_samples} samples): cheapest deployment with accuracy >= "
+        f"{_pct(float(entry['target_accuracy']))}, profile {entry['profile']}",
+        fontsize=11,
+    )
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------------ entry
+def write_plots(report: Report, records: Mapping[str, np.ndarray], folder: Path) -> list[Path]:
+    """Write every PNG of one evaluation into ``folder`` and return the files written (a plot whose inputs the
+    records lack, e.g. labels outside CIFAR-100's classes for the superclass confusion, is skipped)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [plot_accuracy(report, "offload_ratio", None, folder / "acc_vs_offload.png")]
+    for profile in report.profiles:
+        for x in COST_KEYS:
+            stem = f"acc_vs_{COST_NAMES[x].replace(' ', '_')}__{profile.name}"
+            written.append(plot_accuracy(report, x, profile, folder / f"{stem}.png"))
+    for name, draw in (
+        ("reliability_generalist", plot_reliability),
+        ("expert_load", plot_expert_load),
+        ("superclass_confusion", plot_superclass_confusion),
+        ("hit_rate_vs_offload", plot_hit_rate),
+    ):
+        path = draw(report, records, folder / f"{name}.png")
+        if path is not None:
+            written.append(path)
+    for entry in report.break_even:
+        written.append(plot_break_even(report, entry, folder / f"break_even__{entry['profile']}.png"))
+    return written

@@ -1,0 +1,72 @@
+"""Option groups shared by the commands, spelled as ate-train's LightningCLI options (``--data.data_dir``, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ask_the_expert.utils.errors import SuiteError
+
+
+def check_loader_numbers(batch_size: int, eval_batch_size: int | None, num_workers: int, val_size: int) -> None:
+    """Loader settings torch would reject deep inside a DataLoader, refused up front with the option's name."""
+    problems = []
+    for option, value, low in (
+        ("--data.batch_size", batch_size, 1),
+        ("--data.eval_batch_size", eval_batch_size, 1),
+        ("--data.num_workers", num_workers, 0),
+        ("--data.val_size", val_size, 1),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            problems.append(f"{option} is {value!r} (use an integer >= {low})")
+    if problems:
+        raise SuiteError(f"Bad data loader settings: {'; '.join(problems)}.")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where the CIFAR-100 files are and how val is held out (``--data.*``, as in training).
+
+    Attributes:
+        data_dir: folder that contains ``cifar-100-python/``.
+        check_integrity: refuse files whose md5 differs from the published ones (false: a re-packed copy loads
+            with a warning).
+        val_size: images held out of the training file, stratified by fine class (as in training).
+        split_seed: seed of the train/val split (as in training).
+        batch_size: evaluation batch size per device.
+        num_workers: DataLoader worker processes.
+    """
+
+    data_dir: str = "data"
+    check_integrity: bool = True
+    val_size: int = 5000
+    split_seed: int = 0
+    batch_size: int = 256
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        check_loader_numbers(self.batch_size, None, self.num_workers, self.val_size)
+
+
+@dataclass(frozen=True)
+class WandbOptions:
+    """How a command logs to Weights & Biases (``--wandb.*``); the logger never fails a run.
+
+    Attributes:
+        mode: ``auto`` (online with credentials, else offline), ``online``, ``offline`` or ``disabled``.
+        project: the W&B project.
+        name: the run name (default: derived from what the run is: ``expert-progressive-03-seed0`` for training,
+            ``evaluate-mini-seed0`` in a pipeline, ``evaluate-<split>`` for a standalone evaluation,
+            ``export-<bundle folder>`` for an export).
+        group: the run group (default: the preset or experiment and its seed, so seeds group together;
+            ``evaluate`` or ``export`` for a standalone evaluation or export).
+        tags: extra tags besides those derived from the run.
+        require_online: fail instead of falling back to offline when an online run cannot start.
+    """
+
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "ask-the-expert"
+    name: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    require_online: bool = False
