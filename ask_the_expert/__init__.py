@@ -5,7 +5,8 @@
 - ``models``: building the networks (timm ViTs, the convolutional tokenizer); torch, no Lightning.
 - ``results``: an evaluation's output files, plots and the pipeline's markdown report.
 - ``tracking``: the W&B logger, run identity and artifact lineage.
-- ``deploy``: the ONNX bundle (format, wire, torch-free runtime, export, verify, profile, model card).
+- ``deploy``: the ONNX bundle (format, wire, torch-free runtime, export, verify, profile, model card), the V2
+  expert server, the edge client and the Triton model repository.
 - ``commands``: the function behind every command and the console entry points (``ate-*``).
 - ``utils``: plumbing (atomic writes, hashing, CLI errors, option groups, step fingerprints, config lookup).
 
