@@ -55,6 +55,7 @@ from ask_the_expert.method.router import (
     oracle_experts,
 )
 from ask_the_expert.method.subsets import class_to_expert
+from ask_the_expert.results.evaluation_outputs import forward_count_metric
 from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
 from lightning_modules.checkpoints import (
     CheckpointSpec,
@@ -393,7 +394,7 @@ class CollaborativeSystem(LightningModule):
 
     def _log_forward_counts(self) -> None:
         for key in ("generalist", "expert", *(f"{name}_expert" for name in self.baselines), "base"):
-            self.log(f"eval/{key}_forwards", float(self.forward_counts[key]), reduce_fx="sum", sync_dist=True)
+            self.log(forward_count_metric(key), float(self.forward_counts[key]), reduce_fx="sum", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_forward_counts()

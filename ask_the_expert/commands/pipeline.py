@@ -52,7 +52,13 @@ from ask_the_expert.commands import evaluate, train_experts
 from ask_the_expert.commands.deploy import export as export_command
 from ask_the_expert.commands.partition import learn_partition
 from ask_the_expert.method.costs import load_profile
-from ask_the_expert.results.evaluation_outputs import is_complete
+from ask_the_expert.results.evaluation_outputs import (
+    SCALAR_KEY,
+    is_complete,
+    pipeline_scalar_metric,
+    plot_files,
+    read_summary,
+)
 from ask_the_expert.results.report_markdown import render_markdown, report_summary
 from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
 from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
@@ -364,8 +370,8 @@ class SeedRun:
 
     def results(self) -> dict:
         """This seed's numbers for the report (from the files the steps wrote)."""
-        summary = self.eval_dir / self.opts.split / "summary.json"
-        self.require("report", summary)
+        evaluation = self.eval_dir / self.opts.split
+        self.require("report", evaluation)
 
         def metrics(path: Path) -> dict:
             return json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
@@ -375,7 +381,7 @@ class SeedRun:
             "generalist": metrics(self.generalist),
             "base": metrics(self.base),
             "experts": {v: {p.stem.split("_")[1]: metrics(p) for p in self.expert_files(v)} for v in self.experts},
-            "evaluation": json.loads(summary.read_text()),
+            "evaluation": read_summary(evaluation),
             "partition": json.loads(self.partition_file.read_text()) if self.partition_file.is_file() else None,
         }
 
@@ -403,7 +409,9 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str], swee
     plots_dir = out / "plots"
     if plots_dir.exists():
         shutil.rmtree(plots_dir)
-    shutil.copytree(runs[0].eval_dir / opts.split / "plots", plots_dir)
+    plots_dir.mkdir(parents=True)
+    for png in plot_files(runs[0].eval_dir / opts.split):
+        shutil.copy2(png, plots_dir / png.name)
     plots = sorted(str(p.relative_to(out)) for p in plots_dir.glob("*.png"))
     header = {
         "preset": opts.preset,
@@ -420,15 +428,15 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str], swee
 
 
 def mean_scalars(results: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Every evaluation scalar as the mean across seeds: ``<split>/<policy>/k<k>/<measure>/<scalar>``."""
+    """Every evaluation scalar as the mean across seeds, by ``pipeline_scalar_metric``."""
     values: dict[str, list[float]] = {}
     for r in results:
         evaluation = r["evaluation"]
         for row in evaluation["scalars"]:
-            prefix = f"{evaluation['split']}/{row['policy']}/k{row['k']}/{row['confidence']}"
+            curve = (evaluation["split"], *(row[c] for c in SCALAR_KEY))
             for key, value in row.items():
-                if key not in ("policy", "k", "confidence") and isinstance(value, int | float):
-                    values.setdefault(f"{prefix}/{key}", []).append(float(value))
+                if key not in SCALAR_KEY and isinstance(value, int | float):
+                    values.setdefault(pipeline_scalar_metric(*curve, key), []).append(float(value))
     return {key: float(np.mean(v)) for key, v in values.items() if len(v) == len(results)}
 
 

@@ -128,6 +128,12 @@ class Fitted:
     def to_dict(self) -> dict[str, Any]:
         return {"fuse_weight": {str(k): w for k, w in self.fuse_weight.items()}, "deferral": self.deferral}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fitted:
+        """Inverse of to_dict (a summary.json's ``fitted``)."""
+        weights = {int(k): float(w) for k, w in (d.get("fuse_weight") or {}).items()}
+        return cls(fuse_weight=weights, deferral=dict(d.get("deferral") or {}))
+
 
 def _best_fuse_weight(conf: np.ndarray, local: np.ndarray, fused: np.ndarray, label: np.ndarray) -> float:
     """The weight of FUSE_WEIGHTS whose fused policy has the largest area under the accuracy-vs-offload curve."""
