@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_plots import synthetic_records, synthetic_report
+from synthetic_evaluation import synthetic_records, synthetic_report
 
 from ask_the_expert.commands import compare
 from ask_the_expert.method.stats import resample_counts

@@ -1,9 +1,9 @@
 """PNG plots of a collaborative-inference evaluation: a ask_the_expert.method.policies.Report and its per-sample
 records.
 
-Every number comes from core/ (the report's curves, scalars, operating points and break-even maps;
-ask_the_expert.method.policies.hit_rate_curve; ask_the_expert.method.router.offload_mask); this module only draws, with
-matplotlib's Agg canvas (no pyplot state, so it is safe in any process).
+Every number comes from the method (the report's curves, scalars, operating points and break-even maps;
+ask_the_expert.method.policies.hit_rate_curve; ask_the_expert.method.diagnostics: calibration, expert load, superclass
+confusion); this module only draws, with matplotlib's Agg canvas (no pyplot state, so it is safe in any process).
 
 Design of the accuracy charts (``acc_vs_offload`` and, per profile, ``acc_vs_{latency,edge_energy,system_energy}``):
 
@@ -36,10 +36,15 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
-from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, NUM_CLASSES, NUM_SUPERCLASSES, SUPERCLASSES
+from ask_the_expert.method.cifar100_classes import NUM_SUPERCLASSES, SUPERCLASSES
 from ask_the_expert.method.costs import BASELINE_NAMES, COST_KEYS, COST_NAMES, Profile, baseline_costs
+from ask_the_expert.method.diagnostics import (
+    expert_load,
+    generalist_reliability,
+    superclass_accuracy,
+    superclass_confusion,
+)
 from ask_the_expert.method.policies import CURVE_POLICIES, LEARNED, Report, hit_rate_curve
-from ask_the_expert.method.router import offload_mask
 
 DPI = 120
 # Colour-blind-friendly tab10 entries, one per family; the order follows ask_the_expert.method.policies.CURVE_POLICIES.
@@ -88,7 +93,6 @@ FIELD_LABELS = {
     "edge.power_radio_w": "edge radio power (W)",
     "near_edge.power_active_w": "near-edge power (W)",
 }
-RELIABILITY_BINS = 10
 
 
 # ----------------------------------------------------------------------------------------------------- styling
@@ -257,70 +261,37 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
 
 
 # ------------------------------------------------------------------------------------------------ reliability
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = RELIABILITY_BINS) -> dict[str, Any]:
-    """Equal-width confidence bins over [0, 1] (a confidence of 1 falls in the last bin): per bin the number of
-    samples, their mean confidence and their accuracy (NaN for empty bins)."""
-    c = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
-    ok = np.asarray(correct, dtype=np.float64)
-    which = np.minimum((c * bins).astype(np.int64), bins - 1)
-    counts = np.bincount(which, minlength=bins).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(which, weights=c, minlength=bins) / counts
-        accuracy = np.bincount(which, weights=ok, minlength=bins) / counts
-    return {"edges": np.linspace(0.0, 1.0, bins + 1), "counts": counts, "confidence": mean_conf, "accuracy": accuracy}
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = RELIABILITY_BINS) -> float:
-    """ECE: sum over the bins of reliability_bins of (bin share) x |bin accuracy - bin mean confidence|."""
-    b = reliability_bins(confidence, correct, bins)
-    full = b["counts"] > 0
-    share = b["counts"][full] / b["counts"].sum()
-    return float(np.sum(share * np.abs(b["accuracy"][full] - b["confidence"][full])))
-
-
-def reliability_variants(report: Report, records: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, float]]:
-    """(name, G's top-1 probability, ECE) before temperature scaling (``g_max_prob_t1``, when recorded) and after
-    (``g_topk_probs[:, 0]``); correctness is G's top-1 == label."""
-    correct = records["g_topk_classes"][:, 0] == records["label"]
-    temperature = float(report.meta.get("temperature", math.nan))
-    t_text = f"T = {temperature:.3g}" if math.isfinite(temperature) else "T unknown"
-    variants = []
-    if "g_max_prob_t1" in records:
-        variants.append(("before scaling (T = 1)", records["g_max_prob_t1"]))
-    variants.append((f"after scaling ({t_text})", records["g_topk_probs"][:, 0]))
-    return [(name, conf, expected_calibration_error(conf, correct)) for name, conf in variants]
-
-
 def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
     """Reliability diagram of G before (softmax at T = 1) and after temperature scaling, with each ECE."""
     if "g_topk_classes" not in records or "label" not in records:
         return None
-    correct = records["g_topk_classes"][:, 0] == records["label"]
-    variants = reliability_variants(report, records)
+    temperature = float(report.meta.get("temperature", math.nan))
+    t_text = f"T = {temperature:.3g}" if math.isfinite(temperature) else "T unknown"
+    names = {"before_scaling": "before scaling (T = 1)", "after_scaling": f"after scaling ({t_text})"}
+    variants = generalist_reliability(records)
     colours = ["#7f7f7f", FAMILY_COLOURS["routed"]][-len(variants) :]
     fig = _figure(6.8, 6.4)
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="#000000", linestyle=":", linewidth=1.0, label="perfect calibration")
-    edges = np.linspace(0.0, 1.0, RELIABILITY_BINS + 1)
+    edges = variants["after_scaling"].bins["edges"]
     width = (edges[1] - edges[0]) / (len(variants) + 0.5)
-    for i, ((name, conf, ece), colour) in enumerate(zip(variants, colours, strict=True)):
-        b = reliability_bins(conf, correct)
+    for i, ((name, reliability), colour) in enumerate(zip(variants.items(), colours, strict=True)):
+        b = reliability.bins
         full = b["counts"] > 0
         ax.plot(
             b["confidence"][full], b["accuracy"][full], marker="o", color=colour, linewidth=1.5,
-            label=f"{name}: ECE {_pct(ece)}",
+            label=f"{names[name]}: ECE {_pct(reliability.ece)}",
         )  # fmt: skip
         hist.bar(edges[:-1] + (i + 0.25) * width, b["counts"], width=width, align="edge", color=colour, alpha=0.8)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("accuracy in the bin (%)")
     percent_axis(ax.yaxis)
-    hist.set_xlabel(f"generalist's top-1 probability ({RELIABILITY_BINS} equal-width bins, %)")
+    hist.set_xlabel(f"generalist's top-1 probability ({len(edges) - 1} equal-width bins, %)")
     hist.set_ylabel("samples")
     percent_axis(hist.xaxis)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
-    temperature = float(report.meta.get("temperature", math.nan))
     # report.meta does not say whether T was fitted (on val) or fixed by the user, so the title gives T only.
     t_text = f"temperature T = {temperature:.3g}" if math.isfinite(temperature) else "temperature unknown"
     ax.set_title(f"{report.split} ({report.num_samples} samples): reliability of the generalist, {t_text}", fontsize=10)
@@ -328,37 +299,6 @@ def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Pa
 
 
 # -------------------------------------------------------------------------------------------------- expert load
-def operating_tau(report: Report, policy: str, k: int, measure: str) -> dict[str, Any] | None:
-    """The val operating point of (policy, k, measure) on the report's first profile (or the profile-free one)."""
-    pname = report.profiles[0].name if report.profiles else ""
-    for p in report.operating_points:
-        if (p["policy"], p["k"], p["confidence"], p["profile"]) == (policy, k, measure, pname):
-            return p
-    return None
-
-
-def expert_load(report: Report, records: Mapping[str, np.ndarray]) -> dict[int, dict[str, Any]]:
-    """Per k: the share of offloaded samples each expert receives at the routed policy's val operating point
-    (first profile, primary measure), with that point's tau and offload ratio (shares are zeros when nothing is
-    offloaded)."""
-    primary = report.measures[0]
-    conf_key = f"conf_{primary}"
-    if conf_key not in records or "oracle_expert" not in records:
-        return {}
-    experts = [records[f"expert_k{k}"] for k in report.k_values if f"expert_k{k}" in records]
-    num_experts = int(max([records["oracle_expert"].max(), *(e.max() for e in experts)])) + 1
-    out: dict[int, dict[str, Any]] = {}
-    for k in report.k_values:
-        point = operating_tau(report, "routed", k, primary)
-        if point is None or f"expert_k{k}" not in records:
-            continue
-        offloaded = offload_mask(records[conf_key], point["tau"])
-        counts = np.bincount(records[f"expert_k{k}"][offloaded].astype(np.int64), minlength=num_experts)
-        shares = counts / max(int(offloaded.sum()), 1)
-        out[k] = {"shares": shares, "tau": float(point["tau"]), "offload_ratio": float(np.mean(offloaded))}
-    return out
-
-
 def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
     """Grouped bars: per expert, its share of the offloaded samples, one bar per k."""
     load = expert_load(report, records)
@@ -407,18 +347,6 @@ def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Pa
 
 
 # ------------------------------------------------------------------------------------------- superclass confusion
-def superclass_confusion(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray | None:
-    """(20, 20) row-normalised confusion of CIFAR-100 superclasses (rows: true, columns: predicted; rows without
-    samples are zeros); None when a label or prediction is not a CIFAR-100 fine class."""
-    y, p = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
-    if y.size == 0 or min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= NUM_CLASSES:
-        return None
-    counts = np.zeros((NUM_SUPERCLASSES, NUM_SUPERCLASSES))
-    np.add.at(counts, (FINE_TO_COARSE[y], FINE_TO_COARSE[p]), 1.0)
-    rows = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-
-
 def plot_superclass_confusion(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
     """Heat map of G's superclass confusion (skipped when the labels are not CIFAR-100's 100 classes)."""
     if "g_topk_classes" not in records:
@@ -426,7 +354,7 @@ def plot_superclass_confusion(report: Report, records: Mapping[str, np.ndarray],
     matrix = superclass_confusion(records["label"], records["g_topk_classes"][:, 0])
     if matrix is None:
         return None
-    coarse_acc = float(np.mean(FINE_TO_COARSE[records["label"]] == FINE_TO_COARSE[records["g_topk_classes"][:, 0]]))
+    coarse_acc = superclass_accuracy(records["label"], records["g_topk_classes"][:, 0])
     fig = _figure(9.0, 8.0)
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
