@@ -14,7 +14,7 @@ from PIL import Image
 from rich.console import Console
 from synthetic_evaluation import K_VALUES, synthetic_records, synthetic_report
 
-from ask_the_expert.method.policies import LEARNED, Report
+from ask_the_expert.method.policies import LEARNED, POLICIES, Report
 from ask_the_expert.method.sweep import accuracy_at_offload
 from ask_the_expert.results.evaluation_outputs import (
     OFFLOAD_GRID_PCT,
@@ -31,8 +31,8 @@ from ask_the_expert.results.evaluation_outputs import (
     write_outputs,
 )
 from ask_the_expert.results.plots import (
-    FAMILY_COLOURS,
     curve_style,
+    family_colour,
     k_linestyle,
     plot_superclass_confusion,
     shown_curves,
@@ -75,8 +75,8 @@ def test_one_colour_per_family_and_one_style_per_k(evaluation) -> None:
     keys = list(report.curves)
     styles = {key: curve_style(key, report.k_values) for key in keys}
     families = {key[0] for key in keys}
-    assert families == set(FAMILY_COLOURS)  # every family was evaluated, static_init included
-    assert len({FAMILY_COLOURS[f] for f in families}) == len(families)
+    assert families == set(POLICIES)  # every registered policy was evaluated, static_init included
+    assert len({family_colour(f) for f in families}) == len(families)
     for a in keys:
         for b in keys:
             assert (styles[a].color == styles[b].color) == (a[0] == b[0]), (a, b)

@@ -37,13 +37,14 @@ from rich.table import Table
 
 from ask_the_expert.method.findings import points_text, value_text
 from ask_the_expert.method.policies import (
-    CURVE_POLICIES,
     LEARNED,
+    POLICIES,
     PolicyData,
     policy_inputs,
     record_layout,
     routing_hits,
 )
+from ask_the_expert.method.router import RANDOM
 from ask_the_expert.method.stats import (
     MIN_RESAMPLES,
     accuracy_at,
@@ -144,9 +145,9 @@ def check_arguments(
         raise SuiteError(f"The run labels must be distinct and non-empty, got {names}.")
     if bootstrap < MIN_RESAMPLES:
         raise SuiteError(f"--bootstrap must be >= {MIN_RESAMPLES} resamples for a 95 % interval, got {bootstrap}.")
-    unknown = sorted(set(policies or ()) - set(CURVE_POLICIES))
+    unknown = sorted(set(policies or ()) - set(POLICIES))
     if unknown:
-        raise SuiteError(f"Unknown policies {unknown} in --policies; the curve policies are {list(CURVE_POLICIES)}.")
+        raise SuiteError(f"Unknown policies {unknown} in --policies; the curve policies are {list(POLICIES)}.")
     for r in runs:
         require_complete(Path(r))
     resolved = {Path(r).resolve() for r in runs}
@@ -215,13 +216,14 @@ def resampled_statistics(p: PolicyData, counts: np.ndarray) -> dict[str, np.ndar
 
 
 def compared_keys(runs: Sequence[Run], policies: Sequence[str] | None) -> list[Key]:
-    """The curves present in every run (restricted to ``policies``), in CURVE_POLICIES, k and measure order."""
-    wanted = list(policies or CURVE_POLICIES)
+    """The curves present in every run (restricted to ``policies``), in the policies' registration, k and measure
+    order."""
+    wanted = list(policies or POLICIES)
     common = set(runs[0].inputs).intersection(*(r.inputs for r in runs[1:]))
     measures = list(dict.fromkeys(k[2] for k in runs[0].inputs))
     keys = sorted(
         (k for k in common if k[0] in wanted),
-        key=lambda k: (CURVE_POLICIES.index(k[0]), k[1], measures.index(k[2])),
+        key=lambda k: (list(POLICIES).index(k[0]), k[1], measures.index(k[2])),
     )
     if not keys:
         raise SuiteError(
@@ -340,7 +342,7 @@ def rich_comparison(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run]) -> T
         table.add_column(f"{run.label} - {first}", justify="right", no_wrap=True)
         table.add_column("verdict", no_wrap=True)
     colours = {"holds": "green", "fails": "red"}
-    for group in grouped([r for r in rows if r["confidence"] in (runs[0].primary, "random", "")]):
+    for group in grouped([r for r in rows if r["confidence"] in (runs[0].primary, RANDOM, "")]):
         head = group[0]
         cells = [head["policy"], str(head["k"]), head["confidence"], head["statistic"]]
         cells += [value_text(r["value"], r["unit"]) for r in group]
@@ -386,7 +388,7 @@ def plot_policies(
         for i, (label, source) in enumerate(sources):
             colour = RUN_COLOURS[i % len(RUN_COLOURS)]
             if isinstance(source, Run):
-                measure = "random" if policy == "random" else source.primary
+                measure = RANDOM if POLICIES[policy].random_offload else source.primary
                 lines = {k: run_curve(source, k) for k in keys if k[0] == policy and k[2] == measure}
             else:
                 lines = {k: v for k, v in source.items() if k[0] == policy and k[2] not in (LEARNED,)}

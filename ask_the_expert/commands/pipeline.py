@@ -51,7 +51,9 @@ from rich.console import Console
 from ask_the_expert.commands import evaluate, train_experts
 from ask_the_expert.commands.deploy import export as export_command
 from ask_the_expert.commands.partition import learn_partition
+from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.costs import load_profile
+from ask_the_expert.method.stages import BASELINE_VARIANTS
 from ask_the_expert.results.evaluation_outputs import (
     SCALAR_KEY,
     is_complete,
@@ -98,8 +100,8 @@ CODE = {
     ),
 }
 # Arguments of evaluate.evaluate / deploy export that the pipeline sets itself, per seed.
-EVALUATE_OWN = {"generalist", "experts", "out", "static_experts", "static_init_experts", "base", "data", "split"}
-EVALUATE_OWN |= {"force"}
+EVALUATE_OWN = {"generalist", "experts", "out", "base", "data", "split", "force"}
+EVALUATE_OWN |= {f"{v}_experts" for v in BASELINE_VARIANTS}
 EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on"}
 # What a W&B sweep agent puts in the environment of its trial (wandb_agent.py). The first wandb.init of the process
 # would take the trial's run id, so the steps' runs run without them and the pipeline's summary run takes them back.
@@ -257,7 +259,7 @@ class SeedRun:
         train_experts.suite_cli(self.generalist_args(), "the generalist run")
         job = self.job
         if self.confusion_groups:  # the learned groups do not exist yet: check with balanced stand-in groups
-            chunks = np.array_split(np.arange(100), self.confusion_groups)
+            chunks = np.array_split(np.arange(NUM_CLASSES), self.confusion_groups)
             job = replace(job, partition={"subsets": [c.tolist() for c in chunks]})
         job = replace(job, generalist_checkpoint=str(self.generalist), args=[*self.training_args(), *job.args])
         train_experts.Job(job, self.data, check_files=False)
@@ -344,12 +346,11 @@ class SeedRun:
             )
             train_experts.train_experts(job, self.data)
         elif step == "evaluate":
-            static = {v: [str(self.experts[v])] for v in ("static", "static_init") if self.expert_files(v)}
+            baselines = {f"{v}_experts": [str(self.experts[v])] for v in BASELINE_VARIANTS if self.expert_files(v)}
             evaluate.evaluate(
                 generalist=str(self.generalist),
                 experts=[str(self.experts["progressive"])],
-                static_experts=static.get("static"),
-                static_init_experts=static.get("static_init"),
+                **baselines,
                 base=str(self.base),
                 data=self.data,
                 split=self.opts.split,

@@ -40,7 +40,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import torch
 import wandb
@@ -50,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ask_the_expert.commands.train import SuiteCLI
-from ask_the_expert.method.stages import schedule_steps, static_step_budget
+from ask_the_expert.method.stages import EXPERT_VARIANTS, Variant, schedule_steps, static_step_budget
 from ask_the_expert.method.subsets import parse_partition_spec, save_partition
 from ask_the_expert.tracking.artifacts import log_checkpoint
 from ask_the_expert.utils.atomic import write_json_atomic
@@ -60,10 +59,6 @@ from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions
 from lightning_modules.checkpoints import read_checkpoint
 
-Variant = Literal["progressive", "static", "static_init"]
-VARIANTS: tuple[str, ...] = ("progressive", "static", "static_init")
-# How each static variant starts and is budgeted (ask_the_expert.method.stages.static_step_budget).
-STATIC_START = {"static": "from_base", "static_init": "from_init"}
 # The ExpertsJob fields that name config files.
 CONFIG_FIELDS = ("base_config", "progressive_config", "static_config", "common_config")
 SUMMARY_METRICS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
@@ -91,7 +86,7 @@ class ExpertsJob:
 
     out: str = "runs/experts"
     partition: int | str | list[list[int | str]] = "superclass"
-    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[Variant] = field(default_factory=lambda: list(EXPERT_VARIANTS))
     base_config: list[str] = field(default_factory=lambda: ["configs/base.yaml"])
     progressive_config: list[str] = field(default_factory=lambda: ["configs/expert.yaml"])
     static_config: list[str] = field(default_factory=lambda: ["configs/expert_static.yaml"])
@@ -201,9 +196,9 @@ class Job:
         bad = [j for j in job.experts or [] if not 0 <= j < n]
         if bad:
             raise SuiteError(f"--experts {bad} are out of range: the partition has {n} experts, so use 0..{n - 1}.")
-        unknown = [v for v in job.variants if v not in VARIANTS]
+        unknown = [v for v in job.variants if v not in EXPERT_VARIANTS]
         if unknown or not job.variants:
-            raise SuiteError(f"--variants {job.variants!r} must be a non-empty list of {list(VARIANTS)}.")
+            raise SuiteError(f"--variants {job.variants!r} must be a non-empty list of {list(EXPERT_VARIANTS)}.")
         if job.parallel < 1 or (job.parallel > 1 and torch.cuda.device_count() < job.parallel):
             raise SuiteError(
                 f"--parallel {job.parallel} needs that many GPUs, found {torch.cuda.device_count()}; use --parallel 1 "
@@ -234,7 +229,7 @@ class Job:
         """SuiteCLI arguments of one run of ``kind`` (base, progressive, static, static_init) for expert ``j``
         (``partition``: the spec to pass instead of the partition file, for the checks before it is written)."""
         job = self.job
-        config_kind = "static" if kind == "static_init" else kind
+        config_kind = "static" if kind != "base" and EXPERT_VARIANTS[kind].single_stage else kind
         configs = [*getattr(job, f"{config_kind}_config"), *job.common_config]
         out = [*(a for c in configs for a in ("-c", c)), *data_args(self.data)]
         if kind != "base":  # the generalist's logits, cached next to the experts (the job's args may move it)
@@ -243,7 +238,7 @@ class Job:
         if kind == "base":
             return out
         out += [f"--model.partition={partition or self.partition_file}", f"--model.expert_index={j}"]
-        base = self.base_checkpoint if kind in ("progressive", "static") else None
+        base = self.base_checkpoint if EXPERT_VARIANTS[kind].start == "from_base" else None
         out += [
             f"--model.base_checkpoint={base or 'null'}",
             f"--model.generalist_checkpoint={job.generalist_checkpoint or 'null'}",
@@ -261,7 +256,7 @@ class Job:
     def static_steps(self, variant: str, j: int) -> int:
         """Step budget of static expert j (ask_the_expert.method.stages.static_step_budget)."""
         base_steps = torch.load(self.base_checkpoint, map_location="cpu", weights_only=False)["global_step"]
-        return static_step_budget(STATIC_START[variant], base_steps, self.progressive_steps(j))
+        return static_step_budget(EXPERT_VARIANTS[variant].start, base_steps, self.progressive_steps(j))
 
     def train_base(self) -> None:
         if self.base_checkpoint.is_file():
@@ -275,7 +270,7 @@ class Job:
         target = self.expert_checkpoint(variant, j)
         target.parent.mkdir(parents=True, exist_ok=True)
         args = self.args(variant, target.parent, j)
-        if variant != "progressive":
+        if EXPERT_VARIANTS[variant].single_stage:
             steps = self.static_steps(variant, j)
             console.print(f"{variant} expert {j}: budget {steps} optimizer steps")
             args.append(f"--model.static_steps={steps}")

@@ -7,12 +7,13 @@ confusion); this module only draws, with matplotlib's Agg canvas (no pyplot stat
 
 Design of the accuracy charts (``acc_vs_offload`` and, per profile, ``acc_vs_{latency,edge_energy,system_energy}``):
 
-- one colour per policy family (``FAMILY_COLOURS``: routed, fused, static, static_init, base, oracle, random) and
-  one line style per k (``k_linestyle``: the k's position among the evaluation's k values; k = 0 is solid);
+- one colour per policy family (``family_colour``: the registered policies of ask_the_expert.method.policies in
+  order, on ``POLICY_PALETTE``) and one line style per k (``k_linestyle``: the k's position among the evaluation's
+  k values; k = 0 is solid);
 - so that four k values stay readable, ``routed`` is drawn at every k and every other family only at its best k
   (largest area gain under the primary confidence measure; ``random`` at routed's best k);
-- the ``learned`` deferral variant of routed and fused is drawn at that family's best k, in the family colour with
-  round markers and "learned deferral" in its label;
+- the ``learned`` deferral variant of a policy that has one is drawn at that family's best k, in the family colour
+  with round markers and "learned deferral" in its label;
 - reference levels are labelled dotted horizontal lines (generalist only, the base model on every sample when it
   was evaluated, the oracle all offloaded); on cost axes the three baseline deployments are labelled markers at
   (their cost, their accuracy), or labelled vertical lines when their accuracy was not evaluated;
@@ -37,35 +38,21 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
 from ask_the_expert.method.cifar100_classes import NUM_SUPERCLASSES, SUPERCLASSES
-from ask_the_expert.method.costs import BASELINE_NAMES, COST_KEYS, COST_NAMES, Profile, baseline_costs
+from ask_the_expert.method.costs import BASELINE_NAMES, COST_KEYS, COST_NAMES, QUANTITIES, Profile, baseline_costs
 from ask_the_expert.method.diagnostics import (
     expert_load,
     generalist_reliability,
     superclass_accuracy,
     superclass_confusion,
 )
-from ask_the_expert.method.policies import CURVE_POLICIES, LEARNED, Report, hit_rate_curve
+from ask_the_expert.method.policies import LEARNED, POLICIES, Report, hit_rate_curve
+from ask_the_expert.method.router import RANDOM
 
 DPI = 120
-# Colour-blind-friendly tab10 entries, one per family; the order follows ask_the_expert.method.policies.CURVE_POLICIES.
-FAMILY_COLOURS: dict[str, str] = {
-    "routed": "#1f77b4",
-    "fused": "#9467bd",
-    "static": "#ff7f0e",
-    "static_init": "#8c564b",
-    "base": "#2ca02c",
-    "oracle": "#d62728",
-    "random": "#7f7f7f",
-}
-FAMILY_NAMES: dict[str, str] = {
-    "routed": "routed (progressive experts)",
-    "fused": "fused G + expert",
-    "static": "static-from-base experts",
-    "static_init": "static-from-init experts",
-    "base": "offload to the base model",
-    "oracle": "oracle routing",
-    "random": "random offload",
-}
+# Colour-blind-friendly tab10 entries, one per policy family in the order the policies are registered (routed,
+# fused, static, static_init, base, oracle, random, then any policy added later).
+POLICY_PALETTE = ("#1f77b4", "#9467bd", "#ff7f0e", "#8c564b", "#2ca02c", "#d62728", "#7f7f7f", "#e377c2", "#bcbd22")
+POLICY_PALETTE += ("#17becf",)
 # Line style of the i-th k value (beyond the list they repeat; the paper sweeps four k values).
 K_LINESTYLES: tuple[Any, ...] = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 4)))
 AXIS_LABELS = {
@@ -82,17 +69,6 @@ STRATEGY_COLOURS = {
     "near_edge_only": "#ffbb78",
     "collaboration": "#aec7e8",
 }
-# Friendly axis names of the break-even maps' profile quantities (ask_the_expert.method.breakeven.profile_fields), with
-# units.
-FIELD_LABELS = {
-    "link.uplink_mbps": "uplink rate (Mbit/s)",
-    "link.downlink_mbps": "downlink rate (Mbit/s)",
-    "link.rtt_ms": "round-trip time (ms)",
-    "edge.power_active_w": "edge active power (W)",
-    "edge.power_idle_w": "edge idle power (W)",
-    "edge.power_radio_w": "edge radio power (W)",
-    "near_edge.power_active_w": "near-edge power (W)",
-}
 
 
 # ----------------------------------------------------------------------------------------------------- styling
@@ -107,8 +83,9 @@ class LineStyle:
 
 
 def family_colour(policy: str) -> str:
-    """The colour of a policy family (black for a policy this module does not know)."""
-    return FAMILY_COLOURS.get(policy, "#000000")
+    """The colour of a policy family: its registration position on POLICY_PALETTE (black for an unknown name)."""
+    names = list(POLICIES)
+    return POLICY_PALETTE[names.index(policy) % len(POLICY_PALETTE)] if policy in names else "#000000"
 
 
 def k_linestyle(k: int, k_values: Sequence[int]) -> Any:
@@ -123,7 +100,7 @@ def curve_style(key: tuple[str, int, str], k_values: Sequence[int]) -> LineStyle
     """The style of the curve ``(policy, k, measure)``; the learned-deferral variant keeps family colour and k
     style and adds markers."""
     policy, k, measure = key
-    name = FAMILY_NAMES.get(policy, policy) + (f", k={k}" if k else "")
+    name = (POLICIES[policy].legend if policy in POLICIES else policy) + (f", k={k}" if k else "")
     learned = measure == LEARNED
     if learned:
         name += ", learned deferral"
@@ -140,22 +117,22 @@ def best_k(report: Report, policy: str, measure: str) -> int | None:
 
 def shown_curves(report: Report) -> list[tuple[str, int, str]]:
     """The curves the accuracy charts draw: routed at every k and the other families at their best k (primary
-    measure), the learned variant of routed and fused at their best k, random at routed's best k."""
+    measure), the learned variant of a family at its best k, random offload at routed's best k."""
     primary = report.measures[0]
     keys: list[tuple[str, int, str]] = [("routed", k, primary) for k in report.k_values]
     routed_best = best_k(report, "routed", primary)
-    for policy in CURVE_POLICIES:
-        if policy == "random":
+    for policy in POLICIES.values():
+        if policy.random_offload:
             if routed_best is not None:
-                keys.append(("random", routed_best, "random"))
+                keys.append((policy.name, routed_best if policy.per_k else 0, RANDOM))
             continue
-        k = best_k(report, policy, primary)
+        k = best_k(report, policy.name, primary)
         if k is None:
             continue
-        if policy != "routed":
-            keys.append((policy, k, primary))
-        if policy in ("routed", "fused") and (policy, k, LEARNED) in report.curves:
-            keys.append((policy, k, LEARNED))
+        if policy.name != "routed":
+            keys.append((policy.name, k, primary))
+        if policy.learned:
+            keys.append((policy.name, k, LEARNED))
     return [key for key in keys if key in report.curves]
 
 
@@ -191,8 +168,8 @@ def reference_levels(report: Report) -> list[tuple[str, float, str]]:
     """(label, accuracy, colour) of the reference accuracies drawn as horizontal lines."""
     refs = report.references
     levels = [("generalist only", refs.get("generalist"), "#000000")]
-    levels.append(("base model on every sample", refs.get("base"), FAMILY_COLOURS["base"]))
-    levels.append(("oracle routing, all offloaded", refs.get("oracle"), FAMILY_COLOURS["oracle"]))
+    levels.append(("base model on every sample", refs.get("base"), family_colour("base")))
+    levels.append(("oracle routing, all offloaded", refs.get("oracle"), family_colour("oracle")))
     return [(f"{name}: {_pct(v)}", float(v), c) for name, v, c in levels if v is not None and math.isfinite(v)]
 
 
@@ -269,7 +246,7 @@ def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Pa
     t_text = f"T = {temperature:.3g}" if math.isfinite(temperature) else "T unknown"
     names = {"before_scaling": "before scaling (T = 1)", "after_scaling": f"after scaling ({t_text})"}
     variants = generalist_reliability(records)
-    colours = ["#7f7f7f", FAMILY_COLOURS["routed"]][-len(variants) :]
+    colours = ["#7f7f7f", family_colour("routed")][-len(variants) :]
     fig = _figure(6.8, 6.4)
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="#000000", linestyle=":", linewidth=1.0, label="perfect calibration")
@@ -314,7 +291,7 @@ def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Pa
             np.arange(num_experts) + (i - (len(load) - 1) / 2) * width,
             entry["shares"],
             width=width,
-            color=FAMILY_COLOURS["routed"],
+            color=family_colour("routed"),
             alpha=float(shades[i]),
             edgecolor="#333333",
             linewidth=0.4,
@@ -389,7 +366,7 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
         ax.plot(
             offload,
             rate,
-            color=FAMILY_COLOURS["routed"],
+            color=family_colour("routed"),
             linestyle=k_linestyle(k, report.k_values),
             linewidth=1.5,
             label=f"k={k} (all samples: {_pct(report.hit_rates.get(k, math.nan))})",
@@ -413,8 +390,8 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
 # -------------------------------------------------------------------------------------------------- break-even
 def field_label(name: str) -> str:
     """Axis label (with unit) of a break-even map's profile quantity."""
-    if name in FIELD_LABELS:
-        return FIELD_LABELS[name]
+    if name in QUANTITIES:
+        return QUANTITIES[name].label
     parts = name.split(".")
     if len(parts) == 3 and parts[1] == "latency_ms":
         where = "the edge" if parts[0] == "edge" else "the near edge"
