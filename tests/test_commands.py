@@ -12,7 +12,7 @@ from conftest import CONFIG_DIR, REPO_ROOT, TINY_MODEL_ARGS
 from ask_the_expert.commands import pipeline, train_experts
 from ask_the_expert.method.costs import load_profile
 from ask_the_expert.utils.config_files import config_dir, find_config
-from ask_the_expert.utils.fingerprint import code_version, source_closure
+from ask_the_expert.utils.fingerprint import code_text, code_version, source_closure
 
 tomllib = pytest.importorskip("tomllib")
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -89,3 +89,14 @@ def test_code_version_follows_imports_from_any_directory(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert code_version(["ask_the_expert.commands.evaluate"]) == here
     assert code_version(["ask_the_expert.commands.partition"]) != here
+
+
+def test_the_code_fingerprint_ignores_docstrings_and_comments(tmp_path: Path) -> None:
+    source = tmp_path / "step.py"
+    source.write_text('"""A step."""\n\n\ndef run(x: int) -> int:\n    """Help text."""\n    return x + 1  # why\n')
+    before = code_text(source)
+    source.write_text('"""A step, better described."""\n\n\ndef run(x: int) -> int:\n    """Other help."""\n'
+                      "    # a new comment\n    return x + 1\n")  # fmt: skip
+    assert code_text(source) == before
+    source.write_text('"""A step."""\n\n\ndef run(x: int) -> int:\n    """Help text."""\n    return x + 2\n')
+    assert code_text(source) != before
