@@ -1,6 +1,8 @@
-"""A synthetic evaluation (numpy only, fast), shared by the tests of the plots, the results store, compare and the
-diagnostics: ``synthetic_records`` builds records with every column ``CollaborativeSystem.evaluation_records`` writes,
-routed by ask_the_expert.method.routed_batch.route_batch on random logits; ``synthetic_report`` evaluates them."""
+"""A synthetic evaluation (numpy only, fast), shared by the tests of the plots, the results store, compare, the
+diagnostics, the sweep and the statistics: ``synthetic_records`` builds records with every column
+``CollaborativeSystem.evaluation_records`` writes, routed by ask_the_expert.method.routed_batch.route_batch on random
+logits; ``synthetic_report`` evaluates them; ``random_policy`` is one policy's sweep inputs with many tied
+confidences."""
 
 from __future__ import annotations
 
@@ -57,3 +59,10 @@ def synthetic_report(records: dict[str, np.ndarray], profiles: bool = True) -> R
     report = evaluate_policies(records, loaded, resamples=100)
     report.meta = {"temperature": TEMPERATURE, "bootstrap": {"resamples": 100}}
     return report
+
+
+def random_policy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(confidence with many ties, G right, offloaded answer right) for n samples."""
+    rng = np.random.default_rng(seed)
+    conf = np.round(rng.random(n), 2)
+    return conf, rng.random(n) < 0.6, rng.random(n) < 0.8

@@ -170,12 +170,7 @@ class TrainingRun:
 
 def data_overrides(data: DataOptions) -> dict[str, Any]:
     """The data folder and split of a training run (loader settings stay the configs')."""
-    return {
-        "data.data_dir": data.data_dir,
-        "data.check_integrity": data.check_integrity,
-        "data.val_size": data.val_size,
-        "data.split_seed": data.split_seed,
-    }
+    return {f"data.{name}": getattr(data, name) for name in ("data_dir", "check_integrity", "val_size", "split_seed")}
 
 
 def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:

@@ -82,7 +82,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def summary_dict(report: Report) -> dict[str, Any]:
-    """The content of ``summary.json`` (the documented output interface: README, "Output files")."""
+    """The content of ``summary.json`` (the documented output interface: docs/evaluation-outputs.md, "Output files")."""
     return _json_safe(
         {
             "split": report.split,

@@ -159,6 +159,14 @@ def _outside_legend(ax: Axes, **kwargs: Any) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0.0, **kwargs)
 
 
+def _finish(fig: Figure, ax: Axes, title: str, path: Path) -> Path:
+    """Title, grid and the legend outside the axes, then save."""
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _outside_legend(ax)
+    return _save(fig, path)
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -227,14 +235,9 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
         percent_axis(ax.xaxis)
         ax.set_xlim(0.0, 1.0)
     what = "offload ratio" if profile is None else f"{COST_NAMES[x]} ({profile.name})"
-    ax.set_title(
-        f"{report.split} ({report.num_samples} samples): accuracy vs {what}\n"
-        f"confidence {report.measures[0]}; routed at every k, other policies at their best k",
-        fontsize=10,
-    )
-    ax.grid(alpha=0.3)
-    _outside_legend(ax)
-    return _save(fig, path)
+    title = f"{report.split} ({report.num_samples} samples): accuracy vs {what}\n"
+    title += f"confidence {report.measures[0]}; routed at every k, other policies at their best k"
+    return _finish(fig, ax, title, path)
 
 
 # ------------------------------------------------------------------------------------------------ reliability
@@ -377,14 +380,8 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
     percent_axis(ax.yaxis)
     ax.set_xlabel(AXIS_LABELS["offload_ratio"])
     ax.set_ylabel("hit rate among the offloaded (%)")
-    ax.set_title(
-        f"{report.split} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
-        f"among the offloaded samples, confidence {primary}",
-        fontsize=10,
-    )
-    ax.grid(alpha=0.3)
-    _outside_legend(ax)
-    return _save(fig, path)
+    title = f"{report.split} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
+    return _finish(fig, ax, title + f"among the offloaded samples, confidence {primary}", path)
 
 
 # -------------------------------------------------------------------------------------------------- break-even
