@@ -150,6 +150,13 @@ def test_across_seeds_needs_every_seed_to_agree() -> None:
     assert one["seed_interval"] is None
     (missing,) = across_seeds([[holds], []])  # a finding one seed lacks is not established across seeds
     assert missing["verdict"] == "not established"
+    # The same claim in another group (e.g. "all offloaded, k=3" against each static variant) is another finding.
+    other = {**weak, "group": "h"}
+    combined = across_seeds([[holds, other], [holds, other]])
+    assert [(f["group"], f["verdict"], f["seeds"]) for f in combined] == [
+        ("g", "holds", 2),
+        ("h", "not established", 2),
+    ]
 
 
 def test_up_to_reductions_quote_the_accuracy_they_cost() -> None:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from lightning import Trainer
 from rich.console import Console
 
+from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.costs import Profile, load_profile
 from ask_the_expert.method.findings import PrimaryFamily
 from ask_the_expert.method.holdout import SelectionSplit, split_parts
@@ -82,7 +83,7 @@ def check_arguments(
         raise SuiteError(f"--bootstrap must be >= {MIN_RESAMPLES} resamples for a 95 % interval, got {bootstrap}.")
     if not (within_points >= 0 and delta >= 0):
         raise SuiteError(f"--within_points and --delta must be >= 0, got {within_points} and {delta}.")
-    k_values = check_k_values(k or DEFAULT_K, 100)
+    k_values = check_k_values(k or DEFAULT_K, NUM_CLASSES)
     if primary.k not in k_values:
         raise SuiteError(
             f"--primary.k {primary.k} is not among the evaluated k values {k_values}; add it to --k (the primary "

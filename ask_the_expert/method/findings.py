@@ -253,11 +253,13 @@ def compute_findings(
     k_values: Sequence[int],
     assessed_on: str,
     family: PrimaryFamily = PrimaryFamily(),
+    versus_progressive: Sequence[tuple[str, str]] = (),
 ) -> list[Finding]:
     """The primary family's members and the exploratory comparisons of one evaluation, on the assessed samples: the
-    collaboration vs the base model and vs the generalist, progressive vs each static variant, the other k values
-    against the family's k, fused vs plain expert answers, learned vs confidence-based deferral. Every k and offload
-    is the family's or a fixed grid value: nothing here is chosen from the data being assessed."""
+    collaboration vs the base model and vs the generalist, progressive vs each policy of ``versus_progressive``
+    ((name, label): the static variants), the other k values against the family's k, fused vs plain expert answers,
+    learned vs confidence-based deferral. Every k and offload is the family's or a fixed grid value: nothing here is
+    chosen from the data being assessed."""
     k, offload = family.k, family.offload
     if ("routed", k, measure) not in inputs:
         raise SuiteError(f"The primary family's k={k} was not evaluated (k values {list(k_values)}); add it to --k.")
@@ -299,7 +301,7 @@ def compute_findings(
             member="routed_vs_generalist" if ratio == offload else "")  # fmt: skip
     # Progressive vs each static variant: all offloaded (the family's member), at the offload, by area gain, and on
     # the experts' own subsets.
-    for name, title in (("static", "static-from-base"), ("static_init", "static-from-init")):
+    for name, title in versus_progressive:
         static = stats(name, k)
         if static is None:
             continue
@@ -347,14 +349,15 @@ def seed_interval(differences: Sequence[float], level: float = 0.95) -> tuple[fl
 
 
 def across_seeds(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """Findings of several seeds (as dicts, matched by claim), combined as docs/design.md §6 says: the verdict holds
+    """Findings of several seeds (as dicts, matched by group and claim: claims such as "all offloaded, k=3" recur
+    across groups), combined as docs/design.md §6 says: the verdict holds
     (fails) only when every seed's verdict does (a primary member's being its Holm-corrected verdict in that seed),
     else it is not established; with it the mean +- std of a, b and the difference, every seed's interval and the
     seed-level 95 % t interval of the mean difference (``seed_interval``, None for one seed)."""
-    by_claim: dict[str, list[Mapping[str, Any]]] = {}
+    by_claim: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for seed in per_seed:
         for f in seed:
-            by_claim.setdefault(f["claim"], []).append(f)
+            by_claim.setdefault((f["group"], f["claim"]), []).append(f)
     out = []
     for items in by_claim.values():
         verdicts_seen = {f["verdict"] for f in items}

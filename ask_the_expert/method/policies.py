@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,11 +55,8 @@ from ask_the_expert.method.holdout import (
     split_parts,
 )
 from ask_the_expert.method.routed_batch import FUSE_WEIGHTS, Records
-from ask_the_expert.method.router import (
-    LEARNED,
-    RouterSpec,
-    random_confidence,
-)
+from ask_the_expert.method.router import LEARNED, RANDOM, RouterSpec, random_confidence
+from ask_the_expert.method.stages import BASELINE_VARIANTS
 from ask_the_expert.method.stats import resample_counts
 from ask_the_expert.method.sweep import (
     OPERATING_RULES,
@@ -75,11 +72,6 @@ from ask_the_expert.method.sweep import (
     up_to_reductions,
 )
 from ask_the_expert.utils.errors import SuiteError
-
-# Policies with a curve over tau (the end-point policies are single points).
-CURVE_POLICIES = ("routed", "fused", "static", "static_init", "base", "oracle", "random")
-# The single-stage expert sets evaluated beside the progressive experts: record prefix -> what it is.
-BASELINE_SETS = {"static": "static-from-base", "static_init": "static-from-init"}
 
 
 # ----------------------------------------------------------------------------------------------------- records
@@ -143,6 +135,12 @@ class Fitted:
     def to_dict(self) -> dict[str, Any]:
         return {"fuse_weight": {str(k): w for k, w in self.fuse_weight.items()}, "deferral": self.deferral}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fitted:
+        """Inverse of to_dict (a summary.json's ``fitted``)."""
+        weights = {int(k): float(w) for k, w in (d.get("fuse_weight") or {}).items()}
+        return cls(fuse_weight=weights, deferral=dict(d.get("deferral") or {}))
+
 
 def take(records: Mapping[str, np.ndarray], mask: np.ndarray) -> Records:
     """The records of the samples where ``mask`` is True (every column)."""
@@ -155,53 +153,142 @@ def _best_fuse_weight(conf: np.ndarray, local: np.ndarray, fused: np.ndarray, la
     return FUSE_WEIGHTS[int(np.argmax(areas))]
 
 
-def _offload_answers(records: Mapping[str, np.ndarray], fitted: Fitted) -> dict[tuple[str, int], np.ndarray]:
-    """Per curve policy and k: whether each sample's offloaded answer is right (fused at its fitted weight)."""
-    ks, _ = record_layout(records)
+# ---------------------------------------------------------------------------------------------- the policies
+@dataclass
+class AnswerContext:
+    """What a policy's answer function sees: the records, their labels, G's correctness and primary confidence, and
+    what is fitted on val's selection part (``fitting``: fit it now on these records, else apply ``fitted``)."""
+
+    records: Mapping[str, np.ndarray]
+    label: np.ndarray
+    local: np.ndarray
+    primary: np.ndarray
+    fitted: Fitted
+    fitting: bool
+
+
+# (context, k) -> per sample, whether the policy's answer to an offloaded sample is right; None when the records
+# do not hold that policy (e.g. no base model was evaluated) or nothing was fitted for it.
+AnswerFn = Callable[[AnswerContext, int], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A curve policy (docs/design.md §3, §6): who answers the samples it offloads. Declaring one (``register_policy``)
+    is all it takes for its curves, scalars, operating points, plots, report rows and, with ``versus_progressive``,
+    its findings.
+
+    Attributes:
+        name: its key in curves, records and metric names.
+        label: how findings and tables name it; ``legend``: how plots name it.
+        answers: its answer function (``AnswerFn``).
+        per_k: one curve per Top-k value (k = 0 otherwise).
+        learned: also evaluated with the learned deferral confidence (a rule fitted per policy and k).
+        random_offload: offloads a seeded random subset at every rate instead of the least confident samples (its
+            confidence measure is ``random``; plots show it at the primary k).
+        near_edge_model: the near-edge latency role an offload costs (``medium``: the base model, timed as an
+            ``expert`` when the profile has no ``medium``).
+        versus_progressive: the findings compare the progressive experts' answers with this policy's.
+    """
+
+    name: str
+    label: str
+    legend: str
+    answers: AnswerFn
+    per_k: bool = True
+    learned: bool = False
+    random_offload: bool = False
+    near_edge_model: str = "expert"
+    versus_progressive: bool = False
+
+
+POLICIES: dict[str, Policy] = {}
+
+
+def register_policy(policy: Policy) -> Policy:
+    """Add a policy to every evaluation (in registration order: the order of curves, tables and plots)."""
+    if policy.name in POLICIES:
+        raise SuiteError(f"A policy named {policy.name!r} is registered already.")
+    POLICIES[policy.name] = policy
+    return policy
+
+
+def _column_answers(column: str) -> AnswerFn:
+    """Answers read from a record column (``{k}`` is the Top-k value)."""
+
+    def answers(ctx: AnswerContext, k: int) -> np.ndarray | None:
+        name = column.format(k=k)
+        return ctx.records[name] == ctx.label if name in ctx.records else None
+
+    return answers
+
+
+def _fused_answers(ctx: AnswerContext, k: int) -> np.ndarray | None:
+    """The weighted geometric mean of G's and the chosen expert's probabilities, its weight chosen on selection data."""
+    fused = ctx.records.get(f"fused_k{k}")
+    if fused is None:
+        return None
+    if ctx.fitting:
+        ctx.fitted.fuse_weight[k] = _best_fuse_weight(ctx.primary, ctx.local, fused, ctx.label)
+    if k not in ctx.fitted.fuse_weight:
+        return None
+    return fused[:, FUSE_WEIGHTS.index(ctx.fitted.fuse_weight[k])] == ctx.label
+
+
+_routed_answers = _column_answers("pred_k{k}")
+register_policy(Policy("routed", "routed", "routed (progressive experts)", _routed_answers, learned=True))
+register_policy(Policy("fused", "fused", "fused G + expert", _fused_answers, learned=True))
+for _variant in BASELINE_VARIANTS.values():
+    register_policy(
+        Policy(_variant.name, _variant.title, f"{_variant.title} experts",
+               _column_answers(f"{_variant.name}_pred_k{{k}}"), versus_progressive=True)
+    )  # fmt: skip
+register_policy(
+    Policy("base", "base", "offload to the base model", _column_answers("pred_base"), per_k=False,
+           near_edge_model="medium")
+)  # fmt: skip
+register_policy(Policy("oracle", "oracle", "oracle routing", _column_answers("pred_oracle"), per_k=False))
+register_policy(Policy("random", "random", "random offload", _routed_answers, random_offload=True))
+
+
+def _context(records: Mapping[str, np.ndarray], fitted: Fitted, fitting: bool) -> AnswerContext:
+    _, measures = record_layout(records)
     label = records["label"]
-    offload: dict[tuple[str, int], np.ndarray] = {}
-    for k in ks:
-        offload["routed", k] = records[f"pred_k{k}"] == label
-        if f"fused_k{k}" in records and k in fitted.fuse_weight:
-            offload["fused", k] = records[f"fused_k{k}"][:, FUSE_WEIGHTS.index(fitted.fuse_weight[k])] == label
-        for name in BASELINE_SETS:
-            if f"{name}_pred_k{k}" in records:
-                offload[name, k] = records[f"{name}_pred_k{k}"] == label
-    if "pred_base" in records:
-        offload["base", 0] = records["pred_base"] == label
-    offload["oracle", 0] = records["pred_oracle"] == label
-    return offload
+    return AnswerContext(records, label, records["g_topk_classes"][:, 0] == label, records[f"conf_{measures[0]}"],
+                         fitted, fitting)  # fmt: skip
+
+
+def _offload_answers(ctx: AnswerContext) -> dict[tuple[str, int], np.ndarray]:
+    """Per registered policy (random offload aside) and k: whether each sample's offloaded answer is right."""
+    ks, _ = record_layout(ctx.records)
+    # Per-k policies first (k by k), then the others: the order of every curve list.
+    plan = [(p, k) for k in ks for p in POLICIES.values() if p.per_k and not p.random_offload]
+    plan += [(p, 0) for p in POLICIES.values() if not p.per_k and not p.random_offload]
+    return {(p.name, k): correct for p, k in plan if (correct := p.answers(ctx, k)) is not None}
 
 
 def fit_choices(deferral: Mapping[str, np.ndarray], selection: Mapping[str, np.ndarray]) -> Fitted:
-    """The fused weight per k, chosen on ``selection`` by area under the curve of the primary confidence measure, and
-    the learned deferral rule of each routed and fused policy, fitted on ``deferral`` (a part disjoint from the one
-    that fits T and picks the operating point, docs/design.md §7; none when it holds no sample)."""
-    ks, measures = record_layout(selection)
-    label = selection["label"]
-    local = selection["g_topk_classes"][:, 0] == label
+    """What the policies fit (the fused weight per k), chosen on ``selection`` by area under the curve of the primary
+    confidence measure, and the learned deferral rule of each ``learned`` policy and k, fitted on ``deferral`` (a part
+    disjoint from the one that fits T and picks the operating point, docs/design.md §7; none when it is empty)."""
     fitted = Fitted()
-    for k in ks:
-        if f"fused_k{k}" in selection:
-            fitted.fuse_weight[k] = _best_fuse_weight(
-                selection[f"conf_{measures[0]}"], local, selection[f"fused_k{k}"], label
-            )
+    _offload_answers(_context(selection, fitted, fitting=True))
     if "g_features" in deferral and len(deferral["label"]):
+        ctx = _context(deferral, fitted, fitting=False)
         features = deferral["g_features"].astype(np.float64)
-        right_locally = deferral["g_topk_classes"][:, 0] == deferral["label"]
-        for (p, k), correct in _offload_answers(deferral, fitted).items():
-            if p in ("routed", "fused"):
-                fitted.deferral[f"{p}@k{k}"] = fit_deferral(features, right_locally, correct).to_dict()
+        for (p, k), correct in _offload_answers(ctx).items():
+            if POLICIES[p].learned:
+                fitted.deferral[f"{p}@k{k}"] = fit_deferral(features, ctx.local, correct).to_dict()
     return fitted
 
 
 def policy_inputs(records: Mapping[str, np.ndarray], fitted: Fitted, random_seed: int = 0) -> list[PolicyData]:
-    """The sweep inputs of every curve policy the records support, with what was fitted applied unchanged (fused
+    """The sweep inputs of every registered policy the records support, with what was fitted applied unchanged (fused
     policies at their fitted weight, ``learned`` scored by the fitted rules)."""
-    _, measures = record_layout(records)
-    label = records["label"]
-    local = records["g_topk_classes"][:, 0] == label
-    offload = _offload_answers(records, fitted)
+    ks, measures = record_layout(records)
+    ctx = _context(records, fitted, fitting=False)
+    offload = _offload_answers(ctx)
+    local = ctx.local
     out = [PolicyData(p, k, m, records[f"conf_{m}"], local, c) for m in measures for (p, k), c in offload.items()]
     if "g_features" in records:
         features = records["g_features"].astype(np.float64)
@@ -209,8 +296,12 @@ def policy_inputs(records: Mapping[str, np.ndarray], fitted: Fitted, random_seed
             rule = fitted.deferral.get(f"{p}@k{k}")
             if rule is not None:
                 out.append(PolicyData(p, k, LEARNED, DeferralRule.from_dict(rule).confidence(features), local, correct))
-    rand = random_confidence(len(label), random_seed)
-    out += [PolicyData("random", k, "random", rand, local, offload["routed", k]) for k in record_layout(records)[0]]
+    rand = random_confidence(len(ctx.label), random_seed)
+    for policy in (p for p in POLICIES.values() if p.random_offload):
+        for k in ks if policy.per_k else [0]:
+            correct = policy.answers(ctx, k)
+            if correct is not None:
+                out.append(PolicyData(policy.name, k, RANDOM, rand, local, correct))
     return out
 
 
@@ -291,11 +382,10 @@ class Report:
 
 
 def near_role(profile: Profile | None, policy: str) -> str:
-    """The near-edge latency role an offload of ``policy`` costs: the base model is timed as ``medium`` when the
-    profile has it, else as an ``expert`` (same architecture); every other policy runs an expert."""
-    if policy == "base" and profile is not None and "medium" in profile.near_edge.latency_ms:
-        return "medium"
-    return "expert"
+    """The near-edge latency role an offload of ``policy`` costs (``Policy.near_edge_model``), ``expert`` when the
+    profile does not time that role (the base model has the experts' architecture)."""
+    role = POLICIES[policy].near_edge_model
+    return role if profile is not None and role in profile.near_edge.latency_ms else "expert"
 
 
 def check_operating_rule(rule: str, gap: float, budget: float | None) -> None:
@@ -538,7 +628,7 @@ def _choose(
             point["reductions"] = reductions(point, baselines)
             point["baseline_accuracy"] = baseline_acc
             report.operating_points.append(point)
-            if profile is not None and key[0] != "random":
+            if profile is not None and not POLICIES[key[0]].random_offload:
                 best = up_to_reductions(costed, baselines, baseline_acc, delta)
                 report.up_to.append({**tag, "delta": delta, "reductions": best})
     primary_curve = report.curves["routed", family.k, report.measures[0]]
@@ -611,8 +701,9 @@ def _assess(
             assessed = {key: applied[key] for key in ("offload_ratio", "accuracy")}
             assessed["reaches_target"] = bool(applied["accuracy"] >= entry["target_accuracy"] - TOLERANCE)
         report.break_even.append({**entry, "reported_on": reported_on, "assessed": assessed})
+    versus = [(p.name, p.label) for p in POLICIES.values() if p.versus_progressive]
     report.findings = compute_findings(inputs, records, counts, report.measures[0], report.k_values, reported_on,
-                                       family)  # fmt: skip
+                                       family, versus)  # fmt: skip
     return report
 
 
