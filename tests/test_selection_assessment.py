@@ -160,13 +160,13 @@ def test_no_choice_of_a_test_evaluation_reads_the_test_split(
     assert [f["difference"] for f in ta["findings"]] != [f["difference"] for f in tb["findings"]]
 
 
-@pytest.mark.parametrize("preset", ["mini", "gpu10", "paper_scratch32", "paper_pretrained224"])
+@pytest.mark.parametrize("preset", ["mini", "cpu", "gpu10", "paper_scratch32", "paper_pretrained224"])
 def test_every_preset_declares_its_family_at_the_k_its_experts_build_r_j_at(preset: str) -> None:
     config = yaml.safe_load((REPO / "configs" / "experiments" / f"{preset}.yaml").read_text())
     experts = yaml.safe_load((REPO / config["experts_config"]).read_text())
     default = yaml.safe_load((REPO / "configs" / "expert.yaml").read_text())["model"]["init_args"]["routing_k"]
-    given = [a for a in experts.get("progressive_args", []) if a.startswith("--model.routing_k=")]
-    routing_k = int(given[-1].split("=")[1]) if given else default
+    overrides = (experts.get("progressive") or {}).get("overrides") or {}  # the typed preset's progressive run
+    routing_k = int(overrides.get("model.routing_k", default))
     family = PrimaryFamily(**config["evaluate"]["primary"])  # a declared, valid family
     assert family.k == routing_k == config["export"]["routing"]["k"]
     assert family.k in config["evaluate"]["k"] and 2 not in config["evaluate"]["k"]  # k = 2 repeats k = 1
