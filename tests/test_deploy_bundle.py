@@ -207,13 +207,16 @@ def test_runtime_decisions_are_the_core_routing_policy(bundle, images, tau):
 
 def test_runtime_follows_the_routing_of_router_json(bundle_copy, bundle, images, tau):
     """k, measure and temperature are read from router.json: another spec gives ask_the_expert.method.policies' other
-    decisions."""
+    decisions (a bundle re-tuned by hand records the new routing in its manifest too)."""
     spec = RouterSpec(k=3, confidence="margin", temperature=0.7, tau=0.05)
 
     def reroute(router):
         router["routing"] = spec.to_dict()
 
     _rewrite_router(bundle_copy, reroute)
+    manifest = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    manifest["routing"].update(spec.to_dict())
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     edge = EdgeRuntime.load(bundle_copy).run(images)
     logits = bundle.edge.run(images).logits
     np.testing.assert_array_equal(edge.logits, logits)
@@ -238,8 +241,12 @@ def test_verify_command_reports_parity_on_val(bundle_dir, fake_cifar_root, capsy
     out = capsys.readouterr().out
     assert "PARITY OK" in out and re.search(r"decision_mismatches +0\n", out)
     assert re.search(r"num_samples +20\n", out)
-    assert main([*args, "--limit", "4", "--atol", "-1"]) == 1  # a failed parity check
+    largest = float(re.search(r"max_abs_logit_diff_generalist +(\S+)\n", out).group(1))
+    assert largest > 0  # ONNX Runtime's kernels are not torch's
+    assert main([*args, "--limit", "20", "--atol", str(largest / 2)]) == 1  # a failed parity check
     assert "PARITY FAILED" in capsys.readouterr().out
+    assert main([*args, "--limit", "4", "--atol", "-1"]) == 2  # no tolerance is negative: bad input
+    assert "--atol must be a number >= 0" in capsys.readouterr().err
 
 
 def test_verify_accuracy_equals_simulation_and_fails_on_a_loose_tolerance_breach(bundle_dir, val_data):

@@ -61,6 +61,8 @@ from ask_the_expert.utils.atomic import atomic_folder
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.outputs import check_output_path, check_replaceable, output_lock
+from ask_the_expert.utils.received_files import read_text
 
 Key = tuple[str, int, str]
 # (name, unit, function of the (B, M) resampled curves x, y -> (B,)); names as in summary.json's scalars.
@@ -76,6 +78,8 @@ CSV_COLUMNS = ("policy", "k", "confidence", "statistic", "unit", "run", "value",
 CSV_COLUMNS += ("pairing", "verdict")
 # Resample rows processed at once: weighted_curves holds a few (rows, N) arrays, so memory stays bounded.
 CHUNK = 250
+# compare.json: the inputs, the pairing and the files written (what --force recognises as compare's own output).
+MARKER = "compare.json"
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -172,11 +176,18 @@ def load_run(folder: Path, label: str, random_seed: int = 0) -> Run:
     applying the saved rule would score it in sample, so they are refitted here exactly as evaluate_policies does
     (deterministic: the same fused weights, the same cross-fitted confidences), and checked against summary.json.
     """
-    summary = json.loads((folder / "summary.json").read_text())
+    fix = "Rerun the evaluation that wrote it (ate-evaluate), or pass another folder."
+    text = read_text(folder / "summary.json", "The evaluation summary", fix)
+    try:
+        summary = json.loads(text)
+    except ValueError as err:
+        raise SuiteError(f"{str(folder / 'summary.json')!r} is not valid JSON ({err}). {fix}") from None
+    if not isinstance(summary, dict):
+        raise SuiteError(f"{str(folder / 'summary.json')!r} holds no JSON object. {fix}")
     try:
         records = read_records_csv(folder / "records.csv")
     except (KeyError, ValueError, IndexError) as err:
-        raise SuiteError(f"{str(folder / 'records.csv')!r} is not a readable records file ({err}).") from None
+        raise SuiteError(f"{str(folder / 'records.csv')!r} is not a readable records file ({err}). {fix}") from None
     saved = fitted_from_summary(summary)
     on_own_samples = summary.get("split") == "val"
     inputs, fitted = policy_inputs(records, random_seed, None if on_own_samples or saved is None else saved)
@@ -514,14 +525,37 @@ def compare(
         random_seed: seed of the random-offload policy (ate-evaluate's --random_seed; default 0 as there).
         wandb_runs: W&B runs (entity/project/run_id) whose logged grid curves are overlaid on the plots; needs the
             network and W&B credentials (not reachable offline: the command then stops with a clear error).
-        force: replace an existing --out folder.
+        force: replace an existing --out folder that holds compare's own results (never one holding other files).
 
     Returns the compare.csv rows.
     """
     out_dir = Path(out)
     names = check_arguments(runs, labels, bootstrap, policies, out_dir)
-    if out_dir.exists() and not force:
-        raise SuiteError(f"The output folder {str(out_dir)!r} already exists; choose another --out or pass --force.")
+    check_output_path(out_dir, "--out", folder=True)
+    with output_lock(out_dir):
+        if out_dir.exists() and not force:
+            raise SuiteError(
+                f"The output folder {str(out_dir)!r} already exists; choose another --out or pass --force."
+            )
+        check_replaceable(out_dir, MARKER, "--out", "comparison results")
+        rows, loaded = _compare(out_dir, runs, names, policies, bootstrap, seed, random_seed, wandb_runs)
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(rich_comparison(rows, loaded))
+    Console(stderr=True).print(f"Comparison written to {out_dir}", highlight=False)
+    return rows
+
+
+def _compare(
+    out_dir: Path,
+    runs: Sequence[str],
+    names: Sequence[str],
+    policies: Sequence[str] | None,
+    bootstrap: int,
+    seed: int,
+    random_seed: int,
+    wandb_runs: Sequence[str] | None,
+) -> tuple[list[dict[str, Any]], list[Run]]:
+    """Read the runs, compare them and write ``out_dir`` (the work of ``compare`` once its output is held)."""
     loaded = [load_run(Path(folder), label, random_seed) for folder, label in zip(runs, names, strict=True)]
     keys = compared_keys(loaded, policies)
     remote = wandb_curves(wandb_runs, loaded[0].split) if wandb_runs else {}
@@ -548,11 +582,8 @@ def compare(
             "wandb_runs": list(wandb_runs or []),
             "files": ["compare.csv", "compare.md", *(f"plots/{p.name}" for p in plots)],
         }
-        (tmp / "compare.json").write_text(json.dumps(meta, indent=2) + "\n")
-    console = Console()
-    (console if console.is_terminal else Console(width=200)).print(rich_comparison(rows, loaded))
-    Console(stderr=True).print(f"Comparison written to {out_dir}", highlight=False)
-    return rows
+        (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    return rows, loaded
 
 
 def main(argv: Sequence[str] | None = None) -> int:

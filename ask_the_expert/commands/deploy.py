@@ -22,11 +22,14 @@ from typing import Literal
 import numpy as np
 
 from ask_the_expert.method.router import RouterSpec
+from ask_the_expert.utils.atomic import atomic_file
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions, WandbOptions
+from ask_the_expert.utils.outputs import check_output_path, check_replaceable_file, output_lock
 
 Split = Literal["val", "test", "train"]
+PREDICTION_COLUMNS = ("index", "prediction", "class", "confidence", "answered_by")
 
 
 def export(
@@ -140,6 +143,8 @@ def verify(
     from ask_the_expert.deploy.verify import verify_bundle
     from datamodules.cifar100 import labelled_images
 
+    if not atol >= 0:  # NaN too
+        raise SuiteError(f"--atol must be a number >= 0 (the largest allowed |logit difference|), got {atol!r}.")
     report = verify_bundle(bundle, labelled_images(data, split, limit), generalist, experts, atol, data.batch_size)
     width = max(len(k) for k in report)
     for key, value in report.items():
@@ -181,13 +186,15 @@ def profile(
         threads: onnxruntime intra-op threads.
         name: profile name (default: <base name>_measured).
     """
-    from ask_the_expert.deploy.profile_bundle import profile_bundle, write_profile
+    from ask_the_expert.deploy.profile_bundle import check_profile_output, profile_bundle, write_profile
     from ask_the_expert.method.costs import load_profile
 
-    measured = profile_bundle(
-        bundle, load_profile(base), section, batch_size, warmup, repeats, max_experts, threads, name
-    )
-    path = write_profile(measured, out, force)
+    check_profile_output(out, force)
+    with output_lock(out):
+        measured = profile_bundle(
+            bundle, load_profile(base), section, batch_size, warmup, repeats, max_experts, threads, name
+        )
+        path = write_profile(measured, out, force)
     print(f"Wrote {path}: edge {measured.edge.latency_ms} ms, near edge {measured.near_edge.latency_ms} ms")
     return 0
 
@@ -215,12 +222,15 @@ def predict(
         out: CSV with index, prediction, class, confidence, answered_by.
         send: edge -> near-edge payload.
     """
-    from ask_the_expert.deploy.runtime import Bundle, ImageError
+    from ask_the_expert.deploy.runtime import Bundle, ImageError, check_images
 
     if (images is None) == (split is None):
         raise SuiteError(
             "predict needs exactly one input: --images FILE.npy or --split val|test|train (a CIFAR split)."
         )
+    if out:
+        check_output_path(out, "--out", folder=False)
+        check_replaceable_file(out, "--out", "a predictions CSV", _is_predictions_csv)
     loaded = Bundle.load(bundle)  # refuse a changed bundle before reading any input
     labels = None
     if images:
@@ -228,6 +238,7 @@ def predict(
             pixels = np.load(images, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ImageError(f"Cannot read --images {images!r} as a .npy array ({exc}).") from None
+        pixels = check_images(pixels, loaded.router.image_size)
     else:
         from datamodules.cifar100 import labelled_images
 
@@ -243,15 +254,22 @@ def predict(
         print(f"accuracy {np.mean(predictions == labels):.4f}")
     if out:
         names = loaded.router.class_names
-        tmp = Path(f"{out}.partial")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
+        with output_lock(out), atomic_file(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["index", "prediction", "class", "confidence", "answered_by"])
+            writer.writerow(PREDICTION_COLUMNS)
             for i, (p, c, a) in enumerate(zip(predictions, confidences, answered_by, strict=True)):
                 writer.writerow([i, int(p), names[p], f"{c:.6f}", int(a)])
-        tmp.replace(out)
         print(f"Wrote {out}")
     return 0
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    """Whether ``path`` is a CSV that predict wrote (its header), which a rerun may replace."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), None) == list(PREDICTION_COLUMNS)
+    except (OSError, ValueError):
+        return False
 
 
 COMMANDS = [export, verify, profile, predict]

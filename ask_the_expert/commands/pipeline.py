@@ -55,12 +55,13 @@ from ask_the_expert.method.costs import load_profile
 from ask_the_expert.results.evaluation_outputs import is_complete
 from ask_the_expert.results.report_markdown import render_markdown, report_summary
 from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
-from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
+from ask_the_expert.utils.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
 from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.fingerprint import fingerprint
 from ask_the_expert.utils.options import DataOptions, WandbOptions
+from ask_the_expert.utils.outputs import check_output_path, output_lock
 from datamodules.cifar100_files import download, require_file, split_file
 
 STEPS = ("generalist", "partition", "experts", "evaluate", "export", "report")
@@ -271,8 +272,10 @@ class SeedRun:
 
     # ----- freshness ------------------------------------------------------------------------------------------
     def outputs_present(self, step: str) -> bool:
+        """Whether the step's outputs are all there and read back whole (checkpoints: the sha256 recorded when they
+        were written)."""
         if step == "generalist":
-            return self.generalist.is_file()
+            return train_experts.finished_checkpoint(self.generalist) is not None
         if step == "partition":
             return self.partition_file.is_file()
         if step == "experts":
@@ -282,9 +285,8 @@ class SeedRun:
                 if job.experts is not None
                 else range(len(train_experts.parse_partition_spec(job.partition)))
             )
-            return self.base.is_file() and all(
-                (self.experts[v] / f"expert_{j}.ckpt").is_file() for v in job.variants for j in ids
-            )
+            models = [self.base, *(self.experts[v] / f"expert_{j}.ckpt" for v in job.variants for j in ids)]
+            return all(train_experts.finished_checkpoint(m) is not None for m in models)
         if step == "evaluate":
             splits = ["val"] if self.opts.split == "val" else ["val", "test"]
             return all(is_complete(self.eval_dir / s) for s in splits)
@@ -323,7 +325,9 @@ class SeedRun:
     def run(self, step: str) -> None:
         self.require(step, *self.inputs_of(step))
         if step == "generalist":
-            train_experts.run_training(self.generalist_args(), self.generalist, test=self.opts.split == "test")
+            args, test = self.generalist_args(), self.opts.split == "test"
+            configs = {f"config/{c}": Path(c) for c in self.opts.generalist_config}
+            train_experts.run_training(args, self.generalist, test, train_experts.run_record(args, test, configs))
         elif step == "partition":
             learn_partition(
                 generalist=str(self.generalist), num_experts=self.confusion_groups, out=str(self.partition_file),
@@ -401,9 +405,8 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str], swee
     out = Path(opts.out)
     results = [run.results() for run in runs]
     plots_dir = out / "plots"
-    if plots_dir.exists():
-        shutil.rmtree(plots_dir)
-    shutil.copytree(runs[0].eval_dir / opts.split / "plots", plots_dir)
+    with atomic_folder(plots_dir) as tmp:
+        shutil.copytree(runs[0].eval_dir / opts.split / "plots", tmp, dirs_exist_ok=True)
     plots = sorted(str(p.relative_to(out)) for p in plots_dir.glob("*.png"))
     header = {
         "preset": opts.preset,
@@ -491,6 +494,13 @@ def run_pipeline(opts: Namespace, argv: Sequence[str], say: Callable[[str], None
 
 
 def _run_steps(opts: Namespace, argv: Sequence[str], say: Callable[[str], None], sweep: dict[str, str]) -> Path | None:
+    with output_lock(opts.out):
+        return _run_held_steps(opts, argv, say, sweep)
+
+
+def _run_held_steps(
+    opts: Namespace, argv: Sequence[str], say: Callable[[str], None], sweep: dict[str, str]
+) -> Path | None:
     runs = [SeedRun(opts, s) for s in opts.seeds]
     for run, step in [(r, s) for r in runs for s in STEPS[:-1] if s in opts.steps and r.applies(s)]:
         label = f"seed {run.seed}: {step}"
@@ -541,8 +551,12 @@ def check_options(opts: Namespace) -> None:
         for name in data_file_names(opts.split):
             purpose = f"the pipeline ({'--split test' if name == 'test' else 'training'})"
             require_file(opts.data.data_dir, name, purpose, download="--download true")
-    if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds):
-        raise SuiteError(f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers.")
+    if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds) or not all(0 <= s < 2**32 for s in opts.seeds):
+        raise SuiteError(
+            f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers in 0..2**32-1 (each is a training "
+            "seed and a train/val split seed)."
+        )
+    check_output_path(opts.out, "--out", folder=True)
     for run in [SeedRun(opts, seed) for seed in opts.seeds[:1]] if opts.experts_config else []:
         if "progressive" not in run.job.variants and {"evaluate", "export"} & set(opts.steps):
             raise SuiteError(

@@ -16,22 +16,39 @@ exit code 2.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import wandb
 from jsonargparse import ActionConfigFile
 from lightning import Callback, Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.tracking.run_identity import run_identity
 from ask_the_expert.tracking.wandb_logger import wandb_run_from_checkpoint
 from ask_the_expert.utils.cli import run_command
 from ask_the_expert.utils.config_files import SuiteConfigFile
+from ask_the_expert.utils.errors import SuiteError
 from callbacks.progress import replace_progress_bar
 from callbacks.wandb_logging import SaveConfigToRun
-from lightning_modules.checkpoints import read_checkpoint, require_architecture
+from lightning_modules.checkpoints import read_checkpoint, require_architecture, require_split
 from lightning_modules.precision import resolve_precision
+
+
+@contextmanager
+def refused_trainer_settings(options: str) -> Iterator[None]:
+    """Building a Trainer: a setting Lightning refuses (``devices=0``, an unknown accelerator or precision, a GPU
+    accelerator without a GPU, ``max_epochs=-2``) becomes a SuiteError naming ``options``."""
+    try:
+        yield
+    except (MisconfigurationException, ValueError) as err:
+        raise SuiteError(
+            f"Lightning cannot build a Trainer from {options}: {' '.join(str(err).split())} Fix those options."
+        ) from None
 
 
 class SuiteArgumentParser(LightningArgumentParser):
@@ -101,12 +118,26 @@ class SuiteCLI(LightningCLI):
         if config.get("enable_progress_bar") is False:
             every = [c for c in every if not isinstance(c, ProgressBar)]
         config["callbacks"] = replace_progress_bar(every)
-        return super()._instantiate_trainer(config, [])
+        with refused_trainer_settings("the --trainer.* settings"):
+            return super()._instantiate_trainer(config, [])
 
     def check_inputs(self) -> None:
-        """Every checkpoint the run reads, before any work: ``--ckpt_path`` and the module's own inputs."""
-        self.model.check_inputs()
-        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
+        """Every checkpoint the run reads, before any work: ``--ckpt_path`` and the module's own inputs (role,
+        architecture, the train/val split of the data). Lightning's own restore of ``--ckpt_path`` reads with
+        ``weights_only=True`` as well (lightning_modules/checkpoints.py)."""
+        split = DataSplit.of(self.datamodule)
+        self.model.check_inputs(split)
+        if not self.subcommand:
+            return
+        config = self.config[self.subcommand]
+        if config.get("weights_only") is False:
+            raise SuiteError(
+                "--weights_only false would let torch.load run code that a checkpoint file carries; the suite reads "
+                "every checkpoint with weights_only true (its own checkpoints hold tensors and plain data only). "
+                "Leave --weights_only out."
+            )
+        self.config_init[self.subcommand]["weights_only"] = True
+        ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             role = self.model.hparams.get("role")
             info = read_checkpoint(ckpt_path, "--ckpt_path", (role,) if role else None)
@@ -115,6 +146,7 @@ class SuiteCLI(LightningCLI):
                 self.model.hparams,
                 "Use the config the checkpoint was trained with, or set those --model.* values to the checkpoint's.",
             )
+            require_split(info, split)
 
     def before_fit(self) -> None:
         self.check_inputs()

@@ -20,12 +20,16 @@ Outputs, each written under a temporary name and renamed, so a killed job never 
     <out>/partition.json                    the experts' subsets (ask_the_expert.method.subsets.save_partition)
     <out>/base/base.ckpt                    stage 0
     <out>/<variant>/expert_<j>.ckpt         final weights of expert j (hparams: subset, stages, start)
-    <out>/<variant>/expert_<j>.json         its final val (and test) metrics
+    <out>/<variant>/expert_<j>.json         its final val (and test) metrics, and what the run was made from
 
-Experts whose checkpoint exists are skipped, so rerunning the same command resumes an interrupted job (an expert
-that was cut off mid-run restarts from its beginning). ``--parallel N`` trains N experts at once, one per GPU
-(subprocesses with CUDA_VISIBLE_DEVICES). Every argument and input checkpoint is checked before stage 0 starts.
-Bad input ends with a one-paragraph message and exit code 2.
+A model whose finished run was made from the same inputs (its command line and the content of the configs,
+partition and checkpoints it reads: the fingerprint in its ``.json``) and whose checkpoint reads back whole (the
+sha256 recorded when it was written) is skipped, so rerunning the same command resumes an interrupted job (an expert
+that was cut off mid-run restarts from its beginning); a changed seed, epoch count or routing k, or a damaged
+checkpoint, trains that model again. One job at a time writes an ``--out`` (a second is refused). ``--parallel N``
+trains N experts at once, one per GPU (subprocesses with CUDA_VISIBLE_DEVICES). Every argument and input checkpoint
+is checked before stage 0 starts. Bad input ends with a one-paragraph message and exit code 2; SIGTERM or Ctrl-C
+stops the job with a non-zero exit, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -39,26 +43,33 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import wandb
 from jsonargparse import ActionConfigFile
+from lightning import Trainer
 from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
 from ask_the_expert.commands.train import SuiteCLI
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.stages import schedule_steps, static_step_budget
 from ask_the_expert.method.subsets import parse_partition_spec, save_partition
 from ask_the_expert.tracking.artifacts import log_checkpoint
-from ask_the_expert.utils.atomic import write_json_atomic
+from ask_the_expert.utils.atomic import remove_abandoned, temporary_sibling, write_json_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
 from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.fingerprint import cached_sha256, fingerprint
+from ask_the_expert.utils.hashing import file_sha256
 from ask_the_expert.utils.options import DataOptions
-from lightning_modules.checkpoints import read_checkpoint
+from ask_the_expert.utils.outputs import check_output_path, held_for_children, output_lock
+from datamodules.cifar100_files import split_file
+from lightning_modules.checkpoints import read_checkpoint, require_split
 
 Variant = Literal["progressive", "static", "static_init"]
 VARIANTS: tuple[str, ...] = ("progressive", "static", "static_init")
@@ -157,30 +168,65 @@ def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
             ) from None
 
 
-def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, float]:
-    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete."""
+def run_record(cli_args: list[str], test: bool, files: dict[str, Path]) -> dict[str, Any]:
+    """What one training run is made from: its command line and the content of the files it reads (configs,
+    partition, start and routing checkpoints). A finished run is reused only when this matches
+    (``reusable``); the code is left out, so that an edit of the suite does not retrain finished models."""
+    return fingerprint("train", {"cli": cli_args, "test": test}, files, code_roots=())
+
+
+def finished_checkpoint(target: Path) -> dict[str, Any] | None:
+    """The record of the finished run at ``target`` (``run`` in ``<target>.json``) when the checkpoint reads back
+    whole (its sha256 is the one recorded when it was written), else None."""
+    try:
+        run = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))["run"]
+        whole = target.is_file() and cached_sha256(target) == run["checkpoint_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return run if whole else None
+
+
+def reusable(target: Path, record: dict[str, Any]) -> str | None:
+    """None when the finished run at ``target`` was made from ``record``'s inputs and reads back whole; else why not
+    (said when a checkpoint is there but must be trained again)."""
+    run = finished_checkpoint(target)
+    if run is None:
+        return "it does not read back whole (damaged, or not written by this command)" if target.exists() else ""
+    if run.get("fingerprint") != record["fingerprint"]:
+        return "its inputs changed (arguments, configs or input checkpoints)"
+    return None
+
+
+def run_training(cli_args: list[str], target: Path, test: bool, record: dict[str, Any]) -> dict[str, float]:
+    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete, with
+    ``<target>.json`` holding its metrics and its ``record`` (``run``: fingerprint and checkpoint sha256)."""
     cli = suite_cli(cli_args)
     cli.check_inputs()
     trainer = cli.trainer
     began = time.perf_counter()
     trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - began
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     # Throughput of the whole fit (validation included): optimizer steps x global batch / wall time.
     images = trainer.global_step * cli.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     metrics.update(train_seconds=round(seconds, 2), train_images_per_s=round(images / max(seconds, 1e-9), 1))
-    tmp = target.with_name(f"{target.name}.tmp")
-    trainer.save_checkpoint(tmp)
-    if test:
-        trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    metrics["global_step"] = trainer.global_step
-    if trainer.is_global_zero:
-        write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
-        os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
-        for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
-            if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
-                log_checkpoint(logger.experiment, target, cli.model.hparams)
+    remove_abandoned(target, ".tmp")
+    tmp = temporary_sibling(target, ".tmp")
+    try:
+        trainer.save_checkpoint(tmp)
+        if test:
+            trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics["global_step"] = trainer.global_step
+        if trainer.is_global_zero:
+            metrics["run"] = {"fingerprint": record["fingerprint"], "checkpoint_sha256": file_sha256(tmp)}
+            write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
+            os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
+            for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
+                if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
+                    log_checkpoint(logger.experiment, target, cli.model.hparams)
+    finally:
+        tmp.unlink(missing_ok=True)
     if wandb.run is not None:  # the next run in this process must start its own W&B run
         wandb.finish()
     return metrics
@@ -214,14 +260,30 @@ class Job:
         missing = [c for c in self._configs() if not Path(c).is_file()]
         if missing:
             raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --*_config.")
+        check_output_path(self.out, "--out", folder=True)
+        test_file = split_file(data.data_dir, "test")
+        if job.test and not test_file.is_file():  # else stage 0 would train to its end and only then need it
+            raise SuiteError(
+                f"--test true (the default) also evaluates every model on the test split, but {str(test_file)!r} is "
+                "missing. Pass --test false to evaluate on val only, or copy the CIFAR-100 test file there."
+            )
+        split = DataSplit.of(data)
         if job.generalist_checkpoint is not None and check_files:
-            read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
+            info = read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
+            require_split(info, split)
         if self.base_checkpoint.is_file() and check_files:
-            read_checkpoint(self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",))
+            # A damaged stage 0 is trained again (run), so only a readable one is checked against this job.
+            if finished_checkpoint(self.base_checkpoint) is not None:
+                info = read_checkpoint(
+                    self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",)
+                )
+                require_split(info, split)
         for kind in ("base", *job.variants):
             # Parse and build every kind of run once now: a bad override fails here, not after stage 0.
             spec = job.partition if isinstance(job.partition, str) else json.dumps(job.partition)
-            suite_cli(self.args(kind, self.out / "check", partition=spec), f"the {kind} runs")
+            cli = suite_cli(self.args(kind, self.out / "check", partition=spec), f"the {kind} runs")
+            if kind in ("progressive", "static") and set(job.variants) & set(STATIC_START):
+                check_step_budget(cli.trainer, kind)
 
     def _configs(self) -> list[str]:
         j = self.job
@@ -250,36 +312,66 @@ class Job:
         ]
         return out
 
+    @cached_property
+    def _progressive_cli(self) -> SuiteCLI:
+        return suite_cli(self.args("progressive", self.out / "progressive", 0))
+
     def progressive_steps(self, j: int) -> int:
-        """Optimizer steps of expert j's progressive stages, from its resolved progressive config."""
-        cli = suite_cli(self.args("progressive", self.out / "progressive", j))
-        model, data = cli.model, cli.datamodule
-        return schedule_steps(
-            model.stages, data.subset_train_size(model.subset), data.batch_size, cli.trainer.world_size
-        )
+        """Optimizer steps of expert j's progressive stages, from the resolved progressive config."""
+        cli = self._progressive_cli
+        data = cli.datamodule
+        size = data.subset_train_size(self.subsets[j])
+        return schedule_steps(cli.model.stages, size, data.batch_size, cli.trainer.world_size)
 
     def static_steps(self, variant: str, j: int) -> int:
         """Step budget of static expert j (ask_the_expert.method.stages.static_step_budget)."""
-        base_steps = torch.load(self.base_checkpoint, map_location="cpu", weights_only=False)["global_step"]
+        base_steps = read_checkpoint(self.base_checkpoint, "the stage-0 checkpoint", ("base",)).global_step
         return static_step_budget(STATIC_START[variant], base_steps, self.progressive_steps(j))
 
-    def train_base(self) -> None:
-        if self.base_checkpoint.is_file():
-            console.print(f"stage 0: [green]exists[/] {self.base_checkpoint}")
-            return
-        self.base_checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        console.rule("stage 0 (base, all classes)")
-        run_training(self.args("base", self.base_checkpoint.parent), self.base_checkpoint, self.job.test)
+    def inputs(self, kind: str) -> dict[str, Path]:
+        """The files a run of ``kind`` reads: its configs, and for experts the partition and checkpoints."""
+        config_kind = "static" if kind == "static_init" else kind
+        configs = [*getattr(self.job, f"{config_kind}_config"), *self.job.common_config]
+        files = {f"config/{i}": Path(c) for i, c in enumerate(configs)}
+        if kind != "base":
+            files["partition"] = self.partition_file
+            if self.job.generalist_checkpoint is not None:
+                files["generalist"] = Path(self.job.generalist_checkpoint)
+        if kind in ("progressive", "static"):
+            files["base"] = self.base_checkpoint
+        return files
 
-    def train_expert(self, variant: str, j: int) -> None:
-        target = self.expert_checkpoint(variant, j)
+    def run_args(self, kind: str, j: int = 0) -> list[str]:
+        """The command line of one run (a static expert's with its step budget)."""
+        target = self.base_checkpoint if kind == "base" else self.expert_checkpoint(kind, j)
+        args = self.args(kind, target.parent, j)
+        if kind in STATIC_START:
+            args.append(f"--model.static_steps={self.static_steps(kind, j)}")
+        return args
+
+    def pending(self, kind: str, j: int, label: str) -> bool:
+        """Whether the run of ``kind`` (expert ``j``) must train: no finished run made from the same inputs that
+        reads back whole."""
+        target = self.base_checkpoint if kind == "base" else self.expert_checkpoint(kind, j)
+        why = reusable(target, run_record(self.run_args(kind, j), self.job.test, self.inputs(kind)))
+        if why is None:
+            console.print(f"{label}: [green]exists[/], skipped")
+        elif why:
+            console.print(f"{label}: {target} is trained again: {why}")
+        return why is not None
+
+    def train(self, kind: str, j: int = 0) -> None:
+        target = self.base_checkpoint if kind == "base" else self.expert_checkpoint(kind, j)
         target.parent.mkdir(parents=True, exist_ok=True)
-        args = self.args(variant, target.parent, j)
-        if variant != "progressive":
-            steps = self.static_steps(variant, j)
-            console.print(f"{variant} expert {j}: budget {steps} optimizer steps")
-            args.append(f"--model.static_steps={steps}")
-        run_training(args, target, self.job.test)
+        args = self.run_args(kind, j)
+        if kind in STATIC_START:
+            console.print(f"{kind} expert {j}: budget {args[-1].split('=')[1]} optimizer steps")
+        run_training(args, target, self.job.test, run_record(args, self.job.test, self.inputs(kind)))
+
+    def train_base(self) -> None:
+        if self.pending("base", 0, "stage 0"):
+            console.rule("stage 0 (base, all classes)")
+            self.train("base")
 
     @staticmethod
     def planned(job: ExpertsJob) -> list[tuple[str, int]]:
@@ -305,12 +397,7 @@ class Job:
     def run(self) -> None:
         self.write_partition()
         self.train_base()
-        pending = []
-        for variant, j in self.todo():
-            if self.expert_checkpoint(variant, j).is_file():
-                console.print(f"{variant} expert {j}: [green]exists[/], skipped")
-            else:
-                pending.append((variant, j))
+        pending = [(v, j) for v, j in self.todo() if self.pending(v, j, f"{v} expert {j}")]
         if self.job.max_experts is not None:
             pending = pending[: self.job.max_experts]
         if self.job.parallel > 1:
@@ -319,7 +406,7 @@ class Job:
             for i, (variant, j) in enumerate(pending, 1):
                 console.rule(f"[{i}/{len(pending)}] {variant} expert {j}: classes {self.subsets[j]}")
                 start = time.perf_counter()
-                self.train_expert(variant, j)
+                self.train(variant, j)
                 console.print(f"{variant} expert {j}: done in {time.perf_counter() - start:.0f} s")
         self.summary()
 
@@ -329,21 +416,29 @@ class Job:
         running: dict[subprocess.Popen, int] = {}
         queue = list(pending)
         failed = []
-        while queue or running:
-            while queue and free:
-                variant, j = queue.pop(0)
-                gpu = free.pop(0)
-                one = replace(self.job, variants=[variant], experts=[j], parallel=1, max_experts=None)
-                config = self.out / f".job-{variant}-{j}.json"
-                write_json_atomic(config, {**asdict(one), "data": asdict(self.data)})
-                cmd = [sys.executable, "-m", "ask_the_expert.commands.train_experts", "--config", str(config)]
-                console.print(f"{variant} expert {j}: started on GPU {gpu}")
-                running[subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)})] = gpu
-            time.sleep(2)
-            for proc in [p for p in running if p.poll() is not None]:
-                free.append(running.pop(proc))
-                if proc.returncode != 0:
-                    failed.append(" ".join(proc.args[-2:]))
+        try:
+            while queue or running:
+                while queue and free:
+                    variant, j = queue.pop(0)
+                    gpu = free.pop(0)
+                    one = replace(self.job, variants=[variant], experts=[j], parallel=1, max_experts=None)
+                    config = self.out / f".job-{variant}-{j}.json"
+                    write_json_atomic(config, {**asdict(one), "data": asdict(self.data)})
+                    cmd = [sys.executable, "-m", "ask_the_expert.commands.train_experts", "--config", str(config)]
+                    console.print(f"{variant} expert {j}: started on GPU {gpu}")
+                    # Each child writes one expert of this --out, which this process holds for them.
+                    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), **held_for_children(self.out)}
+                    running[subprocess.Popen(cmd, env=env)] = gpu
+                time.sleep(2)
+                for proc in [p for p in running if p.poll() is not None]:
+                    free.append(running.pop(proc))
+                    if proc.returncode != 0:
+                        failed.append(" ".join(proc.args[-2:]))
+        finally:  # stopped (SIGTERM, Ctrl-C) or failed: no child trains on unattended
+            for proc in running:
+                proc.terminate()
+            for proc in running:
+                proc.wait()
         if failed:
             raise SuiteError(f"Some expert runs failed ({failed}); see their output above, fix, and rerun to resume.")
 
@@ -362,9 +457,29 @@ class Job:
         console.print(table)
 
 
+def check_step_budget(trainer: Trainer, kind: str) -> None:
+    """Refuse Trainer limits that would cut a progressive run short of its stage list (or change what a static run
+    counts): the static experts' compute-matched budget is computed from the stage list, so it would no longer be
+    the progressive experts' real number of optimizer steps."""
+    limits = {
+        "--trainer.limit_train_batches": (trainer.limit_train_batches, 1.0),
+        "--trainer.max_steps": (trainer.max_steps, -1),
+        "--trainer.accumulate_grad_batches": (trainer.accumulate_grad_batches, 1),
+    }
+    changed = [f"{option} {value}" for option, (value, default) in limits.items() if value != default]
+    if changed:
+        raise SuiteError(
+            f"The {kind} runs set {', '.join(changed)}: that changes how many optimizer steps a progressive expert "
+            "takes, and the static experts' compute-matched step budget (computed from the stage list) would no "
+            "longer match it. Shorten the stages' epochs instead, or train only --variants '[progressive]'."
+        )
+
+
 def train_experts(job: ExpertsJob, data: DataOptions) -> None:
     """Check everything, then train stage 0 and the experts of ``job`` (the function ate-pipeline calls)."""
-    Job(job, data).run()
+    runs = Job(job, data)
+    with output_lock(runs.out):
+        runs.run()
 
 
 def main(args: Sequence[str] | None = None) -> int:

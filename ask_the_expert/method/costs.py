@@ -21,6 +21,7 @@ import yaml
 
 from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import ProfileError
+from ask_the_expert.utils.received_files import read_text
 
 # Roles every profile must time: the method needs G on the edge and an expert on the near edge, and the
 # headline baseline is the medium (expert-sized, all-class) model run on the edge.
@@ -163,7 +164,8 @@ def profile_from_dict(d: Mapping[str, Any], source: str | None = None) -> Profil
             continue
         missing += [f"{sec}.latency_ms.{r}" for r in roles if r not in lat]
         for role, value in lat.items():
-            why = _bad_number(value, "ge0")
+            # A model takes time to run: a zero latency would make offloading look free.
+            why = _bad_number(value, "gt0")
             if why:
                 invalid.append(f"{sec}.latency_ms.{role} = {value!r} ({why})")
     if missing or invalid:
@@ -174,7 +176,7 @@ def profile_from_dict(d: Mapping[str, Any], source: str | None = None) -> Profil
             parts.append(f"invalid fields: {', '.join(invalid)}")
         raise ProfileError(
             f"{where} is not a valid cost profile; {'; '.join(parts)}. Fix: give every listed field a value "
-            "(latencies in ms and powers in W as numbers >= 0, link rates in Mbit/s > 0, byte counts >= 0) "
+            "(latencies in ms > 0, powers in W >= 0, link rates in Mbit/s > 0, byte counts >= 0) "
             "and remove unknown fields; configs/profiles/edge_arm_wifi.yaml is a complete example."
         )
     e, n, lk = sections["edge"], sections["near_edge"], sections["link"]
@@ -206,13 +208,11 @@ def load_profile(path: str | Path) -> Profile:
     """Read and schema-check a YAML profile (``configs/profiles/...`` found from any working directory); errors name
     the file and every bad field."""
     path = Path(find_config(str(path)))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(
-            f"Cannot read cost profile {str(path)!r} ({exc.strerror or exc}). Pass the path of an existing "
-            "YAML profile, e.g. configs/profiles/edge_arm_wifi.yaml, or write one with the profiling command."
-        ) from None
+    fix = (
+        "Pass the path of an existing YAML profile, e.g. configs/profiles/edge_arm_wifi.yaml, or write one with the "
+        "profiling command."
+    )
+    text = read_text(path, "The cost profile", fix, ProfileError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -34,6 +34,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "top1_expert_share_top5",
     "distinct_experts_top5",
 )
+# Folds of the cross-fitting that scores the learned confidence out of fold (cross_fitted_confidence).
+CROSS_FIT_FOLDS = 5
 DEFERRAL_VERSION = 1
 _SCALE_FLOOR = 1e-12  # constant features standardise to 0 instead of dividing by 0
 _GRAD_TOL = 1e-10
@@ -277,7 +279,7 @@ def fit_deferral(
     )
 
 
-def fold_assignment(n: int, folds: int = 5, seed: int = 0) -> np.ndarray:
+def fold_assignment(n: int, folds: int = CROSS_FIT_FOLDS, seed: int = 0) -> np.ndarray:
     """(n,) int64 fold id per sample from a seeded permutation; fold sizes differ by at most 1."""
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
         raise DeferralError(
@@ -292,7 +294,7 @@ def cross_fitted_confidence(
     features: np.ndarray,
     correct_local: np.ndarray,
     correct_offload: np.ndarray,
-    folds: int = 5,
+    folds: int = CROSS_FIT_FOLDS,
     seed: int = 0,
     l2: float = 1.0,
 ) -> np.ndarray:
