@@ -104,10 +104,10 @@ def evaluate_args(i: Inputs, w: Path, *extra: str) -> list[str]:
 
 
 def experts_job(i: Inputs, w: Path, *extra: str, data_dir: Path | None = None) -> list[str]:
-    model = [f"{name}={value}" for name, value in zip(TINY_MODEL_ARGS[::2], TINY_MODEL_ARGS[1::2], strict=True)]
+    model = {name[2:]: int(value) for name, value in zip(TINY_MODEL_ARGS[::2], TINY_MODEL_ARGS[1::2], strict=True)}
     return ["--out", str(w / "out"), "--partition", "5", "--test", "false", "--data.data_dir", str(data_dir or i.data),
             "--data.check_integrity", "false", "--data.val_size", "100",
-            "--args", json.dumps([*model, "--trainer.logger=false"]), *extra]  # fmt: skip
+            "--common.overrides", json.dumps({**model, "trainer.logger": False}), *extra]  # fmt: skip
 
 
 def pipeline_args(i: Inputs, w: Path, *extra: str) -> list[str]:
@@ -194,7 +194,8 @@ def held(path: Path) -> Iterator[None]:
         yield
 
 
-ONE_STAGE = '"--model.stages=[{epochs: 1, rho: 0.5}]"'  # a progressive stage list of the tiny model
+# A progressive run of one short stage whose Trainer stops early: the static budget would no longer match it.
+CUT_SHORT = json.dumps({"model.stages": [{"epochs": 1, "rho": 0.5}], "trainer.limit_train_batches": 2})
 TRAINED_SPLIT = "trained with the train/val split --data.val_size 100 --data.split_seed 0, but this run uses"
 PROBES = [
     # --- received files that are not what they claim
@@ -362,7 +363,7 @@ PROBES = [
     Probe(
         "train_experts: --trainer.limit_train_batches 2 with static experts",
         "ate-train-experts",
-        lambda i, w: experts_job(i, w, "--progressive_args", f"[{ONE_STAGE}, --trainer.limit_train_batches=2]"),
+        lambda i, w: experts_job(i, w, "--progressive.overrides", CUT_SHORT),
         "compute-matched",
     ),
     Probe(
@@ -416,7 +417,7 @@ PROBES = [
         "compare: a run whose summary.json is malformed",
         "ate-compare",
         lambda i, w: compare_args(w),
-        "summary.json' is not valid JSON",
+        "summary.json' is not a readable summary",
         two_runs(summary="{not json"),
     ),
     Probe(

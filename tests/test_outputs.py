@@ -177,12 +177,12 @@ def test_sigterm_stops_train_experts_with_a_non_zero_exit_and_nothing_half_writt
     fake_cifar_root: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "experts"
-    model = [f"{name}={value}" for name, value in zip(TINY_MODEL_ARGS[::2], TINY_MODEL_ARGS[1::2], strict=True)]
+    model = {name[2:]: int(value) for name, value in zip(TINY_MODEL_ARGS[::2], TINY_MODEL_ARGS[1::2], strict=True)}
+    common = {"configs": [str(CONFIG_DIR / "trainer" / "cpu.yaml")]}
+    common["overrides"] = {**model, "trainer.logger.init_args.save_dir": str(tmp_path), "data.num_workers": 0}
     args = ["--out", str(out), "--partition", "10", "--variants", "[static_init]", "--test", "false",
             "--data.data_dir", str(fake_cifar_root), "--data.check_integrity", "false", "--data.val_size", "100",
-            "--common_config", f"[{CONFIG_DIR / 'trainer' / 'cpu.yaml'}]",
-            "--args", json.dumps([*model, f"--trainer.logger.save_dir={tmp_path}", "--data.num_workers=0"]),
-            "--base_args", "[--trainer.max_epochs=40]"]  # fmt: skip
+            "--common", json.dumps(common), "--base.overrides", json.dumps({"trainer.max_epochs": 40})]  # fmt: skip
     command = [sys.executable, "-m", "ask_the_expert.commands.train_experts", *args]
     code, rest = stopped_by_sigterm(command, "train epoch 1/40 done")
     assert code == 143, rest[-3000:]

@@ -123,9 +123,10 @@ def expert_fit_args(config: str, data: Path, out: Path, option: str, checkpoint:
 
 
 def train_experts_args(data: Path, out: Path, *extra: str) -> list[str]:
-    model = [f"{name}={value}" for name, value in zip(TINY_MODEL_ARGS[::2], TINY_MODEL_ARGS[1::2], strict=True)]
+    model = {name[2:]: int(value) for name, value in zip(TINY_MODEL_ARGS[::2], TINY_MODEL_ARGS[1::2], strict=True)}
+    overrides = json.dumps({**model, "trainer.logger": False})
     return ["--out", str(out), "--partition", "5", "--variants", "[progressive]", "--test", "false",
-            *data_args(data)[:6], "--args", json.dumps([*model, "--trainer.logger=false"]), *extra]  # fmt: skip
+            *data_args(data)[:6], "--common.overrides", overrides, *extra]  # fmt: skip
 
 
 def shipped_base(c: Crafted, data: Path, out: Path) -> list[str]:

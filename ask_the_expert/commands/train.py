@@ -15,9 +15,16 @@ exit code 2.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
-from collections.abc import Iterator
+import time
+import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import wandb
@@ -26,13 +33,19 @@ from lightning import Callback, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 
 from ask_the_expert.method.splits import DataSplit
+from ask_the_expert.tracking.artifacts import log_checkpoint
 from ask_the_expert.tracking.run_identity import run_identity
 from ask_the_expert.tracking.wandb_logger import wandb_run_from_checkpoint
+from ask_the_expert.utils.atomic import remove_abandoned, temporary_sibling, write_json_atomic
 from ask_the_expert.utils.cli import run_command
-from ask_the_expert.utils.config_files import SuiteConfigFile
+from ask_the_expert.utils.config_files import SuiteConfigFile, find_config
 from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.fingerprint import cached_sha256, fingerprint
+from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.options import DataOptions
 from callbacks.progress import replace_progress_bar
 from callbacks.wandb_logging import SaveConfigToRun
 from lightning_modules.checkpoints import read_checkpoint, require_architecture, require_split
@@ -156,6 +169,124 @@ class SuiteCLI(LightningCLI):
 
     def before_test(self) -> None:
         self.check_inputs()
+
+
+# ---------------------------------------------------------------------------------- runs built by other commands
+@dataclass
+class TrainingRun:
+    """How the training runs of one kind are built through this CLI (ate-train-experts and ate-pipeline): LightningCLI
+    config files in order, then option overrides with typed values, e.g. ``{"model.lr": 5.0e-4, "trainer.max_epochs":
+    10, "model.stages": [{"epochs": 1, "rho": 0.5}]}`` (the dotted option names of ``ate-train fit --help``).
+
+    Attributes:
+        configs: LightningCLI config files, applied in order (``configs/...`` is the suite's own from any directory).
+        overrides: option -> value, applied after the configs in order (a later run's value wins).
+    """
+
+    configs: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def then(self, later: TrainingRun) -> TrainingRun:
+        """This run's configs and overrides followed by ``later``'s (which win)."""
+        return TrainingRun([*self.configs, *later.configs], {**self.overrides, **later.overrides})
+
+    def found(self) -> TrainingRun:
+        """The same run with its config paths found from any working directory (utils.config_files)."""
+        return TrainingRun([find_config(c) for c in self.configs], dict(self.overrides))
+
+    def args(self) -> list[str]:
+        """The LightningCLI arguments: ``-c`` per config, then ``--<option>=<value>`` per override (strings as
+        they are, every other value as JSON, which the CLI reads as YAML)."""
+        configs = [a for c in self.configs for a in ("-c", c)]
+        return [*configs, *(f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in self.overrides.items())]
+
+
+def data_overrides(data: DataOptions) -> dict[str, Any]:
+    """The data folder and split of a training run (loader settings stay the configs')."""
+    return {f"data.{name}": getattr(data, name) for name in ("data_dir", "check_integrity", "val_size", "split_seed")}
+
+
+def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
+    """This CLI, configured from ``cli_args`` and instantiated, without running a subcommand: a bad argument is a
+    SuiteError naming ``what``."""
+    with warnings.catch_warnings():
+        # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        try:
+            return SuiteCLI(args=cli_args, run=False, exit_on_error=False)
+        except argparse.ArgumentError as err:
+            raise SuiteError(
+                f"The arguments of {what} are not accepted: {' '.join(str(err).split())} Fix the config or the "
+                "configs / overrides that set them."
+            ) from None
+
+
+def run_record(cli_args: list[str], test: bool, inputs: Mapping[str, Path]) -> dict[str, Any]:
+    """What one training run is made from: its command line and the content of the files it reads (``inputs``:
+    configs, partition, start and routing checkpoints). A finished run is reused only when this matches
+    (``reusable``); the code is left out, so that an edit of the suite does not retrain finished models."""
+    return fingerprint("train", {"cli": cli_args, "test": test}, dict(inputs), code_roots=())
+
+
+def finished_checkpoint(target: Path) -> dict[str, Any] | None:
+    """The record of the finished run at ``target`` (``run`` in ``<target>.json``) when the checkpoint reads back
+    whole (its sha256 is the one recorded when it was written), else None."""
+    try:
+        run = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))["run"]
+        whole = target.is_file() and cached_sha256(target) == run["checkpoint_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return run if whole else None
+
+
+def reusable(target: Path, record: Mapping[str, Any]) -> str | None:
+    """None when the finished run at ``target`` was made from ``record``'s inputs and reads back whole; else why not
+    ("" when nothing is there, a reason when a checkpoint is there but must be trained again)."""
+    run = finished_checkpoint(target)
+    if run is None:
+        return "it does not read back whole (damaged, or not written by this command)" if target.exists() else ""
+    if run.get("fingerprint") != record["fingerprint"]:
+        return "its inputs changed (arguments, configs or input checkpoints)"
+    return None
+
+
+def run_training(
+    cli_args: list[str], target: Path, test: bool, inputs: Mapping[str, Path] | None = None
+) -> dict[str, float]:
+    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete, with
+    its metrics beside it (``target`` with ``.json``, also holding ``run``: the ``run_record`` of ``cli_args`` and
+    ``inputs`` and the checkpoint's sha256) and, when logged to W&B, as the run's model artifact."""
+    record = run_record(cli_args, test, inputs or {})
+    cli = suite_cli(cli_args)
+    cli.check_inputs()
+    trainer = cli.trainer
+    began = time.perf_counter()
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - began
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # Throughput of the whole fit (validation included): optimizer steps x global batch / wall time.
+    images = trainer.global_step * cli.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    metrics.update(train_seconds=round(seconds, 2), train_images_per_s=round(images / max(seconds, 1e-9), 1))
+    remove_abandoned(target, ".tmp")
+    tmp = temporary_sibling(target, ".tmp")
+    try:
+        trainer.save_checkpoint(tmp)
+        if test:
+            trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics["global_step"] = trainer.global_step
+        if trainer.is_global_zero:
+            metrics["run"] = {"fingerprint": record["fingerprint"], "checkpoint_sha256": file_sha256(tmp)}
+            write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
+            os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
+            for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
+                if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
+                    log_checkpoint(logger.experiment, target, cli.model.hparams)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if wandb.run is not None:  # the next run in this process must start its own W&B run
+        wandb.finish()
+    return metrics
 
 
 def main(args: list[str] | None = None) -> int:

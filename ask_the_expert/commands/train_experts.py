@@ -1,10 +1,10 @@
 """Train stage 0 (if its checkpoint is absent) and every expert of a partition: progressive and static variants.
 
     ate-train-experts --partition 5 --generalist_checkpoint G.ckpt --out runs/experts \\
-        --data.data_dir DIR [--common_config '[configs/trainer/gpu.yaml]'] [--parallel 4]
+        --data.data_dir DIR [--common.configs '[configs/trainer/gpu.yaml]'] [--parallel 4]
     ate-train-experts --config configs/experiments/experts_small_cpu.yaml --data.data_dir DIR
 
-Variants (docs/design.md §4; ``--variants``, default all three):
+Variants (docs/design.md §4; ``--variants``, default all three; ask_the_expert.method.stages.EXPERT_VARIANTS):
 
 - ``progressive``: from the stage-0 weights, stages 1-2 (focus, specialise on routed-in images).
 - ``static``: static-from-base, the default baseline: from the stage-0 weights, S_j only, one stage, for exactly the
@@ -12,10 +12,12 @@ Variants (docs/design.md §4; ``--variants``, default all three):
 - ``static_init``: static-from-init: the seeded init of stage 0, S_j only, one stage, for stage 0's steps plus the
   progressive stages' steps (the full per-expert budget).
 
-Every run goes through ate-train's SuiteCLI with the YAML configs (``--base_config``, ``--progressive_config``,
-``--static_config``), then ``--common_config`` files, then ``--data.*`` (data folder and split, as in training),
-``--args`` and ``--<kind>_args``. The partition is written once to ``<out>/partition.json`` and every expert reads it.
-Outputs, each written under a temporary name and renamed, so a killed job never leaves half a file:
+Every run goes through ate-train's SuiteCLI, built from typed settings (ask_the_expert.commands.train.TrainingRun):
+the configs of its kind (``--base.configs``, ``--progressive.configs``, ``--static.configs``; both static variants use
+``static``), then ``--common.configs``, then the data folder and split (``--data.*``, as in training), then the
+overrides of ``--common.overrides`` and of its kind (``--progressive.overrides '{model.routing_k: 3}'``). The
+partition is written once to ``<out>/partition.json`` and every expert reads it. Outputs, each written under a
+temporary name and renamed, so a killed job never leaves half a file:
 
     <out>/partition.json                    the experts' subsets (ask_the_expert.method.subsets.save_partition)
     <out>/base/base.ckpt                    stage 0
@@ -34,49 +36,53 @@ stops the job with a non-zero exit, and the same command resumes it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import wandb
 from jsonargparse import ActionConfigFile
 from lightning import Trainer
-from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
-from ask_the_expert.commands.train import SuiteCLI
+from ask_the_expert.commands.train import (
+    SuiteCLI,
+    TrainingRun,
+    data_overrides,
+    finished_checkpoint,
+    reusable,
+    run_record,
+    run_training,
+    suite_cli,
+)
 from ask_the_expert.method.splits import DataSplit
-from ask_the_expert.method.stages import schedule_steps, static_step_budget
+from ask_the_expert.method.stages import EXPERT_VARIANTS, Variant, schedule_steps, static_step_budget
 from ask_the_expert.method.subsets import parse_partition_spec, save_partition
-from ask_the_expert.tracking.artifacts import log_checkpoint
-from ask_the_expert.utils.atomic import remove_abandoned, temporary_sibling, write_json_atomic
+from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
-from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import SuiteError
-from ask_the_expert.utils.fingerprint import cached_sha256, fingerprint
-from ask_the_expert.utils.hashing import file_sha256
 from ask_the_expert.utils.options import DataOptions
 from ask_the_expert.utils.outputs import check_output_path, held_for_children, output_lock
 from datamodules.cifar100_files import split_file
 from lightning_modules.checkpoints import read_checkpoint, require_split
 
-Variant = Literal["progressive", "static", "static_init"]
-VARIANTS: tuple[str, ...] = ("progressive", "static", "static_init")
-# How each static variant starts and is budgeted (ask_the_expert.method.stages.static_step_budget).
-STATIC_START = {"static": "from_base", "static_init": "from_init"}
-# The ExpertsJob fields that name config files.
-CONFIG_FIELDS = ("base_config", "progressive_config", "static_config", "common_config")
+# The kinds of training run: stage 0 and the two kinds of expert schedule (both static variants run ``static``).
+RUN_KINDS = ("base", "progressive", "static")
+
+
+def _run_kind(kind: str) -> str:
+    """The RUN_KINDS entry whose settings a run of ``kind`` (base or an expert variant) takes."""
+    return kind if kind == "base" else "static" if EXPERT_VARIANTS[kind].single_stage else "progressive"
+
+
 SUMMARY_METRICS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
 console = Console()
 
@@ -90,9 +96,10 @@ class ExpertsJob:
         partition: ``superclass`` (20 experts), g superclasses per expert, explicit superclass groups, or a
             partition file (*.json, e.g. a confusion-aware one).
         variants: which experts to train (progressive, static = static-from-base, static_init = static-from-init).
-        base_config, progressive_config, static_config: the YAML configs of each kind of run.
-        common_config: configs added to every run (e.g. a trainer preset).
-        args, base_args, progressive_args, static_args: command-line overrides for every run / one kind.
+        base: the stage-0 run: its configs, then its overrides.
+        progressive: the progressive experts' runs (e.g. overrides ``{model.routing_k: 3, model.stages: [...]}``).
+        static: the runs of both static variants (their step budget is set by the job).
+        common: configs and overrides of every run, after those of its kind (e.g. a trainer preset, a model shape).
         generalist_checkpoint: the generalist whose routing defines R_j.
         experts: only these expert indices (default: all).
         max_experts: stop after training this many experts.
@@ -102,134 +109,45 @@ class ExpertsJob:
 
     out: str = "runs/experts"
     partition: int | str | list[list[int | str]] = "superclass"
-    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
-    base_config: list[str] = field(default_factory=lambda: ["configs/base.yaml"])
-    progressive_config: list[str] = field(default_factory=lambda: ["configs/expert.yaml"])
-    static_config: list[str] = field(default_factory=lambda: ["configs/expert_static.yaml"])
-    common_config: list[str] = field(default_factory=list)
-    args: list[str] = field(default_factory=list)
-    base_args: list[str] = field(default_factory=list)
-    progressive_args: list[str] = field(default_factory=list)
-    static_args: list[str] = field(default_factory=list)
+    variants: list[Variant] = field(default_factory=lambda: list(EXPERT_VARIANTS))
+    base: TrainingRun = field(default_factory=lambda: TrainingRun(["configs/base.yaml"]))
+    progressive: TrainingRun = field(default_factory=lambda: TrainingRun(["configs/expert.yaml"]))
+    static: TrainingRun = field(default_factory=lambda: TrainingRun(["configs/expert_static.yaml"]))
+    common: TrainingRun = field(default_factory=TrainingRun)
     generalist_checkpoint: str | None = None
     experts: list[int] | None = None
     max_experts: int | None = None
     parallel: int = 1
     test: bool = True
 
+    def run_of(self, kind: str) -> TrainingRun:
+        """The settings of one run kind (RUN_KINDS) followed by the common ones."""
+        return getattr(self, kind).then(self.common)
+
 
 def build_parser() -> SuiteParser:
     parser = SuiteParser(prog="ate-train-experts", description=__doc__.split("\n")[0], exit_on_error=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML file with any of these options.")
     parser.add_class_arguments(ExpertsJob, None, as_group=False)
-    # Training loaders are the expert configs' own (--args '[--data.batch_size=...]'): no evaluation loader here.
+    # Training loaders are the runs' own (--common.overrides '{data.batch_size: 256}'): no evaluation loader here.
     parser.add_class_arguments(DataOptions, "data", skip={"batch_size", "num_workers"})
     return parser
 
 
 def parse_job(argv: Sequence[str]) -> tuple[ExpertsJob, DataOptions]:
-    """The job and the data options of an ate-train-experts command line (or ``["--config", FILE]``)."""
-    cfg = vars(build_parser().parse_args(list(argv)))
+    """The job and the data options of an ate-train-experts command line (or ``["--config", FILE]``); configs are
+    found from any working directory (ask_the_expert.utils.config_files)."""
+    parser = build_parser()
+    cfg = vars(parser.instantiate(parser.parse_args(list(argv))))
     cfg.pop("config", None)
     data = DataOptions(**vars(cfg.pop("data")))
     job = ExpertsJob(**cfg)
-    # configs/... paths are found from any working directory (ask_the_expert.utils.config_files)
-    found = {name: [find_config(c) for c in getattr(job, name)] for name in CONFIG_FIELDS}
-    return replace(job, **found), data
+    return replace(job, **{kind: getattr(job, kind).found() for kind in (*RUN_KINDS, "common")}), data
 
 
-def load_job(config: str | Path, **overrides: object) -> ExpertsJob:
+def load_job(config: str | Path, **overrides: Any) -> ExpertsJob:
     """The ExpertsJob of an ate-train-experts YAML config, with some fields replaced."""
     return replace(parse_job(["--config", str(config)])[0], **overrides)
-
-
-def data_args(data: DataOptions) -> list[str]:
-    """The data folder and split of every run, as LightningCLI overrides (loader settings stay the configs');
-    they come before the job's own ``args``, which therefore win."""
-    return [
-        f"--data.data_dir={data.data_dir}",
-        f"--data.check_integrity={str(data.check_integrity).lower()}",
-        f"--data.val_size={data.val_size}",
-        f"--data.split_seed={data.split_seed}",
-    ]
-
-
-def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
-    """ate-train's CLI, configured from ``cli_args`` and instantiated, without running a subcommand."""
-    with warnings.catch_warnings():
-        # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        try:
-            return SuiteCLI(args=cli_args, run=False, exit_on_error=False)
-        except argparse.ArgumentError as err:
-            raise SuiteError(
-                f"The arguments of {what} are not accepted: {' '.join(str(err).split())} Fix the config or the "
-                "--*_config / --args / --<kind>_args options that set them."
-            ) from None
-
-
-def run_record(cli_args: list[str], test: bool, files: dict[str, Path]) -> dict[str, Any]:
-    """What one training run is made from: its command line and the content of the files it reads (configs,
-    partition, start and routing checkpoints). A finished run is reused only when this matches
-    (``reusable``); the code is left out, so that an edit of the suite does not retrain finished models."""
-    return fingerprint("train", {"cli": cli_args, "test": test}, files, code_roots=())
-
-
-def finished_checkpoint(target: Path) -> dict[str, Any] | None:
-    """The record of the finished run at ``target`` (``run`` in ``<target>.json``) when the checkpoint reads back
-    whole (its sha256 is the one recorded when it was written), else None."""
-    try:
-        run = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))["run"]
-        whole = target.is_file() and cached_sha256(target) == run["checkpoint_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return run if whole else None
-
-
-def reusable(target: Path, record: dict[str, Any]) -> str | None:
-    """None when the finished run at ``target`` was made from ``record``'s inputs and reads back whole; else why not
-    (said when a checkpoint is there but must be trained again)."""
-    run = finished_checkpoint(target)
-    if run is None:
-        return "it does not read back whole (damaged, or not written by this command)" if target.exists() else ""
-    if run.get("fingerprint") != record["fingerprint"]:
-        return "its inputs changed (arguments, configs or input checkpoints)"
-    return None
-
-
-def run_training(cli_args: list[str], target: Path, test: bool, record: dict[str, Any]) -> dict[str, float]:
-    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete, with
-    ``<target>.json`` holding its metrics and its ``record`` (``run``: fingerprint and checkpoint sha256)."""
-    cli = suite_cli(cli_args)
-    cli.check_inputs()
-    trainer = cli.trainer
-    began = time.perf_counter()
-    trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds = time.perf_counter() - began
-    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    # Throughput of the whole fit (validation included): optimizer steps x global batch / wall time.
-    images = trainer.global_step * cli.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-    metrics.update(train_seconds=round(seconds, 2), train_images_per_s=round(images / max(seconds, 1e-9), 1))
-    remove_abandoned(target, ".tmp")
-    tmp = temporary_sibling(target, ".tmp")
-    try:
-        trainer.save_checkpoint(tmp)
-        if test:
-            trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        metrics["global_step"] = trainer.global_step
-        if trainer.is_global_zero:
-            metrics["run"] = {"fingerprint": record["fingerprint"], "checkpoint_sha256": file_sha256(tmp)}
-            write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
-            os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
-            for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
-                if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
-                    log_checkpoint(logger.experiment, target, cli.model.hparams)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if wandb.run is not None:  # the next run in this process must start its own W&B run
-        wandb.finish()
-    return metrics
 
 
 class Job:
@@ -247,9 +165,9 @@ class Job:
         bad = [j for j in job.experts or [] if not 0 <= j < n]
         if bad:
             raise SuiteError(f"--experts {bad} are out of range: the partition has {n} experts, so use 0..{n - 1}.")
-        unknown = [v for v in job.variants if v not in VARIANTS]
+        unknown = [v for v in job.variants if v not in EXPERT_VARIANTS]
         if unknown or not job.variants:
-            raise SuiteError(f"--variants {job.variants!r} must be a non-empty list of {list(VARIANTS)}.")
+            raise SuiteError(f"--variants {job.variants!r} must be a non-empty list of {list(EXPERT_VARIANTS)}.")
         if job.parallel < 1 or (job.parallel > 1 and torch.cuda.device_count() < job.parallel):
             raise SuiteError(
                 f"--parallel {job.parallel} needs that many GPUs, found {torch.cuda.device_count()}; use --parallel 1 "
@@ -257,9 +175,9 @@ class Job:
             )
         if job.max_experts is not None and job.max_experts < 0:
             raise SuiteError(f"--max_experts must be >= 0, got {job.max_experts}.")
-        missing = [c for c in self._configs() if not Path(c).is_file()]
+        missing = [c for kind in RUN_KINDS for c in job.run_of(kind).configs if not Path(c).is_file()]
         if missing:
-            raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --*_config.")
+            raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --<kind>.configs.")
         check_output_path(self.out, "--out", folder=True)
         test_file = split_file(data.data_dir, "test")
         if job.test and not test_file.is_file():  # else stage 0 would train to its end and only then need it
@@ -280,37 +198,34 @@ class Job:
                 require_split(info, split)
         for kind in ("base", *job.variants):
             # Parse and build every kind of run once now: a bad override fails here, not after stage 0.
-            spec = job.partition if isinstance(job.partition, str) else json.dumps(job.partition)
-            cli = suite_cli(self.args(kind, self.out / "check", partition=spec), f"the {kind} runs")
-            if kind in ("progressive", "static") and set(job.variants) & set(STATIC_START):
+            cli = suite_cli(self.args(kind, self.out / "check", partition=job.partition), f"the {kind} runs")
+            if kind != "base" and any(EXPERT_VARIANTS[v].single_stage for v in job.variants):
                 check_step_budget(cli.trainer, kind)
-
-    def _configs(self) -> list[str]:
-        j = self.job
-        return [*j.base_config, *j.progressive_config, *j.static_config, *j.common_config]
 
     def expert_checkpoint(self, variant: str, j: int) -> Path:
         return self.out / variant / f"expert_{j}.ckpt"
 
-    def args(self, kind: str, root: Path, j: int = 0, partition: str | None = None) -> list[str]:
-        """SuiteCLI arguments of one run of ``kind`` (base, progressive, static, static_init) for expert ``j``
-        (``partition``: the spec to pass instead of the partition file, for the checks before it is written)."""
+    def args(self, kind: str, root: Path, j: int = 0, partition: Any = None, **more: Any) -> list[str]:
+        """SuiteCLI arguments of one run of ``kind`` (base or an expert variant) for expert ``j``: the data folder and
+        split, the configs and overrides of its kind and the common ones, then what the job sets (``partition``: the
+        spec to pass instead of the partition file, for the checks before it is written; ``more``: further
+        overrides)."""
         job = self.job
-        config_kind = "static" if kind == "static_init" else kind
-        configs = [*getattr(job, f"{config_kind}_config"), *job.common_config]
-        out = [*(a for c in configs for a in ("-c", c)), *data_args(self.data)]
-        if kind != "base":  # the generalist's logits, cached next to the experts (the job's args may move it)
-            out.append(f"--model.routing_cache_dir={self.out / 'cache'}")
-        out += [*job.args, *getattr(job, f"{config_kind}_args"), f"--trainer.default_root_dir={root}"]
-        if kind == "base":
-            return out
-        out += [f"--model.partition={partition or self.partition_file}", f"--model.expert_index={j}"]
-        base = self.base_checkpoint if kind in ("progressive", "static") else None
-        out += [
-            f"--model.base_checkpoint={base or 'null'}",
-            f"--model.generalist_checkpoint={job.generalist_checkpoint or 'null'}",
-        ]
-        return out
+        settings = job.run_of(_run_kind(kind))
+        first = data_overrides(self.data)
+        if kind != "base":  # the generalist's logits, cached next to the experts (the run's overrides may move it)
+            first["model.routing_cache_dir"] = str(self.out / "cache")
+        own: dict[str, Any] = {"trainer.default_root_dir": str(root)}
+        if kind != "base":
+            base = self.base_checkpoint if EXPERT_VARIANTS[kind].start == "from_base" else None
+            own.update({
+                "model.partition": partition if partition is not None else str(self.partition_file),
+                "model.expert_index": j,
+                "model.base_checkpoint": str(base) if base else None,
+                "model.generalist_checkpoint": job.generalist_checkpoint,
+            })  # fmt: skip
+        run = TrainingRun(settings.configs, {**first, **settings.overrides, **own, **more})
+        return run.args()
 
     @cached_property
     def _progressive_cli(self) -> SuiteCLI:
@@ -326,28 +241,26 @@ class Job:
     def static_steps(self, variant: str, j: int) -> int:
         """Step budget of static expert j (ask_the_expert.method.stages.static_step_budget)."""
         base_steps = read_checkpoint(self.base_checkpoint, "the stage-0 checkpoint", ("base",)).global_step
-        return static_step_budget(STATIC_START[variant], base_steps, self.progressive_steps(j))
+        return static_step_budget(EXPERT_VARIANTS[variant].start, base_steps, self.progressive_steps(j))
 
     def inputs(self, kind: str) -> dict[str, Path]:
         """The files a run of ``kind`` reads: its configs, and for experts the partition and checkpoints."""
-        config_kind = "static" if kind == "static_init" else kind
-        configs = [*getattr(self.job, f"{config_kind}_config"), *self.job.common_config]
-        files = {f"config/{i}": Path(c) for i, c in enumerate(configs)}
+        files = {f"config/{i}": Path(c) for i, c in enumerate(self.job.run_of(_run_kind(kind)).configs)}
         if kind != "base":
             files["partition"] = self.partition_file
             if self.job.generalist_checkpoint is not None:
                 files["generalist"] = Path(self.job.generalist_checkpoint)
-        if kind in ("progressive", "static"):
-            files["base"] = self.base_checkpoint
+            if EXPERT_VARIANTS[kind].start == "from_base":
+                files["base"] = self.base_checkpoint
         return files
 
     def run_args(self, kind: str, j: int = 0) -> list[str]:
-        """The command line of one run (a static expert's with its step budget)."""
+        """The command line of one run (a single-stage expert's with its step budget)."""
         target = self.base_checkpoint if kind == "base" else self.expert_checkpoint(kind, j)
-        args = self.args(kind, target.parent, j)
-        if kind in STATIC_START:
-            args.append(f"--model.static_steps={self.static_steps(kind, j)}")
-        return args
+        budget = {}
+        if kind != "base" and EXPERT_VARIANTS[kind].single_stage:
+            budget["model.static_steps"] = self.static_steps(kind, j)
+        return self.args(kind, target.parent, j, **budget)
 
     def pending(self, kind: str, j: int, label: str) -> bool:
         """Whether the run of ``kind`` (expert ``j``) must train: no finished run made from the same inputs that
@@ -364,9 +277,9 @@ class Job:
         target = self.base_checkpoint if kind == "base" else self.expert_checkpoint(kind, j)
         target.parent.mkdir(parents=True, exist_ok=True)
         args = self.run_args(kind, j)
-        if kind in STATIC_START:
-            console.print(f"{kind} expert {j}: budget {args[-1].split('=')[1]} optimizer steps")
-        run_training(args, target, self.job.test, run_record(args, self.job.test, self.inputs(kind)))
+        for budget in (a.split("=", 1)[1] for a in args if a.startswith("--model.static_steps=")):
+            console.print(f"{kind} expert {j}: budget {budget} optimizer steps")
+        run_training(args, target, self.job.test, self.inputs(kind))
 
     def train_base(self) -> None:
         if self.pending("base", 0, "stage 0"):

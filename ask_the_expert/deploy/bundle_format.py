@@ -190,25 +190,37 @@ def _plain_name(name: str) -> bool:
     return Path(name).name == name and name not in ("", ".", "..") and "\\" not in name
 
 
+def _inside_name(name: str) -> bool:
+    """A relative path (forward slashes) that stays inside the bundle folder: no ``..`` or empty part, not absolute
+    (the Triton repository's files lie in a subfolder)."""
+    return not name.startswith("/") and all(_plain_name(part) for part in name.split("/"))
+
+
+def _through_link(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` or a folder on the way to it is a link (which could lead outside the bundle)."""
+    parts = name.split("/")
+    return any((folder.joinpath(*parts[: i + 1])).is_symlink() for i in range(len(parts)))
+
+
 def verify_files(folder: Path, manifest: Mapping[str, Any], names: Sequence[str]) -> None:
-    """Raise BundleError unless every file the manifest lists has a plain name inside the bundle folder, and each
-    named file is listed, present (not a link), and hashes as recorded."""
+    """Raise BundleError unless every file the manifest lists has a relative path inside the bundle folder, and each
+    named file is listed, present (neither a link nor under one), and hashes as recorded."""
     listed = manifest.get("files")
     if not isinstance(listed, Mapping):
         raise BundleError(f"{MANIFEST_FILE} in {folder} has no 'files' table of sha256 hashes. {REEXPORT}")
     problems = [
-        f"{MANIFEST_FILE} lists {name!r}, which is not a plain file name inside the bundle folder"
+        f"{MANIFEST_FILE} lists {name!r}, which is not a path inside the bundle folder"
         for name in listed
-        if not _plain_name(str(name))
+        if not _inside_name(str(name))
     ]
     for name in names:
         entry = listed.get(name)
         path = folder / name
-        if not _plain_name(name):
+        if not _inside_name(name):
             continue  # said above, or refused by RouterConfig.check; never opened
         if not isinstance(entry, Mapping) or "sha256" not in entry:
             problems.append(f"{name} is not listed in {MANIFEST_FILE}")
-        elif path.is_symlink():
+        elif _through_link(folder, name):
             problems.append(f"{name} is a link (the files of a bundle are its own, inside its folder)")
         elif not path.is_file():
             problems.append(f"{name} is missing")

@@ -132,12 +132,12 @@ def profile_bundle(
     )
 
 
-def check_profile_output(path: str | Path, force: bool = False) -> None:
+def check_profile_output(path: str | Path, force: bool = False, option: str = "--out") -> None:
     """Refuse to overwrite ``path`` unless ``force``, and then only a cost profile (nothing else is replaced)."""
-    check_output_path(path, "--out", folder=False)
+    check_output_path(path, option, folder=False)
     if Path(path).exists() and not force:
-        raise ProfileError(f"{path} already exists; choose another --out or pass --force to overwrite it.")
-    check_replaceable_file(path, "--out", "a cost profile", _is_profile)
+        raise ProfileError(f"{path} already exists; choose another {option} or pass --force to overwrite it.")
+    check_replaceable_file(path, option, "a cost profile", _is_profile)
 
 
 def _is_profile(path: Path) -> bool:
@@ -153,7 +153,7 @@ def write_profile(profile: Profile, path: str | Path, force: bool = False) -> Pa
     path = Path(path)
     check_profile_output(path, force)
     header = (
-        f"# Cost profile written by `ate-deploy profile`. {profile.description}\n"
+        f"# Cost profile written by `ate-deploy profile` or `client`. {profile.description}\n"
         "# Units: latency ms, power W, rates Mbit/s, sizes bytes. meta records how each latency was measured.\n"
     )
     body = yaml.safe_dump(profile_to_dict(profile), sort_keys=False, default_flow_style=False)

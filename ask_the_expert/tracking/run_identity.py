@@ -14,9 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ask_the_expert.models.vit_factory import ARCH_SHAPES, resolved_architecture
-
-# timm's default shapes (embed_dim, depth, num_heads) of the suite's archs.
+from ask_the_expert.models.vit_factory import ARCHS, resolved_architecture
 
 
 def expert_variant(init_args: Mapping[str, Any]) -> str:
@@ -32,7 +30,7 @@ def architecture_tags(init_args: Mapping[str, Any]) -> list[str]:
     built = resolved_architecture({**init_args, "arch": arch, "preset": preset})
     shape = (built["embed_dim"], built["depth"], built["num_heads"])
     tags = [f"e{shape[0]}-d{shape[1]}-h{shape[2]}", f"patch{built['patch_size']}", preset]
-    if shape == ARCH_SHAPES.get(arch):
+    if arch in ARCHS and shape == ARCHS[arch].shape:
         tags.append(arch)
     return tags
 
