@@ -1,6 +1,6 @@
 """Where commands write: one writer per output (a second is refused; a killed writer's lock is no obstacle), temporary
 names unique per run (a dead run's leftovers removed), --force replacing only what a command recognises as its own,
-and SIGTERM / SIGINT ending a command with a non-zero exit like Ctrl-C."""
+and SIGTERM / SIGINT ending a command with a non-zero exit like Ctrl-C (in process)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import CONFIG_DIR, REPO_ROOT, TINY_MODEL_ARGS, cli_overrides
+from conftest import REPO_ROOT
 
-from ask_the_expert.commands import train
 from ask_the_expert.utils.atomic import atomic_file, atomic_folder, temporary_sibling, write_text_atomic
 from ask_the_expert.utils.cli import run_command
 from ask_the_expert.utils.errors import SuiteError
@@ -128,64 +126,3 @@ def test_a_signal_ends_a_command_with_a_non_zero_exit(
     err = capsys.readouterr().err
     assert err.startswith(f"error: stopped by {signal.Signals(signum).name}") and "Rerun the same command" in err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handlers are gone again
-
-
-def started(proc: subprocess.Popen, line: str, timeout: float = 300.0) -> list[str]:
-    """The output lines of ``proc`` up to the first that contains ``line`` (fails if it ends first)."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = proc.stdout.readline()
-        if not text:
-            break
-        seen.append(text)
-        if line in text:
-            return seen
-    raise AssertionError(f"no {line!r} in the output:\n{''.join(seen)[-3000:]}")
-
-
-def stopped_by_sigterm(command: list[str], line: str) -> tuple[int, str]:
-    """Run ``command``, send SIGTERM once its output shows ``line``; (exit code, the rest of its output)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        started(proc, line)
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    return proc.returncode, rest
-
-
-def test_sigterm_stops_a_fit_with_a_non_zero_exit_and_it_resumes(fake_cifar_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "fit"
-    args = ["fit", "-c", str(CONFIG_DIR / "generalist.yaml"), *cli_overrides(fake_cifar_root, out, max_epochs=40)]
-    args += TINY_MODEL_ARGS
-    code, rest = stopped_by_sigterm([sys.executable, "train.py", *args], "train epoch 2/40 done")
-    assert code == 143, rest[-3000:]
-    assert "error: stopped by SIGTERM" in rest and "max_epochs=40` reached" not in rest
-    last = next(out.rglob("last.ckpt"))
-    epoch = torch.load(last, weights_only=True)["epoch"]
-    assert 0 <= epoch < 39
-    # Resumed like a run stopped by Ctrl-C: from the last checkpoint, to one epoch more.
-    assert train.main([*args, "--ckpt_path", str(last), "--trainer.max_epochs", str(epoch + 2)]) == 0
-    assert torch.load(last, weights_only=True)["epoch"] == epoch + 1
-
-
-def test_sigterm_stops_train_experts_with_a_non_zero_exit_and_nothing_half_written(
-    fake_cifar_root: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "experts"
-    model = {name[2:]: int(value) for name, value in zip(TINY_MODEL_ARGS[::2], TINY_MODEL_ARGS[1::2], strict=True)}
-    common = {"configs": [str(CONFIG_DIR / "trainer" / "cpu.yaml")]}
-    common["overrides"] = {**model, "trainer.logger.init_args.save_dir": str(tmp_path), "data.num_workers": 0}
-    args = ["--out", str(out), "--partition", "10", "--variants", "[static_init]", "--test", "false",
-            "--data.data_dir", str(fake_cifar_root), "--data.check_integrity", "false", "--data.val_size", "100",
-            "--common", json.dumps(common), "--base.overrides", json.dumps({"trainer.max_epochs": 40})]  # fmt: skip
-    command = [sys.executable, "-m", "ask_the_expert.commands.train_experts", *args]
-    code, rest = stopped_by_sigterm(command, "train epoch 1/40 done")
-    assert code == 143, rest[-3000:]
-    assert "error: stopped by SIGTERM" in rest
-    assert not (out / "base" / "base.ckpt").exists()  # stage 0 is not taken for finished
-    assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".partial", ".lock"))]
