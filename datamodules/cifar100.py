@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
 from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, NUM_CLASSES
-from ask_the_expert.method.splits import stratified_split
+from ask_the_expert.method.splits import DataSplit, stratified_split
 from ask_the_expert.method.subsets import resolve_superclasses
 from ask_the_expert.utils.errors import SuiteError
-from ask_the_expert.utils.options import DataOptions, check_loader_numbers
+from ask_the_expert.utils.options import DataOptions, check_data_numbers
 from datamodules.cifar100_files import CifarMeta, CifarSplit, DataError, download, load_meta, load_split
 from datamodules.device_resident import DeviceResidentLoader
 from datamodules.eval_sampler import distributed_eval_sampler
@@ -90,7 +90,7 @@ class CIFAR100DataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_loader_numbers(batch_size, eval_batch_size, num_workers, val_size)
+        check_data_numbers(batch_size, eval_batch_size, num_workers, val_size, split_seed)
         self.data_dir = data_dir
         self.download = download
         self.check_integrity = check_integrity
@@ -146,6 +146,7 @@ class CIFAR100DataModule(LightningDataModule):
             download(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum; messages name the stage
         self.meta = self.meta or load_meta(self.data_dir, self.check_integrity)
         needs_train = stage in (None, "fit", "validate") or (stage == "predict" and self.predict_split == "val")
         if needs_train and self.train_file is None:
@@ -236,12 +237,14 @@ class CIFAR100DataModule(LightningDataModule):
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """A labelled split in memory as raw pixels: uint8 (N, 32, 32, 3) images, int64 fine labels, file indices."""
+    """A labelled split in memory as raw pixels: uint8 (N, 32, 32, 3) images, int64 fine labels, file indices, and
+    the train/val split they were taken with (None for test, which no split changes)."""
 
     images: np.ndarray
     labels: np.ndarray
     indices: np.ndarray
     split: str
+    data_split: DataSplit | None = None
 
     def batches(self, size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(offset, images, labels) chunks of at most ``size`` samples, in order."""
@@ -283,4 +286,5 @@ def labelled_images(options: DataOptions, split: str = "val", limit: int | None 
     indices = {"train": dm.train_indices, "val": dm.val_indices, "test": dm.test_indices}[split][:limit]
     if len(indices) == 0:
         raise DataError(f"The {split} split of {options.data_dir} is empty; check --data.val_size / --limit.")
-    return LabelledImages(file.images[indices], file.fine_labels[indices].astype(np.int64), indices, split)
+    data_split = None if split == "test" else DataSplit.of(options)
+    return LabelledImages(file.images[indices], file.fine_labels[indices].astype(np.int64), indices, split, data_split)

@@ -21,6 +21,17 @@ PUBLISHED_MD5 = {
     CIFAR100.meta["filename"]: CIFAR100.meta["md5"],
 }
 IMAGE_SHAPE = (32, 32, 3)
+# Everything the CIFAR-100 python pickles need to rebuild their content (a dict of lists, strings and one uint8
+# array, pickled by numpy 1 or 2): any other global is refused, so a file that is not CIFAR-100 never runs code.
+PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how protocol 2 stores bytes under Python 3
+    }
+)
 
 
 class DataError(SuiteError):
@@ -93,11 +104,29 @@ def _check_md5(path: Path, name: str, check_integrity: bool) -> None:
     )
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds only plain data and numpy arrays (PICKLE_GLOBALS)."""
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-100 file never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as f:
-            content = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+            content = _DataUnpickler(f, encoding="latin1").load()
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        KeyError,
+        IndexError,
+    ) as err:
         raise DataError(
             f"'{path}' is not a readable CIFAR-100 pickle ({type(err).__name__}: {err}). The file is truncated "
             f"or of another format; delete it and download again with --data.download true."

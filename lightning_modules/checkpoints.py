@@ -1,8 +1,13 @@
-"""The suite's checkpoints: find them, read them safely, check role, classes, architecture and partition, load them.
+"""The suite's checkpoints: find them, read them safely, check role, classes, architecture, data split and
+partition, load them.
 
 Every consumer (ate-train's ``--ckpt_path``, the experts' ``base_checkpoint`` / ``generalist_checkpoint``,
-ate-train-experts, ate-evaluate, the export and the verifier) goes through ``read_checkpoint``, so a missing,
-truncated, random or foreign file is always one clear message naming the option and the fix, never a traceback.
+ate-train-experts, ate-evaluate, ate-partition, the export and the verifier) goes through ``read_checkpoint``, so a
+missing, truncated, random or foreign file is always one clear message naming the option and the fix, never a
+traceback. A checkpoint is a file a user may receive from someone else, so it is never unpickled with code execution:
+``load_checkpoint_file`` is the one reader (``torch.load(weights_only=True)``: tensors and plain data only; every
+checkpoint the suite writes loads that way), and the loads Lightning makes itself (``load_from_checkpoint`` and a
+Trainer's ``ckpt_path``) are given ``weights_only=True`` as well.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import glob
 import importlib
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,7 @@ import torch
 from lightning import LightningModule
 
 from ask_the_expert.method.cifar100_classes import NUM_CLASSES
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.subsets import class_to_expert
 from ask_the_expert.models.vit_factory import architecture_mismatch
 from ask_the_expert.utils.errors import PartitionError, SuiteError
@@ -44,11 +51,14 @@ class CheckpointError(SuiteError):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """A checkpoint file and its Lightning hyperparameters (read without loading the module)."""
+    """A checkpoint file, its Lightning hyperparameters, the train/val split its run used (None when it was saved
+    without a datamodule) and its optimizer step count (read without loading the module)."""
 
     path: Path
     hparams: dict[str, Any]
     option: str
+    data_split: DataSplit | None = None
+    global_step: int = 0
 
     @property
     def role(self) -> str | None:
@@ -82,11 +92,41 @@ def resolve_checkpoints(specs: Sequence[CheckpointSpec], option: str) -> list[Pa
     return list(dict.fromkeys(paths))
 
 
+def load_checkpoint_file(path: Path, option: str) -> Any:
+    """The content of a checkpoint file, memory-mapped (no weight is copied), with tensors and plain data only.
+
+    ``torch.load(weights_only=True)`` refuses any other Python object instead of running the code a pickle may
+    carry. Raises CheckpointError when the file holds such objects, or is truncated, random or not a torch file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{option} {str(path)!r} holds Python objects other than tensors and plain data{what}, which loading "
+                "would execute as code; it was not written by this suite or was changed since. It was refused "
+                "without running anything. Pass a .ckpt file written by ate-train (rerun the step that wrote it)."
+            ) from None
+        raise _unreadable(path, option, err) from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError) as err:
+        raise _unreadable(path, option, err) from None
+
+
+def _unreadable(path: Path, option: str, err: BaseException) -> CheckpointError:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return CheckpointError(
+        f"{option} {str(path)!r} is not a readable Lightning checkpoint ({type(err).__name__}: {first}); it is "
+        "truncated or not a checkpoint. Pass a .ckpt file written by ate-train (rerun the step that wrote it)."
+    )
+
+
 def read_checkpoint(path: CheckpointSpec, option: str, roles: Sequence[str] | None = None) -> CheckpointInfo:
-    """Read a checkpoint's hyperparameters (memory-mapped: no weights are copied) and check its role.
+    """Read a checkpoint's hyperparameters, data split and step count (``load_checkpoint_file``) and check its role.
 
     Raises CheckpointError when the file is missing, not a readable Lightning checkpoint of this suite (truncated,
-    random bytes, empty, a plain torch file), or of a role other than ``roles``.
+    random bytes, empty, a plain torch file, a pickle with code), or of a role other than ``roles``.
     """
     path = Path(path)
     if not path.is_file():
@@ -94,21 +134,16 @@ def read_checkpoint(path: CheckpointSpec, option: str, roles: Sequence[str] | No
         raise CheckpointError(
             f"{option} {str(path)!r} does not exist.{hint} Pass the path of a .ckpt file written by ate-train."
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, AttributeError) as err:
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(
-            f"{option} {str(path)!r} is not a readable Lightning checkpoint ({type(err).__name__}: {first}); it is "
-            "truncated or not a checkpoint. Pass a .ckpt file written by ate-train (rerun the step that wrote it)."
-        ) from None
+    checkpoint = load_checkpoint_file(path, option)
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
     if not isinstance(hparams, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointError(
             f"{option} {str(path)!r} has no Lightning hyperparameters/state_dict, so it is not a checkpoint of "
             "this suite's models. Pass a .ckpt file written by ate-train."
         )
-    info = CheckpointInfo(path, dict(hparams), option)
+    data = checkpoint.get("datamodule_hyper_parameters")
+    split = DataSplit.of(data) if isinstance(data, Mapping) else None
+    info = CheckpointInfo(path, dict(hparams), option, split, int(checkpoint.get("global_step") or 0))
     if roles is not None and info.role not in roles:
         what = " or ".join(ROLES[r].split(" (")[0] for r in roles)
         raise CheckpointError(
@@ -116,6 +151,18 @@ def read_checkpoint(path: CheckpointSpec, option: str, roles: Sequence[str] | No
             f"(role {' or '.join(roles)}). Pass {ROLES[roles[0]]} for {option}."
         )
     return info
+
+
+def require_split(info: CheckpointInfo, split: DataSplit | None) -> None:
+    """The checkpoint was trained on the train/val split ``split`` (when both are known), else CheckpointError: with
+    another split, this run's val images would include images the model was trained on."""
+    if split is None or info.data_split is None or info.data_split == split:
+        return
+    raise CheckpointError(
+        f"{info.describe()} was trained with the train/val split {info.data_split}, but this run uses {split}: its "
+        "val images would include images the model was trained on. Pass the checkpoint's split "
+        f"({info.data_split}), or use checkpoints trained on this split."
+    )
 
 
 def require_classes(info: CheckpointInfo, num_classes: int, against: str = "the generalist") -> None:
@@ -138,7 +185,7 @@ def require_architecture(info: CheckpointInfo, expected: Mapping[str, Any], fix:
 
 def module_state(info: CheckpointInfo, prefix: str = "model.") -> dict[str, torch.Tensor]:
     """The network weights of a checkpoint (its state_dict entries under ``prefix``, prefix removed)."""
-    state = torch.load(info.path, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_checkpoint_file(info.path, info.option)["state_dict"]
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
@@ -150,7 +197,7 @@ def load_module(info: CheckpointInfo) -> LightningModule:
         # Building the module draws random initial weights before the checkpoint's replace them: on a forked RNG,
         # so that loading a model (say, the generalist for R_j) never shifts a training run's random streams.
         with torch.random.fork_rng(devices=[]):
-            return cls.load_from_checkpoint(info.path, map_location="cpu").eval()
+            return cls.load_from_checkpoint(info.path, map_location="cpu", weights_only=True).eval()
     except (TypeError, KeyError, RuntimeError) as err:
         raise CheckpointError(
             f"{info.describe()} cannot be restored as {ROLES[info.role].split(' (')[0]} ({type(err).__name__}: "
@@ -167,13 +214,16 @@ class ExpertSet:
     paths: list[Path]
 
 
-def check_expert_set(specs: Sequence[CheckpointSpec], num_classes: int, option: str) -> list[CheckpointInfo]:
-    """Resolve and check expert checkpoints: role, class count, one per index 0..n-1, subsets partition the
-    classes. Returns their infos ordered by expert index (no weights loaded)."""
+def check_expert_set(
+    specs: Sequence[CheckpointSpec], num_classes: int, option: str, split: DataSplit | None = None
+) -> list[CheckpointInfo]:
+    """Resolve and check expert checkpoints: role, class count, data split, one per index 0..n-1, subsets partition
+    the classes. Returns their infos ordered by expert index (no weights loaded)."""
     by_index: dict[int, list[CheckpointInfo]] = {}
     for path in resolve_checkpoints(specs, option):
         info = read_checkpoint(path, option, ("expert",))
         require_classes(info, num_classes)
+        require_split(info, split)
         index = info.hparams.get("expert_index")
         if index is None:
             raise CheckpointError(

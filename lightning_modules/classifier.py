@@ -17,10 +17,38 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassStatScores
 
 from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.models.vit_factory import GlobalPool, Preset, Tokenizer, architecture_mismatch, create_vit
+from ask_the_expert.utils.errors import SuiteError
 from lightning_modules.lr_schedules import warmup_cosine
 
 Role = Literal["generalist", "base", "expert"]
+
+
+def check_training_numbers(
+    lr: float,
+    weight_decay: float,
+    warmup_epochs: float,
+    label_smoothing: float,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+) -> None:
+    """Optimisation and regularisation settings that torch would reject only once training starts (or silently
+    misuse), refused when the module is built, before any data is read."""
+    problems = [
+        f"--model.{name} is {value!r} ({rule})"
+        for name, value, ok, rule in (
+            ("lr", lr, lr > 0, "use a number > 0"),
+            ("weight_decay", weight_decay, weight_decay >= 0, "use a number >= 0"),
+            ("warmup_epochs", warmup_epochs, warmup_epochs >= 0, "use a number of epochs >= 0"),
+            ("label_smoothing", label_smoothing, 0 <= label_smoothing < 1, "use a number in [0, 1)"),
+            ("mixup_alpha", mixup_alpha, mixup_alpha >= 0, "use a number >= 0; 0 turns mixup off"),
+            ("cutmix_alpha", cutmix_alpha, cutmix_alpha >= 0, "use a number >= 0; 0 turns cutmix off"),
+        )
+        if not ok  # NaN fails every comparison, so it is refused too
+    ]
+    if problems:
+        raise SuiteError(f"Bad training settings: {'; '.join(problems)}.")
 
 
 class ClassifierModule(LightningModule):
@@ -82,6 +110,7 @@ class ClassifierModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_training_numbers(lr, weight_decay, warmup_epochs, label_smoothing, mixup_alpha, cutmix_alpha)
         self.model = create_vit(
             arch,
             preset,
@@ -131,8 +160,9 @@ class ClassifierModule(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def check_inputs(self) -> None:
-        """Check the files this module reads (none for a classifier; ExpertModule reads base and generalist)."""
+    def check_inputs(self, data_split: DataSplit | None = None) -> None:
+        """Check the files this module reads against the run's train/val split (none for a classifier; ExpertModule
+        reads base and generalist)."""
 
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, loss) of a training batch; ``targets`` are class ids, or soft targets from mixup/cutmix."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,16 +57,19 @@ from ask_the_expert.method.router import (
     offload_mask,
     oracle_experts,
 )
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.stages import BASELINE_VARIANTS
 from ask_the_expert.method.subsets import class_to_expert
 from ask_the_expert.results.evaluation_outputs import forward_count_metric
 from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
 from lightning_modules.checkpoints import (
     CheckpointSpec,
+    check_expert_set,
     load_expert_set,
     load_module,
     read_checkpoint,
     require_classes,
+    require_split,
 )
 from lightning_modules.distributed import all_gather_objects
 
@@ -146,6 +150,38 @@ class CollaborativeSystem(LightningModule):
         self._cached_index = np.zeros(0, dtype=np.int64)
         self._cached_logits = torch.zeros(0, self.num_classes)
 
+    @staticmethod
+    def check_checkpoints(
+        generalist: CheckpointSpec,
+        experts: Sequence[CheckpointSpec],
+        baselines: Mapping[str, Sequence[CheckpointSpec] | None] | None = None,
+        base: CheckpointSpec | None = None,
+        data_split: DataSplit | None = None,
+        **router: Any,
+    ) -> dict[str, list[Path]]:
+        """Check every checkpoint without loading a weight (roles, partitions, class counts, and the train/val
+        split ``data_split`` the data will be read with) and the routing arguments ``router``; returns the files by
+        role (``generalist``, ``base``, ``experts``, ``<baseline>_experts``).
+
+        ``experts`` and each baseline set's items are checkpoint files, folders (their ``*.ckpt``) or globs.
+        """
+        g_info = read_checkpoint(generalist, "--generalist", ("generalist",))
+        require_split(g_info, data_split)
+        num_classes = g_info.num_classes
+        check_k_values(router.get("k_values", [1]), num_classes)
+        check_measures(router.get("confidence_measures", ["max_prob"]))
+        check_temperature(router.get("temperature", FIT))
+        files = {"generalist": [g_info.path]}
+        if base is not None:
+            b_info = read_checkpoint(base, "--base", ("base",))
+            require_classes(b_info, num_classes)
+            require_split(b_info, data_split)
+            files["base"] = [b_info.path]
+        sets = {"experts": experts, **{f"{name}_experts": specs for name, specs in (baselines or {}).items() if specs}}
+        for option, specs in sets.items():
+            files[option] = [i.path for i in check_expert_set(specs, num_classes, f"--{option}", data_split)]
+        return files
+
     @classmethod
     def from_checkpoints(
         cls,
@@ -153,22 +189,15 @@ class CollaborativeSystem(LightningModule):
         experts: Sequence[CheckpointSpec],
         baselines: Mapping[str, Sequence[CheckpointSpec] | None] | None = None,
         base: CheckpointSpec | None = None,
+        data_split: DataSplit | None = None,
         **router: Any,
     ) -> CollaborativeSystem:
-        """Load and check the checkpoints (roles, partitions, class counts); ``router`` goes to ``__init__``.
-
-        ``experts`` and each baseline set's items are checkpoint files, folders (their ``*.ckpt``) or globs.
-        """
+        """``check_checkpoints`` (every file before minutes of loading weights), then load them; ``router`` goes to
+        ``__init__``."""
+        cls.check_checkpoints(generalist, experts, baselines, base, data_split, **router)
         g_info = read_checkpoint(generalist, "--generalist", ("generalist",))
         num_classes = g_info.num_classes
-        # Cheap argument errors first, before minutes of loading expert weights.
-        check_k_values(router.get("k_values", [1]), num_classes)
-        check_measures(router.get("confidence_measures", ["max_prob"]))
-        check_temperature(router.get("temperature", FIT))
-        b_info = None
-        if base is not None:
-            b_info = read_checkpoint(base, "--base", ("base",))
-            require_classes(b_info, num_classes)
+        b_info = read_checkpoint(base, "--base", ("base",)) if base is not None else None
         expert_set = load_expert_set(experts, num_classes, "--experts")
         sets = {
             name: load_expert_set(specs, num_classes, f"--{name}_experts")

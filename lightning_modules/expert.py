@@ -19,13 +19,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.router import FIT, check_temperature
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.stages import Stage, locate, parse_stages, static_epochs
 from ask_the_expert.method.subsets import parse_partition_spec
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100 import CifarImages
 from datamodules.expert_data import ExpertDataModule
-from lightning_modules.checkpoints import module_state, read_checkpoint, require_architecture
+from lightning_modules.checkpoints import module_state, read_checkpoint, require_architecture, require_split
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.routed_in import generalist_logits, routed_in_mask, routing_temperature
 from lightning_modules.stage_switch import StageSwitchCallback
@@ -159,8 +160,8 @@ class ExpertModule(ClassifierModule):
     def configure_callbacks(self) -> list:
         return [StageSwitchCallback()]
 
-    def check_inputs(self) -> None:
-        """Read the base and generalist checkpoints (role, architecture) before any work starts."""
+    def check_inputs(self, data_split: DataSplit | None = None) -> None:
+        """Read the base and generalist checkpoints (role, architecture, train/val split) before any work starts."""
         if self.hparams.base_checkpoint is not None:
             info = read_checkpoint(self.hparams.base_checkpoint, BASE_OPTION, ("base",))
             require_architecture(
@@ -169,8 +170,10 @@ class ExpertModule(ClassifierModule):
                 "Train stage 0 with the expert's architecture (configs/base.yaml with the same --model.* shape), or "
                 "set the expert's --model.* shape to the base's.",
             )
+            require_split(info, data_split)
         if self.hparams.generalist_checkpoint is not None:
-            read_checkpoint(self.hparams.generalist_checkpoint, GENERALIST_OPTION, ("generalist",))
+            info = read_checkpoint(self.hparams.generalist_checkpoint, GENERALIST_OPTION, ("generalist",))
+            require_split(info, data_split)
 
     # ----- schedule -------------------------------------------------------------------------------------------
     def locate_stage(self, epoch: int) -> tuple[int, int]:
@@ -202,7 +205,7 @@ class ExpertModule(ClassifierModule):
                 "ExpertModule trains and evaluates with datamodules.expert_data.ExpertDataModule (it mixes the subset "
                 "into each batch); set data.class_path to it, as configs/expert.yaml does."
             )
-        self.check_inputs()
+        self.check_inputs(DataSplit.of(datamodule))
         if stage == "fit":
             self._fix_epochs(datamodule)
             # Also when resuming (--ckpt_path): Lightning restores the run's weights after setup, over these.

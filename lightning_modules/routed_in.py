@@ -2,14 +2,16 @@
 
 The generalist runs once per (checkpoint content, split) in eval mode on the whole file with the eval transform; its
 logits are cached on disk as ``<cache_dir>/generalist-logits-<sha256[:16]>-<split>.npy`` and shared by every expert, k,
-temperature and partition (a new checkpoint has a new hash, hence a new cache file). The expert choice is
-ask_the_expert.method.policies.route_batch at the evaluation's temperature: fitted on the generalist's val logits, as
-the evaluation fits it, so R_j holds the images the evaluation will route to expert j.
+temperature and partition (a new checkpoint has a new hash, hence a new cache file). A ``.json`` beside each cache
+file records its sha256: a cache that is damaged or changed (even one of the right shape) is computed again, never
+trusted. The expert choice is ask_the_expert.method.policies.route_batch at the evaluation's temperature: fitted on
+the generalist's val logits, as the evaluation fits it, so R_j holds the images the evaluation will route to
+expert j.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ask_the_expert.method.routed_batch import route_batch
 from ask_the_expert.method.router import FIT, check_temperature, fit_temperature
 from ask_the_expert.method.subsets import class_to_expert
+from ask_the_expert.utils.atomic import atomic_file, write_json_atomic
 from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100_files import CifarSplit
 from lightning_modules.checkpoints import CheckpointInfo, load_module
@@ -43,10 +46,9 @@ def generalist_logits(
     Loaded from the cache when present for this checkpoint's content and split; computed and cached otherwise.
     """
     path = cache_path(cache_dir, file_sha256(generalist.path), split)
-    if path.is_file():
-        cached = np.load(path)
-        if len(cached) == len(images):
-            return cached
+    cached = read_cache(path, len(images))
+    if cached is not None:
+        return cached
     # On a forked RNG: iterating a DataLoader draws from the global generator, and whether the cache existed must not
     # change the random streams of the expert run that asked for it (a rerun would otherwise train differently).
     with torch.random.fork_rng(devices=[]):
@@ -54,12 +56,24 @@ def generalist_logits(
         loader = DataLoader(images, batch_size=batch_size)
         logits = np.concatenate([model(batch[0].to(device)).float().cpu().numpy() for batch in loader])
     logits = logits.astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a killed job never leaves a truncated cache that later runs would trust.
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, logits)
-    os.replace(tmp, path)
+    # Written then renamed, so a killed job never leaves a truncated cache; the record of its content comes last.
+    with atomic_file(path) as tmp, tmp.open("wb") as f:
+        np.save(f, logits)
+    write_json_atomic(path.with_suffix(".json"), {"sha256": file_sha256(path), "shape": list(logits.shape)})
     return logits
+
+
+def read_cache(path: Path, length: int) -> np.ndarray | None:
+    """The cached logits at ``path`` when they are exactly what was written (the sha256 its record holds) for
+    ``length`` images; None when absent, damaged or changed (they are then computed again)."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        if file_sha256(path) != record["sha256"]:
+            return None
+        cached = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return cached if cached.ndim == 2 and len(cached) == length else None
 
 
 def routing_temperature(

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ask_the_expert.commands import pipeline
+from ask_the_expert.commands import pipeline, pipeline_steps
 
 STEP, EVENT, COUNT = os.environ["FAULT_AT"].split(":")
 current: dict[str, str | None] = {"step": None}
@@ -44,13 +44,18 @@ def wrap(function):
 
 os.replace, os.rename = wrap(os.replace), wrap(os.rename)
 register_optimizer_step_pre_hook(lambda *_: tick("batch"))
-run_step = pipeline.SeedRun.run
 
 
-def run(self: pipeline.SeedRun, step: str) -> None:
-    current["step"] = step
-    return run_step(self, step)
+def counted(run):
+    """A step's ``run``, with the events inside it counted for that step."""
+
+    def wrapped(self: pipeline_steps.PipelineStep) -> None:
+        current["step"] = self.name
+        return run(self)
+
+    return wrapped
 
 
-pipeline.SeedRun.run = run
+for step_class in pipeline_steps.STEPS:
+    step_class.run = counted(step_class.run)
 sys.exit(pipeline.main(sys.argv[1:]))

@@ -52,13 +52,16 @@ def bundle_copy(bundle_dir, tmp_path) -> Path:
     return Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
 
 
-def _rewrite_router(folder: Path, edit) -> None:
-    """Edit router.json and re-hash it in the manifest, as someone hand-assembling a bundle would."""
+def _rewrite_router(folder: Path, edit, record: bool = False) -> None:
+    """Edit router.json and re-hash it in the manifest, as someone hand-assembling a bundle would; with ``record``
+    also the manifest's routing record (a bundle re-tuned by hand: the routing it loads with)."""
     router = json.loads((folder / ROUTER_FILE).read_text())
     edit(router)
     (folder / ROUTER_FILE).write_text(json.dumps(router))
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     manifest["files"][ROUTER_FILE]["sha256"] = file_sha256(folder / ROUTER_FILE)
+    if record:
+        manifest["routing"].update(router["routing"])
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
@@ -188,13 +191,13 @@ def test_runtime_decisions_are_the_core_routing_policy(bundle, images, tau):
 
 def test_runtime_follows_the_routing_of_router_json(bundle_copy, bundle, images, tau):
     """k, measure and temperature are read from router.json: another spec gives ask_the_expert.method.policies' other
-    decisions."""
+    decisions (a bundle re-tuned by hand records the new routing in its manifest too)."""
     spec = RouterSpec(k=3, confidence="margin", temperature=0.7, tau=0.05)
 
     def reroute(router):
         router["routing"] = spec.to_dict()
 
-    _rewrite_router(bundle_copy, reroute)
+    _rewrite_router(bundle_copy, reroute, record=True)
     edge = EdgeRuntime.load(bundle_copy).run(images)
     logits = bundle.edge.run(images).logits
     np.testing.assert_array_equal(edge.logits, logits)
@@ -219,8 +222,12 @@ def test_verify_command_reports_parity_on_val(bundle_dir, fake_cifar_root, capsy
     out = capsys.readouterr().out
     assert "PARITY OK" in out and re.search(r"decision_mismatches +0\n", out)
     assert re.search(r"num_samples +20\n", out)
-    assert main([*args, "--limit", "4", "--atol", "-1"]) == 1  # a failed parity check
+    largest = float(re.search(r"max_abs_logit_diff_generalist +(\S+)\n", out).group(1))
+    assert largest > 0  # ONNX Runtime's kernels are not torch's
+    assert main([*args, "--limit", "20", "--atol", str(largest / 2)]) == 1  # a failed parity check
     assert "PARITY FAILED" in capsys.readouterr().out
+    assert main([*args, "--limit", "4", "--atol", "-1"]) == 2  # no tolerance is negative: bad input
+    assert "--atol must be a number >= 0" in capsys.readouterr().err
 
 
 def test_verify_accuracy_equals_simulation_and_fails_on_a_loose_tolerance_breach(bundle_dir, val_data):
@@ -233,7 +240,7 @@ def test_verify_accuracy_equals_simulation_and_fails_on_a_loose_tolerance_breach
 
 
 def test_verify_compares_every_expert_even_when_nothing_is_offloaded(bundle_copy, val_data):
-    _rewrite_router(bundle_copy, lambda r: r["routing"].update(tau=0.0))  # no confidence is below 0
+    _rewrite_router(bundle_copy, lambda r: r["routing"].update(tau=0.0), record=True)  # no confidence is below 0
     few = LabelledImages(val_data.images[:16], val_data.labels[:16], val_data.indices[:16], "val")
     report = verify_bundle(bundle_copy, few, batch_size=8)
     assert report["offload_ratio"] == 0.0 and report["experts_checked"] == "4 of 4" and report["passed"]

@@ -81,10 +81,13 @@ from ask_the_expert.utils.atomic import atomic_folder
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.outputs import check_output_path, check_replaceable, output_lock
 
 Key = tuple[str, int, str]
 CSV_COLUMNS = ("policy", "k", "confidence", "statistic", "unit", "run", "value", "vs", "difference", "low", "high")
 CSV_COLUMNS += ("level", "pairing", "family", "p_value", "p_adjusted", "verdict")
+# compare.json: the inputs, the pairing and the files written (what --force recognises as compare's own output).
+MARKER = "compare.json"
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 HIT_RATE = "hit_rate"
 
@@ -622,7 +625,7 @@ def compare(
             routed:k3:area_gain_pts, routed:k3:acc@30%, routing:k3:hit_rate), every run against the first; default:
             those three at the evaluations' declared primary k and offload. Every other comparison is exploratory.
         alpha: family-wise error rate of Holm's correction of the family.
-        force: replace an existing --out folder.
+        force: replace an existing --out folder that holds compare's own results (never one holding other files).
 
     Returns the compare.csv rows.
     """
@@ -632,8 +635,34 @@ def compare(
         raise SuiteError(f"--alpha must lie strictly between 0 and 1, got {alpha!r}; 0.05 is the usual family level.")
     if family is not None:
         [Member.parse(t) for t in family]  # a malformed entry fails before any folder is read
-    if out_dir.exists() and not force:
-        raise SuiteError(f"The output folder {str(out_dir)!r} already exists; choose another --out or pass --force.")
+    check_output_path(out_dir, "--out", folder=True)
+    with output_lock(out_dir):
+        if out_dir.exists() and not force:
+            raise SuiteError(
+                f"The output folder {str(out_dir)!r} already exists; choose another --out or pass --force."
+            )
+        check_replaceable(out_dir, MARKER, "--out", "comparison results")
+        rows, loaded = _compare(out_dir, runs, names, policies, bootstrap, seed, random_seed, wandb_runs, family, alpha)
+    console = Console()
+    for table in rich_comparison(rows, loaded, alpha):
+        (console if console.is_terminal else Console(width=200)).print(table)
+    Console(stderr=True).print(f"Comparison written to {out_dir}", highlight=False)
+    return rows
+
+
+def _compare(
+    out_dir: Path,
+    runs: Sequence[str],
+    names: Sequence[str],
+    policies: Sequence[str] | None,
+    bootstrap: int,
+    seed: int,
+    random_seed: int,
+    wandb_runs: Sequence[str] | None,
+    family: Sequence[str] | None,
+    alpha: float,
+) -> tuple[list[dict[str, Any]], list[Run]]:
+    """Read the runs, compare them and write ``out_dir`` (the work of ``compare`` once its output is held)."""
     loaded = [load_run(Path(folder), label, random_seed) for folder, label in zip(runs, names, strict=True)]
     keys = compared_keys(loaded, policies)
     members, ratios = declared_family(loaded, family)
@@ -662,12 +691,8 @@ def compare(
             "wandb_runs": list(wandb_runs or []),
             "files": ["compare.csv", "compare.md", *(f"plots/{p.name}" for p in plots)],
         }
-        (tmp / "compare.json").write_text(json.dumps(meta, indent=2) + "\n")
-    console = Console()
-    for table in rich_comparison(rows, loaded, alpha):
-        (console if console.is_terminal else Console(width=200)).print(table)
-    Console(stderr=True).print(f"Comparison written to {out_dir}", highlight=False)
-    return rows
+        (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    return rows, loaded
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,14 +26,17 @@ import numpy as np
 
 from ask_the_expert.method.holdout import SelectionSplit
 from ask_the_expert.method.router import RouterSpec
+from ask_the_expert.utils.atomic import atomic_file
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions, WandbOptions
+from ask_the_expert.utils.outputs import check_output_path, check_replaceable_file, output_lock
 
 if TYPE_CHECKING:
     from ask_the_expert.deploy.runtime import Prediction
 
 Split = Literal["val", "test", "train"]
+PREDICTION_COLUMNS = ("index", "prediction", "class", "confidence", "answered_by")
 
 
 def export(
@@ -157,6 +160,8 @@ def verify(
     from ask_the_expert.deploy.verify import verify_bundle
     from datamodules.cifar100 import labelled_images
 
+    if not atol >= 0:  # NaN too
+        raise SuiteError(f"--atol must be a number >= 0 (the largest allowed |logit difference|), got {atol!r}.")
     report = verify_bundle(bundle, labelled_images(data, split, limit), generalist, experts, atol, data.batch_size)
     width = max(len(k) for k in report)
     for key, value in report.items():
@@ -198,30 +203,34 @@ def profile(
         threads: onnxruntime intra-op threads.
         name: profile name (default: <base name>_measured).
     """
-    from ask_the_expert.deploy.profile_bundle import profile_bundle, write_profile
+    from ask_the_expert.deploy.profile_bundle import check_profile_output, profile_bundle, write_profile
     from ask_the_expert.method.costs import load_profile
 
-    measured = profile_bundle(
-        bundle, load_profile(base), section, batch_size, warmup, repeats, max_experts, threads, name
-    )
-    path = write_profile(measured, out, force)
+    check_profile_output(out, force)
+    with output_lock(out):
+        measured = profile_bundle(
+            bundle, load_profile(base), section, batch_size, warmup, repeats, max_experts, threads, name
+        )
+        path = write_profile(measured, out, force)
     print(f"Wrote {path}: edge {measured.edge.latency_ms} ms, near edge {measured.near_edge.latency_ms} ms")
     return 0
 
 
 def _read_images(
-    images: str | None, split: Split | None, data: DataOptions, limit: int | None
+    images: str | None, split: Split | None, data: DataOptions, limit: int | None, image_size: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(uint8 images, labels or None) from a .npy file or a CIFAR-100 split; exactly one must be given."""
-    from ask_the_expert.deploy.runtime import ImageError
+    """(uint8 images, labels or None) from a .npy file (checked: a batch of ``image_size`` RGB pixels, at least one)
+    or a CIFAR-100 split; exactly one must be given."""
+    from ask_the_expert.deploy.runtime import ImageError, check_images
 
     if (images is None) == (split is None):
         raise SuiteError("Give exactly one input: --images FILE.npy or --split val|test|train (a CIFAR split).")
     if images:
         try:
-            return np.load(images, allow_pickle=False), None
+            pixels = np.load(images, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ImageError(f"Cannot read --images {images!r} as a .npy array ({exc}).") from None
+        return check_images(pixels, image_size), None
     from datamodules.cifar100 import labelled_images
 
     split_images = labelled_images(data, split, limit)
@@ -240,15 +249,29 @@ def _answers(parts: Sequence[Prediction]) -> Answers:
     )
 
 
+def _check_predictions_out(out: str | None) -> None:
+    """Refuse, before any work, a predictions --out that is no file path or an existing file predict did not write."""
+    if out:
+        check_output_path(out, "--out", folder=False)
+        check_replaceable_file(out, "--out", "a predictions CSV", _is_predictions_csv)
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    """Whether ``path`` is a CSV that predict wrote (its header), which a rerun may replace."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), None) == list(PREDICTION_COLUMNS)
+    except (OSError, ValueError):
+        return False
+
+
 def _write_predictions(out: str, names: Sequence[str], answers: Answers) -> None:
-    """One CSV row per image: index, prediction, class, confidence, answered_by."""
-    tmp = Path(f"{out}.partial")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    """One CSV row per image: index, prediction, class, confidence, answered_by (one writer, whole or not at all)."""
+    with output_lock(out), atomic_file(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "prediction", "class", "confidence", "answered_by"])
+        writer.writerow(PREDICTION_COLUMNS)
         for i, (p, c, a) in enumerate(zip(*answers, strict=True)):
             writer.writerow([i, int(p), names[p], f"{c:.6f}", int(a)])
-    tmp.replace(out)
     print(f"Wrote {out}")
 
 
@@ -277,8 +300,9 @@ def predict(
     """
     from ask_the_expert.deploy.runtime import Bundle
 
+    _check_predictions_out(out)
     loaded = Bundle.load(bundle)  # refuse a changed bundle before reading any input
-    pixels, labels = _read_images(images, split, data, limit)
+    pixels, labels = _read_images(images, split, data, limit, loaded.router.image_size)
     step = data.batch_size
     answers = _answers([loaded.predict(pixels[s : s + step], send) for s in range(0, len(pixels), step)])
     print(f"{len(answers[0])} images, offloaded {np.mean(answers[2] >= 0):.1%}")
@@ -377,7 +401,7 @@ def client(
         threads: onnxruntime intra-op threads of the generalist.
     """
     from ask_the_expert.deploy.client import ClientError, ClientOptions, EdgeClient, measured_profile, timing_summary
-    from ask_the_expert.deploy.profile_bundle import write_profile
+    from ask_the_expert.deploy.profile_bundle import check_profile_output, write_profile
     from ask_the_expert.method.costs import load_profile
 
     options = ClientOptions(url, protocol, timeout_s, retries, retry_backoff_ms)
@@ -387,10 +411,11 @@ def client(
     if (profile_out is None) != (base is None):
         raise ClientError("--profile_out and --base go together: the measured profile takes powers from --base.")
     plan = load_profile(base) if base else None
-    if profile_out and Path(profile_out).exists() and not force:
-        raise ClientError(f"{profile_out} already exists; choose another --profile_out or pass --force true.")
+    if profile_out:
+        check_profile_output(profile_out, force, "--profile_out")
+    _check_predictions_out(out)
     edge = EdgeClient(bundle, options, threads)
-    pixels, labels = _read_images(images, split, data, limit)
+    pixels, labels = _read_images(images, split, data, limit, edge.router.image_size)
     try:
         answers = _answers([edge.classify(pixels[s : s + batch_size]) for s in range(0, len(pixels), batch_size)])
     finally:

@@ -18,6 +18,7 @@ under ``OUT/wandb``. Bad input ends with a one-paragraph message and exit code 2
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,19 +27,24 @@ from typing import Any, Literal
 from lightning import Trainer
 from rich.console import Console
 
+from ask_the_expert.commands.train import refused_trainer_settings
 from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.costs import Profile, load_profile
 from ask_the_expert.method.findings import PrimaryFamily
 from ask_the_expert.method.holdout import SelectionSplit, split_parts
 from ask_the_expert.method.policies import Report, check_operating_rule
 from ask_the_expert.method.router import FIT, check_k_values, check_measures, check_temperature
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.stats import MIN_RESAMPLES
-from ask_the_expert.results.evaluation_outputs import COMPLETE_FILE
+from ask_the_expert.results.evaluation_outputs import COMPLETE_FILE, is_complete
 from ask_the_expert.tracking.artifacts import use_checkpoints
 from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
+from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.fingerprint import fingerprint
 from ask_the_expert.utils.options import DataOptions, WandbOptions
+from ask_the_expert.utils.outputs import check_output_path, check_replaceable, output_lock
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
 from datamodules.cifar100 import evaluation_datamodule
 from lightning_modules.collaborative import CollaborativeSystem
@@ -53,16 +59,35 @@ MEMBER_NEEDS = {
     "progressive_vs_static_init": "static_init_experts",
     "routed_vs_base": "base",
 }
+# What the evaluation in OUT was made from (its fingerprint): a stopped evaluation of the same inputs resumes.
+INPUTS_FILE = "evaluation.json"
 
 
-def check_output_folder(out: Path, splits: Sequence[str], force: bool) -> None:
-    """Refuse to overwrite finished results unless ``force`` (a folder without ``complete.json`` is unfinished)."""
+def check_output_folder(out: Path, splits: Sequence[str], force: bool, inputs: dict[str, Any]) -> None:
+    """Refuse to replace finished results unless ``force`` (and then only folders recognisably the evaluation's own,
+    ask_the_expert.utils.outputs.check_replaceable); a rerun of the same evaluation (same ``inputs`` fingerprint, in
+    ``OUT/evaluation.json``) that was stopped before every split finished resumes without ``force``."""
     existing = [out / s for s in splits if (out / s).exists()]
-    if existing and not force:
+    if force:
+        for folder in existing:
+            check_replaceable(folder, COMPLETE_FILE, "--out", "evaluation results")
+        return
+    try:
+        same = json.loads((out / INPUTS_FILE).read_text(encoding="utf-8"))["fingerprint"] == inputs["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    unfinished = not all(is_complete(out / s) for s in splits)
+    if existing and not (same and unfinished):
         raise SuiteError(
             f"The output folder {str(out)!r} already holds results ({', '.join(str(p) for p in existing)}). Choose a "
             "new --out folder, or pass --force to replace them."
         )
+
+
+def evaluation_inputs(arguments: dict[str, Any], checkpoints: dict[str, list[Path]]) -> dict[str, Any]:
+    """What an evaluation is made from: its arguments that change results and the content of every checkpoint."""
+    files = {f"{role}/{i}": path for role, paths in checkpoints.items() for i, path in enumerate(paths)}
+    return fingerprint("evaluate", arguments, files, code_roots=())
 
 
 def check_arguments(
@@ -171,7 +196,6 @@ def evaluate(
     k_values, measures, loaded_profiles = check_arguments(
         k, confidence, temperature, rule, gap, budget, profiles, within_points, delta, bootstrap, primary
     )
-    check_output_folder(out_dir, splits, force)
     given = {"static_experts": static_experts, "static_init_experts": static_init_experts, "base": base}
     missing = [f"{m} (--{need})" for m in primary.members or () if (need := MEMBER_NEEDS.get(m)) and not given[need]]
     if "learned_vs_confidence" in (primary.members or ()) and not selection.deferral:
@@ -188,23 +212,22 @@ def evaluate(
     split_parts(val.indices, val.labels[val.indices].numpy(), selection, split == "val")  # no part left empty
     if reference == "base" and base is None:
         raise SuiteError("--reference base needs the base model: pass --base BASE.ckpt, or choose oracle.")
-    system = CollaborativeSystem.from_checkpoints(
-        generalist,
-        experts,
+    check_output_path(out_dir, "--out", folder=True)
+    models = dict(
+        generalist=generalist,
+        experts=experts,
         baselines={"static": static_experts, "static_init": static_init_experts},
         base=base,
+        data_split=DataSplit.of(data),
+    )
+    router = dict(
         k_values=k_values,
         confidence_measures=measures,
         temperature=temperature,
         holdout=selection,
         assess_on_val=split == "val",
     )
-    if system.experts_routing_k and system.experts_routing_k != [primary.k]:
-        Console(stderr=True).print(
-            f"[yellow]warning:[/] the experts' routed-in sets R_j were built at routing_k {system.experts_routing_k}, "
-            f"but the primary family is assessed at k={primary.k} (--primary.k); the report says so.",
-            highlight=False,
-        )
+    checkpoints = CollaborativeSystem.check_checkpoints(**models, **router)
     callback = CollaborativeInferenceCallback(
         out_dir=out_dir,
         profiles=loaded_profiles,
@@ -232,25 +255,45 @@ def evaluate(
             mode=wandb.mode,
             require_online=wandb.require_online,
         )
-    trainer = Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        precision=resolve_precision(precision, accelerator),
-        logger=logger or False,
-        callbacks=[callback],
-        default_root_dir=str(out_dir),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
-    try:
-        trainer.validate(system, datamodule=datamodule)
-        if split == "test":
-            trainer.test(system, datamodule=datamodule)
-        if logger is not None and trainer.is_global_zero:
-            record_what_was_used(logger.experiment, callback.reports, system, k_values, measures, loaded_profiles)
-    finally:
-        if logger is not None:
-            logger.experiment.finish()
+    with refused_trainer_settings("--accelerator, --devices and --precision"):
+        trainer = Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            precision=resolve_precision(precision, accelerator),
+            logger=logger or False,
+            callbacks=[callback],
+            default_root_dir=str(out_dir),
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
+    with output_lock(out_dir):
+        arguments = {
+            "split": split, "data": data, "k": k_values, "confidence": measures, "temperature": temperature,
+            "rule": rule, "gap": gap, "budget": budget, "random_seed": random_seed, "reference": reference,
+            "within_points": within_points, "delta": delta, "bootstrap": bootstrap, "profiles": loaded_profiles,
+            "precision": precision, "primary": primary, "selection": selection,
+        }  # fmt: skip
+        inputs = evaluation_inputs(arguments, checkpoints)
+        check_output_folder(out_dir, splits, force, inputs)
+        system = CollaborativeSystem.from_checkpoints(**models, **router)
+        if system.experts_routing_k and system.experts_routing_k != [primary.k]:
+            Console(stderr=True).print(
+                f"[yellow]warning:[/] the experts' routed-in sets R_j were built at routing_k "
+                f"{system.experts_routing_k}, but the primary family is assessed at k={primary.k} (--primary.k); the "
+                "report says so.",
+                highlight=False,
+            )
+        if trainer.is_global_zero:
+            write_json_atomic(out_dir / INPUTS_FILE, inputs)
+        try:
+            trainer.validate(system, datamodule=datamodule)
+            if split == "test":
+                trainer.test(system, datamodule=datamodule)
+            if logger is not None and trainer.is_global_zero:
+                record_what_was_used(logger.experiment, callback.reports, system, k_values, measures, loaded_profiles)
+        finally:
+            if logger is not None:
+                logger.experiment.finish()
     if trainer.is_global_zero:
         written = ", ".join(str(out_dir / s / COMPLETE_FILE) for s in splits)
         Console(stderr=True).print(f"Results written (completion markers: {written})", highlight=False)

@@ -31,13 +31,15 @@ from ask_the_expert.method.confusion_partition import (
 )
 from ask_the_expert.method.findings import Bootstrap, Comparison, verdicts
 from ask_the_expert.method.router import check_k_values, fit_temperature, softmax, top_k
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.stats import resample_counts
-from ask_the_expert.method.subsets import class_to_expert, save_partition, superclass_partition
+from ask_the_expert.method.subsets import class_to_expert, load_partition, save_partition, superclass_partition
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions
+from ask_the_expert.utils.outputs import check_output_path, check_replaceable_file, output_lock
 from datamodules.cifar100 import labelled_images
-from lightning_modules.checkpoints import load_module, read_checkpoint
+from lightning_modules.checkpoints import CheckpointInfo, load_module, read_checkpoint, require_split
 
 
 def hit_masks(probs: np.ndarray, labels: np.ndarray, subsets: list[list[int]], k_values: Sequence[int]) -> dict:
@@ -91,9 +93,28 @@ def learn_partition(
     k_values = check_k_values(k or [1, 3], NUM_CLASSES)
     if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 2 <= num_experts <= NUM_CLASSES:
         raise SuiteError(f"--num_experts must be an integer in 2..{NUM_CLASSES}, got {num_experts!r}.")
-    if Path(out).exists() and not force:
-        raise SuiteError(f"{out} already exists; choose another --out or pass --force true to replace it.")
+    check_output_path(out, "--out", folder=False)
     info = read_checkpoint(generalist, "--generalist", ("generalist",))
+    require_split(info, DataSplit.of(data))
+    with output_lock(out):
+        if Path(out).exists() and not force:
+            raise SuiteError(f"{out} already exists; choose another --out or pass --force true to replace it.")
+        check_replaceable_file(out, "--out", "a partition file", _is_partition_file)
+        return _learn(info, num_experts, out, data, k_values, seed)
+
+
+def _is_partition_file(path: Path) -> bool:
+    try:
+        load_partition(path)
+    except SuiteError:
+        return False
+    return True
+
+
+def _learn(
+    info: CheckpointInfo, num_experts: int, out: str, data: DataOptions, k_values: list[int], seed: int
+) -> dict[str, Any]:
+    """The work of ``learn_partition`` once its arguments are checked and its output is held."""
     images = labelled_images(data, "val")
     model = load_module(info)
     with torch.inference_mode():

@@ -61,11 +61,12 @@ from ask_the_expert.method.stages import BASELINE_VARIANTS, Variant
 from ask_the_expert.results.evaluation_outputs import SCALAR_KEY, pipeline_scalar_metric, plot_files
 from ask_the_expert.results.report_markdown import render_markdown, report_summary
 from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
-from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
+from ask_the_expert.utils.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
 from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions, WandbOptions
+from ask_the_expert.utils.outputs import check_output_path, output_lock
 from datamodules.cifar100_files import download, require_file
 
 # The steps of each seed, then the report across the seeds.
@@ -137,11 +138,9 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str], swee
     out = Path(opts.out)
     results = [run.results() for run in runs]
     plots_dir = out / "plots"
-    if plots_dir.exists():
-        shutil.rmtree(plots_dir)
-    plots_dir.mkdir(parents=True)
-    for png in plot_files(runs[0].eval_dir / opts.split):
-        shutil.copy2(png, plots_dir / png.name)
+    with atomic_folder(plots_dir) as tmp:
+        for png in plot_files(runs[0].eval_dir / opts.split):
+            shutil.copy2(png, tmp / png.name)
     plots = sorted(str(p.relative_to(out)) for p in plots_dir.glob("*.png"))
     header = {
         "preset": opts.preset,
@@ -230,6 +229,13 @@ def run_pipeline(opts: Namespace, argv: Sequence[str], say: Callable[[str], None
 
 
 def _run_steps(opts: Namespace, argv: Sequence[str], say: Callable[[str], None], sweep: dict[str, str]) -> Path | None:
+    with output_lock(opts.out):
+        return _run_held_steps(opts, argv, say, sweep)
+
+
+def _run_held_steps(
+    opts: Namespace, argv: Sequence[str], say: Callable[[str], None], sweep: dict[str, str]
+) -> Path | None:
     runs = [SeedRun(opts, s) for s in opts.seeds]
     for run, step in [(r, step) for r in runs for step in r.steps if step.name in opts.steps]:
         label = f"seed {run.seed}: {step.name}"
@@ -280,8 +286,12 @@ def check_options(opts: Namespace) -> None:
         for name in data_file_names(opts.split):
             purpose = f"the pipeline ({'--split test' if name == 'test' else 'training'})"
             require_file(opts.data.data_dir, name, purpose, download="--download true")
-    if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds):
-        raise SuiteError(f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers.")
+    if not opts.seeds or len(set(opts.seeds)) != len(opts.seeds) or not all(0 <= s < 2**32 for s in opts.seeds):
+        raise SuiteError(
+            f"--seeds {opts.seeds!r} must be a non-empty list of distinct integers in 0..2**32-1 (each is a training "
+            "seed and a train/val split seed)."
+        )
+    check_output_path(opts.out, "--out", folder=True)
     for run in [SeedRun(opts, seed) for seed in opts.seeds[:1]] if opts.experts_config else []:
         if "progressive" not in run.job.variants and {"evaluate", "export"} & set(opts.steps):
             raise SuiteError(

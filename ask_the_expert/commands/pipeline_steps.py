@@ -22,7 +22,7 @@ from jsonargparse import Namespace
 from ask_the_expert.commands import evaluate, train_experts
 from ask_the_expert.commands.deploy import export as export_command
 from ask_the_expert.commands.partition import learn_partition
-from ask_the_expert.commands.train import TrainingRun, data_overrides, run_training, suite_cli
+from ask_the_expert.commands.train import TrainingRun, data_overrides, finished_checkpoint, run_training, suite_cli
 from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.stages import BASELINE_VARIANTS
 from ask_the_expert.results.evaluation_outputs import is_complete, read_summary
@@ -246,10 +246,12 @@ class GeneralistStep(PipelineStep):
         return {"cli": self.seed.generalist_args(), "test": self.seed.opts.split == "test"}
 
     def outputs_present(self) -> bool:
-        return self.seed.generalist.is_file()
+        return finished_checkpoint(self.seed.generalist) is not None
 
     def run(self) -> None:
-        run_training(self.seed.generalist_args(), self.seed.generalist, test=self.seed.opts.split == "test")
+        configs = [*self.seed.opts.generalist.configs, *self.seed.opts.common.configs]
+        inputs = {f"config/{c}": Path(c) for c in configs}
+        run_training(self.seed.generalist_args(), self.seed.generalist, self.seed.opts.split == "test", inputs)
 
 
 class PartitionStep(PipelineStep):
@@ -309,9 +311,8 @@ class ExpertsStep(PipelineStep):
 
     def outputs_present(self) -> bool:
         seed = self.seed
-        return seed.base.is_file() and all(
-            (seed.experts[v] / f"expert_{j}.ckpt").is_file() for v, j in train_experts.Job.planned(seed.job)
-        )
+        models = [seed.base, *(seed.experts[v] / f"expert_{j}.ckpt" for v, j in train_experts.Job.planned(seed.job))]
+        return all(finished_checkpoint(m) is not None for m in models)
 
     def run(self) -> None:
         train_experts.train_experts(self.seed.experts_job(), self.seed.data)

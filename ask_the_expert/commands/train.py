@@ -21,6 +21,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,22 +30,38 @@ from typing import Any
 import wandb
 from jsonargparse import ActionConfigFile
 from lightning import Callback, Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.tracking.artifacts import log_checkpoint
 from ask_the_expert.tracking.run_identity import run_identity
 from ask_the_expert.tracking.wandb_logger import wandb_run_from_checkpoint
-from ask_the_expert.utils.atomic import write_json_atomic
+from ask_the_expert.utils.atomic import remove_abandoned, temporary_sibling, write_json_atomic
 from ask_the_expert.utils.cli import run_command
 from ask_the_expert.utils.config_files import SuiteConfigFile, find_config
 from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.fingerprint import cached_sha256, fingerprint
+from ask_the_expert.utils.hashing import file_sha256
 from ask_the_expert.utils.options import DataOptions
 from callbacks.progress import replace_progress_bar
 from callbacks.wandb_logging import SaveConfigToRun
-from lightning_modules.checkpoints import read_checkpoint, require_architecture
+from lightning_modules.checkpoints import read_checkpoint, require_architecture, require_split
 from lightning_modules.precision import resolve_precision
+
+
+@contextmanager
+def refused_trainer_settings(options: str) -> Iterator[None]:
+    """Building a Trainer: a setting Lightning refuses (``devices=0``, an unknown accelerator or precision, a GPU
+    accelerator without a GPU, ``max_epochs=-2``) becomes a SuiteError naming ``options``."""
+    try:
+        yield
+    except (MisconfigurationException, ValueError) as err:
+        raise SuiteError(
+            f"Lightning cannot build a Trainer from {options}: {' '.join(str(err).split())} Fix those options."
+        ) from None
 
 
 class SuiteArgumentParser(LightningArgumentParser):
@@ -113,12 +131,26 @@ class SuiteCLI(LightningCLI):
         if config.get("enable_progress_bar") is False:
             every = [c for c in every if not isinstance(c, ProgressBar)]
         config["callbacks"] = replace_progress_bar(every)
-        return super()._instantiate_trainer(config, [])
+        with refused_trainer_settings("the --trainer.* settings"):
+            return super()._instantiate_trainer(config, [])
 
     def check_inputs(self) -> None:
-        """Every checkpoint the run reads, before any work: ``--ckpt_path`` and the module's own inputs."""
-        self.model.check_inputs()
-        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
+        """Every checkpoint the run reads, before any work: ``--ckpt_path`` and the module's own inputs (role,
+        architecture, the train/val split of the data). Lightning's own restore of ``--ckpt_path`` reads with
+        ``weights_only=True`` as well (lightning_modules/checkpoints.py)."""
+        split = DataSplit.of(self.datamodule)
+        self.model.check_inputs(split)
+        if not self.subcommand:
+            return
+        config = self.config[self.subcommand]
+        if config.get("weights_only") is False:
+            raise SuiteError(
+                "--weights_only false would let torch.load run code that a checkpoint file carries; the suite reads "
+                "every checkpoint with weights_only true (its own checkpoints hold tensors and plain data only). "
+                "Leave --weights_only out."
+            )
+        self.config_init[self.subcommand]["weights_only"] = True
+        ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             role = self.model.hparams.get("role")
             info = read_checkpoint(ckpt_path, "--ckpt_path", (role,) if role else None)
@@ -127,6 +159,7 @@ class SuiteCLI(LightningCLI):
                 self.model.hparams,
                 "Use the config the checkpoint was trained with, or set those --model.* values to the checkpoint's.",
             )
+            require_split(info, split)
 
     def before_fit(self) -> None:
         self.check_inputs()
@@ -188,31 +221,69 @@ def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
             ) from None
 
 
-def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, float]:
+def run_record(cli_args: list[str], test: bool, inputs: Mapping[str, Path]) -> dict[str, Any]:
+    """What one training run is made from: its command line and the content of the files it reads (``inputs``:
+    configs, partition, start and routing checkpoints). A finished run is reused only when this matches
+    (``reusable``); the code is left out, so that an edit of the suite does not retrain finished models."""
+    return fingerprint("train", {"cli": cli_args, "test": test}, dict(inputs), code_roots=())
+
+
+def finished_checkpoint(target: Path) -> dict[str, Any] | None:
+    """The record of the finished run at ``target`` (``run`` in ``<target>.json``) when the checkpoint reads back
+    whole (its sha256 is the one recorded when it was written), else None."""
+    try:
+        run = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))["run"]
+        whole = target.is_file() and cached_sha256(target) == run["checkpoint_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return run if whole else None
+
+
+def reusable(target: Path, record: Mapping[str, Any]) -> str | None:
+    """None when the finished run at ``target`` was made from ``record``'s inputs and reads back whole; else why not
+    ("" when nothing is there, a reason when a checkpoint is there but must be trained again)."""
+    run = finished_checkpoint(target)
+    if run is None:
+        return "it does not read back whole (damaged, or not written by this command)" if target.exists() else ""
+    if run.get("fingerprint") != record["fingerprint"]:
+        return "its inputs changed (arguments, configs or input checkpoints)"
+    return None
+
+
+def run_training(
+    cli_args: list[str], target: Path, test: bool, inputs: Mapping[str, Path] | None = None
+) -> dict[str, float]:
     """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete, with
-    its metrics beside it (``target`` with ``.json``) and, when logged to W&B, as the run's model artifact."""
+    its metrics beside it (``target`` with ``.json``, also holding ``run``: the ``run_record`` of ``cli_args`` and
+    ``inputs`` and the checkpoint's sha256) and, when logged to W&B, as the run's model artifact."""
+    record = run_record(cli_args, test, inputs or {})
     cli = suite_cli(cli_args)
     cli.check_inputs()
     trainer = cli.trainer
     began = time.perf_counter()
     trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - began
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     # Throughput of the whole fit (validation included): optimizer steps x global batch / wall time.
     images = trainer.global_step * cli.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     metrics.update(train_seconds=round(seconds, 2), train_images_per_s=round(images / max(seconds, 1e-9), 1))
-    tmp = target.with_name(f"{target.name}.tmp")
-    trainer.save_checkpoint(tmp)
-    if test:
-        trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    metrics["global_step"] = trainer.global_step
-    if trainer.is_global_zero:
-        write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
-        os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
-        for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
-            if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
-                log_checkpoint(logger.experiment, target, cli.model.hparams)
+    remove_abandoned(target, ".tmp")
+    tmp = temporary_sibling(target, ".tmp")
+    try:
+        trainer.save_checkpoint(tmp)
+        if test:
+            trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics["global_step"] = trainer.global_step
+        if trainer.is_global_zero:
+            metrics["run"] = {"fingerprint": record["fingerprint"], "checkpoint_sha256": file_sha256(tmp)}
+            write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
+            os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
+            for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
+                if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
+                    log_checkpoint(logger.experiment, target, cli.model.hparams)
+    finally:
+        tmp.unlink(missing_ok=True)
     if wandb.run is not None:  # the next run in this process must start its own W&B run
         wandb.finish()
     return metrics

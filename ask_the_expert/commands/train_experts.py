@@ -22,12 +22,16 @@ temporary name and renamed, so a killed job never leaves half a file:
     <out>/partition.json                    the experts' subsets (ask_the_expert.method.subsets.save_partition)
     <out>/base/base.ckpt                    stage 0
     <out>/<variant>/expert_<j>.ckpt         final weights of expert j (hparams: subset, stages, start)
-    <out>/<variant>/expert_<j>.json         its final val (and test) metrics
+    <out>/<variant>/expert_<j>.json         its final val (and test) metrics, and what the run was made from
 
-Experts whose checkpoint exists are skipped, so rerunning the same command resumes an interrupted job (an expert
-that was cut off mid-run restarts from its beginning). ``--parallel N`` trains N experts at once, one per GPU
-(subprocesses with CUDA_VISIBLE_DEVICES). Every argument and input checkpoint is checked before stage 0 starts.
-Bad input ends with a one-paragraph message and exit code 2.
+A model whose finished run was made from the same inputs (its command line and the content of the configs,
+partition and checkpoints it reads: the fingerprint in its ``.json``) and whose checkpoint reads back whole (the
+sha256 recorded when it was written) is skipped, so rerunning the same command resumes an interrupted job (an expert
+that was cut off mid-run restarts from its beginning); a changed seed, epoch count or routing k, or a damaged
+checkpoint, trains that model again. One job at a time writes an ``--out`` (a second is refused). ``--parallel N``
+trains N experts at once, one per GPU (subprocesses with CUDA_VISIBLE_DEVICES). Every argument and input checkpoint
+is checked before stage 0 starts. Bad input ends with a one-paragraph message and exit code 2; SIGTERM or Ctrl-C
+stops the job with a non-zero exit, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -39,25 +43,46 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import ActionConfigFile
+from lightning import Trainer
 from rich.console import Console
 from rich.table import Table
 
-from ask_the_expert.commands.train import TrainingRun, data_overrides, run_training, suite_cli
+from ask_the_expert.commands.train import (
+    SuiteCLI,
+    TrainingRun,
+    data_overrides,
+    finished_checkpoint,
+    reusable,
+    run_record,
+    run_training,
+    suite_cli,
+)
+from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.stages import EXPERT_VARIANTS, Variant, schedule_steps, static_step_budget
 from ask_the_expert.method.subsets import parse_partition_spec, save_partition
 from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions
-from lightning_modules.checkpoints import read_checkpoint
+from ask_the_expert.utils.outputs import check_output_path, held_for_children, output_lock
+from datamodules.cifar100_files import split_file
+from lightning_modules.checkpoints import read_checkpoint, require_split
 
 # The kinds of training run: stage 0 and the two kinds of expert schedule (both static variants run ``static``).
 RUN_KINDS = ("base", "progressive", "static")
+
+
+def _run_kind(kind: str) -> str:
+    """The RUN_KINDS entry whose settings a run of ``kind`` (base or an expert variant) takes."""
+    return kind if kind == "base" else "static" if EXPERT_VARIANTS[kind].single_stage else "progressive"
+
+
 SUMMARY_METRICS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
 console = Console()
 
@@ -153,13 +178,29 @@ class Job:
         missing = [c for kind in RUN_KINDS for c in job.run_of(kind).configs if not Path(c).is_file()]
         if missing:
             raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --<kind>.configs.")
+        check_output_path(self.out, "--out", folder=True)
+        test_file = split_file(data.data_dir, "test")
+        if job.test and not test_file.is_file():  # else stage 0 would train to its end and only then need it
+            raise SuiteError(
+                f"--test true (the default) also evaluates every model on the test split, but {str(test_file)!r} is "
+                "missing. Pass --test false to evaluate on val only, or copy the CIFAR-100 test file there."
+            )
+        split = DataSplit.of(data)
         if job.generalist_checkpoint is not None and check_files:
-            read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
+            info = read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
+            require_split(info, split)
         if self.base_checkpoint.is_file() and check_files:
-            read_checkpoint(self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",))
+            # A damaged stage 0 is trained again (run), so only a readable one is checked against this job.
+            if finished_checkpoint(self.base_checkpoint) is not None:
+                info = read_checkpoint(
+                    self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",)
+                )
+                require_split(info, split)
         for kind in ("base", *job.variants):
             # Parse and build every kind of run once now: a bad override fails here, not after stage 0.
-            suite_cli(self.args(kind, self.out / "check", partition=job.partition), f"the {kind} runs")
+            cli = suite_cli(self.args(kind, self.out / "check", partition=job.partition), f"the {kind} runs")
+            if kind != "base" and any(EXPERT_VARIANTS[v].single_stage for v in job.variants):
+                check_step_budget(cli.trainer, kind)
 
     def expert_checkpoint(self, variant: str, j: int) -> Path:
         return self.out / variant / f"expert_{j}.ckpt"
@@ -170,8 +211,7 @@ class Job:
         spec to pass instead of the partition file, for the checks before it is written; ``more``: further
         overrides)."""
         job = self.job
-        run_kind = kind if kind == "base" else "static" if EXPERT_VARIANTS[kind].single_stage else "progressive"
-        settings = job.run_of(run_kind)
+        settings = job.run_of(_run_kind(kind))
         first = data_overrides(self.data)
         if kind != "base":  # the generalist's logits, cached next to the experts (the run's overrides may move it)
             first["model.routing_cache_dir"] = str(self.out / "cache")
@@ -187,35 +227,64 @@ class Job:
         run = TrainingRun(settings.configs, {**first, **settings.overrides, **own, **more})
         return run.args()
 
+    @cached_property
+    def _progressive_cli(self) -> SuiteCLI:
+        return suite_cli(self.args("progressive", self.out / "progressive", 0))
+
     def progressive_steps(self, j: int) -> int:
-        """Optimizer steps of expert j's progressive stages, from its resolved progressive config."""
-        cli = suite_cli(self.args("progressive", self.out / "progressive", j))
-        model, data = cli.model, cli.datamodule
-        return schedule_steps(
-            model.stages, data.subset_train_size(model.subset), data.batch_size, cli.trainer.world_size
-        )
+        """Optimizer steps of expert j's progressive stages, from the resolved progressive config."""
+        cli = self._progressive_cli
+        data = cli.datamodule
+        size = data.subset_train_size(self.subsets[j])
+        return schedule_steps(cli.model.stages, size, data.batch_size, cli.trainer.world_size)
 
     def static_steps(self, variant: str, j: int) -> int:
         """Step budget of static expert j (ask_the_expert.method.stages.static_step_budget)."""
-        base_steps = torch.load(self.base_checkpoint, map_location="cpu", weights_only=False)["global_step"]
+        base_steps = read_checkpoint(self.base_checkpoint, "the stage-0 checkpoint", ("base",)).global_step
         return static_step_budget(EXPERT_VARIANTS[variant].start, base_steps, self.progressive_steps(j))
 
-    def train_base(self) -> None:
-        if self.base_checkpoint.is_file():
-            console.print(f"stage 0: [green]exists[/] {self.base_checkpoint}")
-            return
-        self.base_checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        console.rule("stage 0 (base, all classes)")
-        run_training(self.args("base", self.base_checkpoint.parent), self.base_checkpoint, self.job.test)
+    def inputs(self, kind: str) -> dict[str, Path]:
+        """The files a run of ``kind`` reads: its configs, and for experts the partition and checkpoints."""
+        files = {f"config/{i}": Path(c) for i, c in enumerate(self.job.run_of(_run_kind(kind)).configs)}
+        if kind != "base":
+            files["partition"] = self.partition_file
+            if self.job.generalist_checkpoint is not None:
+                files["generalist"] = Path(self.job.generalist_checkpoint)
+            if EXPERT_VARIANTS[kind].start == "from_base":
+                files["base"] = self.base_checkpoint
+        return files
 
-    def train_expert(self, variant: str, j: int) -> None:
-        target = self.expert_checkpoint(variant, j)
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def run_args(self, kind: str, j: int = 0) -> list[str]:
+        """The command line of one run (a single-stage expert's with its step budget)."""
+        target = self.base_checkpoint if kind == "base" else self.expert_checkpoint(kind, j)
         budget = {}
-        if EXPERT_VARIANTS[variant].single_stage:
-            budget["model.static_steps"] = self.static_steps(variant, j)
-            console.print(f"{variant} expert {j}: budget {budget['model.static_steps']} optimizer steps")
-        run_training(self.args(variant, target.parent, j, **budget), target, self.job.test)
+        if kind != "base" and EXPERT_VARIANTS[kind].single_stage:
+            budget["model.static_steps"] = self.static_steps(kind, j)
+        return self.args(kind, target.parent, j, **budget)
+
+    def pending(self, kind: str, j: int, label: str) -> bool:
+        """Whether the run of ``kind`` (expert ``j``) must train: no finished run made from the same inputs that
+        reads back whole."""
+        target = self.base_checkpoint if kind == "base" else self.expert_checkpoint(kind, j)
+        why = reusable(target, run_record(self.run_args(kind, j), self.job.test, self.inputs(kind)))
+        if why is None:
+            console.print(f"{label}: [green]exists[/], skipped")
+        elif why:
+            console.print(f"{label}: {target} is trained again: {why}")
+        return why is not None
+
+    def train(self, kind: str, j: int = 0) -> None:
+        target = self.base_checkpoint if kind == "base" else self.expert_checkpoint(kind, j)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        args = self.run_args(kind, j)
+        for budget in (a.split("=", 1)[1] for a in args if a.startswith("--model.static_steps=")):
+            console.print(f"{kind} expert {j}: budget {budget} optimizer steps")
+        run_training(args, target, self.job.test, self.inputs(kind))
+
+    def train_base(self) -> None:
+        if self.pending("base", 0, "stage 0"):
+            console.rule("stage 0 (base, all classes)")
+            self.train("base")
 
     @staticmethod
     def planned(job: ExpertsJob) -> list[tuple[str, int]]:
@@ -241,12 +310,7 @@ class Job:
     def run(self) -> None:
         self.write_partition()
         self.train_base()
-        pending = []
-        for variant, j in self.todo():
-            if self.expert_checkpoint(variant, j).is_file():
-                console.print(f"{variant} expert {j}: [green]exists[/], skipped")
-            else:
-                pending.append((variant, j))
+        pending = [(v, j) for v, j in self.todo() if self.pending(v, j, f"{v} expert {j}")]
         if self.job.max_experts is not None:
             pending = pending[: self.job.max_experts]
         if self.job.parallel > 1:
@@ -255,7 +319,7 @@ class Job:
             for i, (variant, j) in enumerate(pending, 1):
                 console.rule(f"[{i}/{len(pending)}] {variant} expert {j}: classes {self.subsets[j]}")
                 start = time.perf_counter()
-                self.train_expert(variant, j)
+                self.train(variant, j)
                 console.print(f"{variant} expert {j}: done in {time.perf_counter() - start:.0f} s")
         self.summary()
 
@@ -265,21 +329,29 @@ class Job:
         running: dict[subprocess.Popen, int] = {}
         queue = list(pending)
         failed = []
-        while queue or running:
-            while queue and free:
-                variant, j = queue.pop(0)
-                gpu = free.pop(0)
-                one = replace(self.job, variants=[variant], experts=[j], parallel=1, max_experts=None)
-                config = self.out / f".job-{variant}-{j}.json"
-                write_json_atomic(config, {**asdict(one), "data": asdict(self.data)})
-                cmd = [sys.executable, "-m", "ask_the_expert.commands.train_experts", "--config", str(config)]
-                console.print(f"{variant} expert {j}: started on GPU {gpu}")
-                running[subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)})] = gpu
-            time.sleep(2)
-            for proc in [p for p in running if p.poll() is not None]:
-                free.append(running.pop(proc))
-                if proc.returncode != 0:
-                    failed.append(" ".join(proc.args[-2:]))
+        try:
+            while queue or running:
+                while queue and free:
+                    variant, j = queue.pop(0)
+                    gpu = free.pop(0)
+                    one = replace(self.job, variants=[variant], experts=[j], parallel=1, max_experts=None)
+                    config = self.out / f".job-{variant}-{j}.json"
+                    write_json_atomic(config, {**asdict(one), "data": asdict(self.data)})
+                    cmd = [sys.executable, "-m", "ask_the_expert.commands.train_experts", "--config", str(config)]
+                    console.print(f"{variant} expert {j}: started on GPU {gpu}")
+                    # Each child writes one expert of this --out, which this process holds for them.
+                    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), **held_for_children(self.out)}
+                    running[subprocess.Popen(cmd, env=env)] = gpu
+                time.sleep(2)
+                for proc in [p for p in running if p.poll() is not None]:
+                    free.append(running.pop(proc))
+                    if proc.returncode != 0:
+                        failed.append(" ".join(proc.args[-2:]))
+        finally:  # stopped (SIGTERM, Ctrl-C) or failed: no child trains on unattended
+            for proc in running:
+                proc.terminate()
+            for proc in running:
+                proc.wait()
         if failed:
             raise SuiteError(f"Some expert runs failed ({failed}); see their output above, fix, and rerun to resume.")
 
@@ -298,9 +370,29 @@ class Job:
         console.print(table)
 
 
+def check_step_budget(trainer: Trainer, kind: str) -> None:
+    """Refuse Trainer limits that would cut a progressive run short of its stage list (or change what a static run
+    counts): the static experts' compute-matched budget is computed from the stage list, so it would no longer be
+    the progressive experts' real number of optimizer steps."""
+    limits = {
+        "--trainer.limit_train_batches": (trainer.limit_train_batches, 1.0),
+        "--trainer.max_steps": (trainer.max_steps, -1),
+        "--trainer.accumulate_grad_batches": (trainer.accumulate_grad_batches, 1),
+    }
+    changed = [f"{option} {value}" for option, (value, default) in limits.items() if value != default]
+    if changed:
+        raise SuiteError(
+            f"The {kind} runs set {', '.join(changed)}: that changes how many optimizer steps a progressive expert "
+            "takes, and the static experts' compute-matched step budget (computed from the stage list) would no "
+            "longer match it. Shorten the stages' epochs instead, or train only --variants '[progressive]'."
+        )
+
+
 def train_experts(job: ExpertsJob, data: DataOptions) -> None:
     """Check everything, then train stage 0 and the experts of ``job`` (the function ate-pipeline calls)."""
-    Job(job, data).run()
+    runs = Job(job, data)
+    with output_lock(runs.out):
+        runs.run()
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -162,7 +162,7 @@ class RouterConfig:
         if len(self.fine_to_coarse) != self.num_classes:
             problems.append(f"fine_to_coarse has {len(self.fine_to_coarse)} entries for {self.num_classes} classes")
         names = [self.generalist_file, *self.expert_files]
-        if any(Path(n).name != n or n in ("", ".", "..") for n in names):
+        if not all(_plain_name(n) for n in names):
             problems.append(f"model file names {names} must be plain names inside the bundle folder")
         if self.num_experts:
             try:
@@ -185,17 +185,43 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def _plain_name(name: str) -> bool:
+    """A file name that stays inside the bundle folder: no folder part, not ``..``, not absolute."""
+    return Path(name).name == name and name not in ("", ".", "..") and "\\" not in name
+
+
+def _inside_name(name: str) -> bool:
+    """A relative path (forward slashes) that stays inside the bundle folder: no ``..`` or empty part, not absolute
+    (the Triton repository's files lie in a subfolder)."""
+    return not name.startswith("/") and all(_plain_name(part) for part in name.split("/"))
+
+
+def _through_link(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` or a folder on the way to it is a link (which could lead outside the bundle)."""
+    parts = name.split("/")
+    return any((folder.joinpath(*parts[: i + 1])).is_symlink() for i in range(len(parts)))
+
+
 def verify_files(folder: Path, manifest: Mapping[str, Any], names: Sequence[str]) -> None:
-    """Raise BundleError unless each named file is listed in the manifest, present, and hashes as recorded."""
+    """Raise BundleError unless every file the manifest lists has a relative path inside the bundle folder, and each
+    named file is listed, present (neither a link nor under one), and hashes as recorded."""
     listed = manifest.get("files")
     if not isinstance(listed, Mapping):
         raise BundleError(f"{MANIFEST_FILE} in {folder} has no 'files' table of sha256 hashes. {REEXPORT}")
-    problems = []
+    problems = [
+        f"{MANIFEST_FILE} lists {name!r}, which is not a path inside the bundle folder"
+        for name in listed
+        if not _inside_name(str(name))
+    ]
     for name in names:
         entry = listed.get(name)
         path = folder / name
+        if not _inside_name(name):
+            continue  # said above, or refused by RouterConfig.check; never opened
         if not isinstance(entry, Mapping) or "sha256" not in entry:
             problems.append(f"{name} is not listed in {MANIFEST_FILE}")
+        elif _through_link(folder, name):
+            problems.append(f"{name} is a link (the files of a bundle are its own, inside its folder)")
         elif not path.is_file():
             problems.append(f"{name} is missing")
         elif file_sha256(path) != entry["sha256"]:
@@ -204,4 +230,30 @@ def verify_files(folder: Path, manifest: Mapping[str, Any], names: Sequence[str]
         raise BundleError(
             f"Refusing to load the bundle {folder}: {'; '.join(problems)}. The files must be exactly those "
             "the export wrote; copy the bundle again or re-export it."
+        )
+
+
+def routing_record(router: RouterConfig) -> dict[str, Any]:
+    """What the manifest records of the router a bundle was exported with: the routing spec and, for the learned
+    confidence, its deferral rule."""
+    record = router.routing.to_dict()
+    if router.deferral is not None:
+        record["deferral"] = router.deferral
+    return record
+
+
+def check_routing_record(router: RouterConfig, manifest: Mapping[str, Any], folder: Path) -> None:
+    """Raise BundleError unless every routing value of router.json equals the manifest's routing record (the values
+    the export chose and measured): a router edited after export is refused even when its hash was recomputed."""
+    recorded = manifest.get("routing")
+    if not isinstance(recorded, Mapping):
+        raise BundleError(f"{MANIFEST_FILE} in {folder} has no routing record. {REEXPORT}")
+    differing = {
+        key: (value, recorded.get(key)) for key, value in routing_record(router).items() if recorded.get(key) != value
+    }
+    if differing:
+        shown = "; ".join(f"{key}: router.json {a!r}, manifest {b!r}" for key, (a, b) in differing.items())
+        raise BundleError(
+            f"Refusing to load the bundle {folder}: router.json routes differently from what the export recorded in "
+            f"{MANIFEST_FILE} ({shown}), so it was edited after export. {REEXPORT}"
         )

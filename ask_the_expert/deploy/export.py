@@ -40,6 +40,7 @@ from ask_the_expert.deploy.bundle_format import (
     ROUTER_FILE,
     RouterConfig,
     expert_file,
+    routing_record,
 )
 from ask_the_expert.deploy.model_card import model_card
 from ask_the_expert.deploy.profile_bundle import time_session
@@ -62,9 +63,10 @@ from ask_the_expert.models.vit_factory import PRESETS
 from ask_the_expert.utils.atomic import atomic_folder
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.outputs import check_output_path, check_replaceable, output_lock
 from datamodules.cifar100 import LabelledImages
 from datamodules.transforms import CIFAR100_MEAN, CIFAR100_STD
-from lightning_modules.checkpoints import CheckpointSpec, load_module, read_checkpoint
+from lightning_modules.checkpoints import CheckpointSpec, load_module, read_checkpoint, require_split
 from lightning_modules.collaborative import CollaborativeSystem
 
 # Bundles take the dataset's 32x32 images; pretrained224 models resize inside their graph.
@@ -94,15 +96,20 @@ class ExportModels:
         return [list(map(int, s)) for s in self.system.hparams.subsets] if self.system is not None else []
 
 
-def load_export_models(generalist: CheckpointSpec, experts: list[CheckpointSpec], spec: RouterSpec) -> ExportModels:
-    """Load and check the checkpoints (lightning_modules.checkpoints); experts must partition the classes."""
+def load_export_models(
+    generalist: CheckpointSpec, experts: list[CheckpointSpec], spec: RouterSpec, data: LabelledImages | None = None
+) -> ExportModels:
+    """Load and check the checkpoints (lightning_modules.checkpoints, with the train/val split of ``data``); experts
+    must partition the classes."""
+    split = data.data_split if data is not None else None
     if experts:
         system = CollaborativeSystem.from_checkpoints(
-            generalist, experts, k_values=[spec.k], confidence_measures=[spec.confidence], temperature=1.0,
-            route_k=spec.k,
+            generalist, experts, data_split=split, k_values=[spec.k], confidence_measures=[spec.confidence],
+            temperature=1.0, route_k=spec.k,
         )  # fmt: skip
         return ExportModels(system.generalist, system, system.sources["generalist"], system.sources["experts"])
     info = read_checkpoint(generalist, "--generalist", ("generalist",))
+    require_split(info, split)
     return ExportModels(load_module(info), None, info.path, [])
 
 
@@ -234,19 +241,15 @@ def time_models(folder: Path, router: RouterConfig, warmup: int = 3, repeats: in
 
 
 def check_output(out_dir: Path, force: bool) -> None:
-    """Refuse an existing folder unless ``force``, and never replace a folder that is not a bundle."""
-    if not out_dir.exists():
-        return
-    if not force:
+    """Refuse an existing folder unless ``force``, and never replace a folder that is not a bundle this suite wrote
+    (anything besides the files its manifest lists)."""
+    check_output_path(out_dir, "--out", folder=True)
+    if out_dir.exists() and not force:
         raise ExportError(
             f"The output folder {out_dir} already exists and the export never overwrites. Choose a new folder, or "
             "pass --force (force=True) to replace a previous bundle there."
         )
-    if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file()):
-        raise ExportError(
-            f"{out_dir} exists and is not a bundle (no {MANIFEST_FILE}), so --force will not replace it. Remove it "
-            "yourself or choose another output folder."
-        )
+    check_replaceable(out_dir, MANIFEST_FILE, "--out", "a bundle", ExportError)
 
 
 def _versions(opset: int) -> dict[str, str]:
@@ -299,7 +302,6 @@ def export_bundle(
             ``data``'s assessment part.
         triton: also write a Triton model repository of the experts to ``triton/`` (ask_the_expert.deploy.triton_repo).
     """
-    start = time.perf_counter()
     spec = routing or RouterSpec()
     out_dir = Path(out_dir)
     check_output(out_dir, force)
@@ -314,7 +316,33 @@ def export_bundle(
             "--routing.tau), the learned deferral rule (confidence learned) or the fused weight (answer fused); "
             "evaluate on a split (--evaluate_on val)."
         )
-    models = load_export_models(generalist, experts, spec)
+    with output_lock(out_dir):
+        check_output(out_dir, force)  # again: another run may have written it meanwhile
+        return _export(
+            generalist, experts, out_dir, spec, data, gap, profile, answer, torch_export, triton, batch_size, opset,
+            holdout, assessment,
+        )  # fmt: skip
+
+
+def _export(
+    generalist: CheckpointSpec,
+    experts: list[CheckpointSpec],
+    out_dir: Path,
+    spec: RouterSpec,
+    data: LabelledImages | None,
+    gap: float,
+    profile: Profile | None,
+    answer: str,
+    torch_export: bool,
+    triton: bool,
+    batch_size: int,
+    opset: int,
+    holdout: SelectionSplit,
+    assessment: LabelledImages | None,
+) -> dict[str, Any]:
+    """The work of ``export_bundle`` once its arguments are checked and its output is held."""
+    start = time.perf_counter()
+    models = load_export_models(generalist, experts, spec, data)
     g_hparams = models.generalist.hparams
     if g_hparams.num_classes != NUM_CLASSES:
         raise ExportError(
@@ -373,7 +401,7 @@ def export_bundle(
             "format_version": FORMAT_VERSION,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "sources": sources,
-            "routing": {**spec.to_dict(), "temperature_source": temperature_source},
+            "routing": {**routing_record(router), "temperature_source": temperature_source},
             "evaluation": metrics,
             "profile": None if profile is None else {"name": profile.name, "description": profile.description},
             "versions": _versions(opset),

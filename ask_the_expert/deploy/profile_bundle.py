@@ -30,9 +30,10 @@ import onnxruntime as ort
 import yaml
 
 from ask_the_expert.deploy.runtime import INPUT_NAME, OUTPUT_NAME, Bundle, preprocess
-from ask_the_expert.method.costs import Profile, profile_from_dict, profile_to_dict
+from ask_the_expert.method.costs import Profile, load_profile, profile_from_dict, profile_to_dict
 from ask_the_expert.utils.atomic import write_text_atomic
 from ask_the_expert.utils.errors import ProfileError
+from ask_the_expert.utils.outputs import check_output_path, check_replaceable_file
 
 Section = Literal["edge", "near_edge", "both"]
 
@@ -131,12 +132,26 @@ def profile_bundle(
     )
 
 
+def check_profile_output(path: str | Path, force: bool = False, option: str = "--out") -> None:
+    """Refuse to overwrite ``path`` unless ``force``, and then only a cost profile (nothing else is replaced)."""
+    check_output_path(path, option, folder=False)
+    if Path(path).exists() and not force:
+        raise ProfileError(f"{path} already exists; choose another {option} or pass --force to overwrite it.")
+    check_replaceable_file(path, option, "a cost profile", _is_profile)
+
+
+def _is_profile(path: Path) -> bool:
+    try:
+        load_profile(path)
+    except ProfileError:
+        return False
+    return True
+
+
 def write_profile(profile: Profile, path: str | Path, force: bool = False) -> Path:
-    """Write ``profile`` as YAML in the configs/profiles format (refuses to overwrite unless ``force``), checked
-    first and written under a temporary name."""
+    """Write ``profile`` as YAML in the configs/profiles format, atomically (``check_profile_output`` first)."""
     path = Path(path)
-    if path.exists() and not force:
-        raise ProfileError(f"{path} already exists; choose another --out or pass --force to overwrite it.")
+    check_profile_output(path, force)
     header = (
         f"# Cost profile written by `ate-deploy profile` or `client`. {profile.description}\n"
         "# Units: latency ms, power W, rates Mbit/s, sizes bytes. meta records how each latency was measured.\n"

@@ -29,6 +29,7 @@ from ask_the_expert.deploy.bundle_format import (
     ROUTER_FILE,
     BundleError,
     RouterConfig,
+    check_routing_record,
     read_json,
     verify_files,
 )
@@ -314,6 +315,7 @@ class Bundle:
         manifest = read_json(folder / MANIFEST_FILE, "hashes of the bundle's files")
         verify_files(folder, manifest, [ROUTER_FILE])
         router = RouterConfig.from_dict(read_json(folder / ROUTER_FILE, "routing rule"))
+        check_routing_record(router, manifest, folder)
         needed = {"edge": [router.generalist_file], "near_edge": list(router.expert_files)}
         needed["all"] = [*manifest["files"], *needed["edge"], *needed["near_edge"]]
         verify_files(folder, manifest, list(dict.fromkeys(needed[part])))

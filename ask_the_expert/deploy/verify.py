@@ -59,7 +59,7 @@ def verify_bundle(
     bundle = Bundle.load(folder)
     spec = bundle.router.routing
     g_path, e_paths = _checkpoints(bundle, generalist, experts)
-    models = load_export_models(g_path, list(e_paths), spec)
+    models = load_export_models(g_path, list(e_paths), spec, data)
     if models.subsets != [list(s) for s in bundle.router.subsets]:
         raise ExportError("The checkpoints' expert subsets differ from router.json; pass the bundle's sources.")
     system = models.system

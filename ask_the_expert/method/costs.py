@@ -21,6 +21,7 @@ import yaml
 
 from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import ProfileError
+from ask_the_expert.utils.received_files import read_text
 
 COST_KEYS = ("latency_ms", "edge_energy_mj", "system_energy_mj")
 # How reports and plots name each cost and each reference deployment of baseline_costs.
@@ -57,8 +58,9 @@ class Quantity:
         return None
 
 
-# Every latency of a profile (edge.latency_ms.<role>, near_edge.latency_ms.<role>).
-LATENCY = Quantity("ge0", "latency (ms)")
+# Every latency of a profile (edge.latency_ms.<role>, near_edge.latency_ms.<role>). A model takes time to run: a
+# zero latency would make offloading look free.
+LATENCY = Quantity("gt0", "latency (ms)")
 
 
 def quantity(rule: str, label: str, default: Any = MISSING) -> Any:
@@ -194,7 +196,7 @@ def profile_from_dict(d: Mapping[str, Any], source: str | None = None) -> Profil
             parts.append(f"invalid fields: {', '.join(invalid)}")
         raise ProfileError(
             f"{where} is not a valid cost profile; {'; '.join(parts)}. Fix: give every listed field a value "
-            "(latencies in ms and powers in W as numbers >= 0, link rates in Mbit/s > 0, byte counts >= 0) "
+            "(latencies in ms > 0, powers in W >= 0, link rates in Mbit/s > 0, byte counts >= 0) "
             "and remove unknown fields; configs/profiles/edge_arm_wifi.yaml is a complete example."
         )
     return Profile(
@@ -209,13 +211,11 @@ def load_profile(path: str | Path) -> Profile:
     """Read and schema-check a YAML profile (``configs/profiles/...`` found from any working directory); errors name
     the file and every bad field."""
     path = Path(find_config(str(path)))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(
-            f"Cannot read cost profile {str(path)!r} ({exc.strerror or exc}). Pass the path of an existing "
-            "YAML profile, e.g. configs/profiles/edge_arm_wifi.yaml, or write one with the profiling command."
-        ) from None
+    fix = (
+        "Pass the path of an existing YAML profile, e.g. configs/profiles/edge_arm_wifi.yaml, or write one with the "
+        "profiling command."
+    )
+    text = read_text(path, "The cost profile", fix, ProfileError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

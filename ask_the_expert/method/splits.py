@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from ask_the_expert.utils.errors import SuiteError
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """Which train/val split a run uses: the images held out as val and the seed that chose them. Two runs see the
+    same val images only when both numbers agree."""
+
+    val_size: int
+    split_seed: int
+
+    @classmethod
+    def of(cls, source: Any) -> DataSplit | None:
+        """The split of anything with ``val_size`` and ``split_seed`` (data options, a datamodule, or the mapping of
+        a checkpoint's ``datamodule_hyper_parameters``); None when it has none."""
+        get = source.get if isinstance(source, Mapping) else lambda name: getattr(source, name, None)
+        val_size, split_seed = get("val_size"), get("split_seed")
+        if val_size is None or split_seed is None:
+            return None
+        return cls(int(val_size), int(split_seed))
+
+    def __str__(self) -> str:
+        return f"--data.val_size {self.val_size} --data.split_seed {self.split_seed}"
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

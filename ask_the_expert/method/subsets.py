@@ -12,6 +12,7 @@ import numpy as np
 from ask_the_expert.method.cifar100_classes import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from ask_the_expert.utils.atomic import write_text_atomic
 from ask_the_expert.utils.errors import PartitionError
+from ask_the_expert.utils.received_files import read_text
 
 PARTITION_FORMAT = "ask-the-expert/partition"
 PARTITION_VERSION = 1
@@ -200,9 +201,7 @@ def parse_partition_spec(
     if spec is None:
         return superclass_partition(1)
     if isinstance(spec, Mapping) and set(spec) == {"subsets"}:
-        subsets = [[int(c) for c in s] for s in spec["subsets"]]
-        validate_partition(subsets, sum(len(s) for s in subsets))
-        return subsets
+        return _cifar_partition([[int(c) for c in s] for s in spec["subsets"]], "The explicit subsets")
     if isinstance(spec, str):
         text = spec.strip().lower()
         if text in ("superclass", "superclasses"):
@@ -210,7 +209,7 @@ def parse_partition_spec(
         if text.isdigit():
             return superclass_partition(int(text))
         if text.endswith(".json"):
-            return load_partition(spec.strip())[0]
+            return _cifar_partition(load_partition(spec.strip())[0], f"Partition file {spec.strip()!r}")
     elif _is_int(spec):
         return superclass_partition(int(spec))
     elif (
@@ -225,6 +224,16 @@ def parse_partition_spec(
         "groups such as [[fish, aquatic_mammals], [flowers, trees], ...] covering every superclass once, the "
         "path of a partition file (*.json), or {subsets: [[fine class ids], ...]}."
     )
+
+
+def _cifar_partition(subsets: list[list[int]], where: str) -> list[list[int]]:
+    """``subsets`` when they partition all CIFAR-100 classes (a file or list that covers fewer classes is
+    refused: the experts would never answer the rest)."""
+    try:
+        validate_partition(subsets, NUM_CLASSES)
+    except PartitionError as exc:
+        raise PartitionError(f"{where}: {exc}") from None
+    return subsets
 
 
 def save_partition(path: str | Path, subsets: Sequence[Sequence[int]], meta: Mapping[str, Any]) -> None:
@@ -255,13 +264,8 @@ def save_partition(path: str | Path, subsets: Sequence[Sequence[int]], meta: Map
 def load_partition(path: str | Path) -> tuple[list[list[int]], dict]:
     """Read a save_partition() file: (subsets, meta), after checking format, version and the partition itself."""
     where = f"Partition file {str(path)!r}"
-    hint = (
-        "Write it with `python -m lightning_modules.learn_partition` (or ask_the_expert.method.subsets.save_partition)."
-    )
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PartitionError(f"Cannot read partition file {str(path)!r} ({exc.strerror or exc}). {hint}") from None
+    hint = "Write it with `ate-partition` (or ask_the_expert.method.subsets.save_partition)."
+    text = read_text(path, "The partition file", hint, PartitionError)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

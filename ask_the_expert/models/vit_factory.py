@@ -123,6 +123,26 @@ class ViTClassifier(nn.Module):
         return self.vit(images)
 
 
+def check_shape(arch: str, overrides: Mapping[str, Any]) -> None:
+    """Refuse a shape timm would build wrong or fail on deep inside: a size below 1 (0 would otherwise mean the
+    arch's default), or a head count that does not divide the embedding width."""
+    embed_dim, depth, num_heads = ARCHS[arch].shape
+    bad = [f"--model.{k} {v!r}" for k, v in overrides.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad:
+        raise SuiteError(
+            f"{', '.join(bad)}: embed_dim, depth and num_heads must be integers >= 1; leave them unset for the "
+            f"{arch} shape (embed {embed_dim}, depth {depth}, heads {num_heads})."
+        )
+    embed = overrides.get("embed_dim", embed_dim)
+    heads = overrides.get("num_heads", num_heads)
+    if embed % heads:
+        divisors = [d for d in range(1, min(embed, 64) + 1) if embed % d == 0]
+        raise SuiteError(
+            f"--model.num_heads {heads} does not divide --model.embed_dim {embed}: each attention head gets "
+            f"embed_dim / num_heads channels. Choose num_heads among {divisors}, or another embed_dim."
+        )
+
+
 def create_vit(
     arch: str = "vit_tiny",
     preset: Preset = "scratch32",
@@ -175,9 +195,12 @@ def create_vit(
         raise SuiteError(f"--model.mlp_ratio {mlp_ratio} must be > 0 (timm's ViT uses 4).")
     patch_size = patch_size or preset_patch
     name = ARCHS[arch].pretrained_model if pretrained else ARCHS[arch].scratch_model
+    overrides = {k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v is not None}
+    check_shape(arch, overrides)
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise SuiteError(f"--model.drop_path_rate {drop_path_rate!r} must be in [0, 1) (a probability per block).")
     # The arch's shape, unless overridden (tests use tiny models).
-    shape = dict(zip(("embed_dim", "depth", "num_heads"), ARCHS[arch].shape, strict=True))
-    shape.update({k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v})
+    shape = dict(zip(("embed_dim", "depth", "num_heads"), ARCHS[arch].shape, strict=True)) | overrides
     kwargs = dict(
         num_classes=num_classes, img_size=input_size, patch_size=patch_size, drop_path_rate=drop_path_rate, **shape
     )

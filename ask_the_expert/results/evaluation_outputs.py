@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ask_the_expert.method.policies import Fitted, Report
 from ask_the_expert.method.routed_batch import FUSE_WEIGHTS
 from ask_the_expert.method.sweep import TOLERANCE as SWEEP_SLACK
 from ask_the_expert.results.plots import write_plots
+from ask_the_expert.utils.atomic import atomic_folder
 from ask_the_expert.utils.errors import SuiteError
 
 # ---------------------------------------------------------------------------------------------- the folder format
@@ -155,8 +155,10 @@ def read_records_csv(path: str | Path) -> dict[str, np.ndarray]:
     """The records of a ``records.csv`` (the inverse of ``record_columns``, without the derived columns)."""
     with Path(path).open(newline="") as f:
         reader = csv.reader(f)
-        header = next(reader)
+        header = next(reader, None)
         rows = list(reader)
+    if not header or not rows:
+        raise ValueError("the file holds no header line" if not header else "the file holds no records")
     table = {name: [r[i] for r in rows] for i, name in enumerate(header)}
 
     def array(values: list[str], floating: bool) -> np.ndarray:
@@ -199,19 +201,14 @@ def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Pat
     Everything is written into a temporary sibling folder that replaces ``folder`` only when complete, so a killed
     run leaves either the previous results or none, never a mix (``complete.json`` says the folder is whole).
     """
-    tmp = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_curves_csv(curve_rows(report), tmp / CURVES_FILE)
-    (tmp / SUMMARY_FILE).write_text(json.dumps(summary_dict(report), indent=2))
-    write_records_csv(records if report.parts is None else {**records, "part": report.parts}, tmp / RECORDS_FILE)
-    plots = write_plots(report, report.reported_records(records), tmp / PLOTS_FOLDER)
-    files = [*RESULT_FILES, *(f"{PLOTS_FOLDER}/{p.name}" for p in plots)]
-    marker = {"split": report.split, "num_samples": report.num_samples, "files": files}
-    (tmp / COMPLETE_FILE).write_text(json.dumps(marker, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        write_curves_csv(curve_rows(report), tmp / CURVES_FILE)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary_dict(report), indent=2))
+        write_records_csv(records if report.parts is None else {**records, "part": report.parts}, tmp / RECORDS_FILE)
+        plots = write_plots(report, report.reported_records(records), tmp / PLOTS_FOLDER)
+        files = [*RESULT_FILES, *(f"{PLOTS_FOLDER}/{p.name}" for p in plots)]
+        marker = {"split": report.split, "num_samples": report.num_samples, "files": files}
+        (tmp / COMPLETE_FILE).write_text(json.dumps(marker, indent=2))
     return folder
 
 

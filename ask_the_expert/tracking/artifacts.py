@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ask_the_expert.deploy.bundle_format import MANIFEST_FILE
+from ask_the_expert.tracking.wandb_logger import has_wandb_credentials
+from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
 from lightning_modules.checkpoints import read_checkpoint
 
@@ -75,16 +77,35 @@ def use_checkpoints(run: Any, sources: Mapping[str, Any]) -> list[str]:
 
 
 def relink(run_paths: list[str]) -> None:
-    """After ``wandb sync`` of offline runs: declare each run's recorded input artifacts (``lineage.inputs``)."""
+    """After ``wandb sync`` of offline runs: declare each run's recorded input artifacts (``lineage.inputs``).
+
+    Needs the network and W&B credentials; any failure to reach the API, a run or an artifact is a SuiteError
+    naming it and the fix."""
     import wandb
 
-    api = wandb.Api()
+    bad = [p for p in run_paths if len(p.split("/")) != 3 or not all(p.split("/"))]
+    if bad:
+        raise SuiteError(f"Runs must be given as ENTITY/PROJECT/RUN_ID, got {bad}.")
+    if not has_wandb_credentials():
+        raise SuiteError(
+            "ate-relink needs the W&B API, but no W&B credentials were found (WANDB_API_KEY or `wandb login`). Log in "
+            "on a machine with network access and run it again."
+        )
     for path in run_paths:
-        run = api.run(path)
-        entity_project = "/".join(path.split("/")[:2])
-        for name in run.config.get("lineage", {}).get("inputs", []):
-            run.use_artifact(api.artifact(f"{entity_project}/{name}:latest"))
-        print(f"{path}: linked {len(run.config.get('lineage', {}).get('inputs', []))} input artifacts", flush=True)
+        try:
+            api = wandb.Api(timeout=30)
+            run = api.run(path)
+            inputs = run.config.get("lineage", {}).get("inputs", [])
+            entity_project = "/".join(path.split("/")[:2])
+            for name in inputs:
+                run.use_artifact(api.artifact(f"{entity_project}/{name}:latest"))
+        except Exception as err:  # wandb raises UsageError, CommError, AuthenticationError, timeouts, ...
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise SuiteError(
+                f"Could not link the inputs of the W&B run {path!r} ({first}). Check the run path, that the run and "
+                "its input artifacts were synced (`wandb sync`), the network and `wandb login`."
+            ) from None
+        print(f"{path}: linked {len(inputs)} input artifacts", flush=True)
 
 
 def log_bundle_artifact(run: Any, folder: str | Path, name: str) -> None:

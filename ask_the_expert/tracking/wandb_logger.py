@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from ask_the_expert.utils.errors import SuiteError
+from lightning_modules.checkpoints import load_checkpoint_file
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 # The values wandb 0.31 accepts for WANDB_MODE (read from wandb.Settings when possible, see _valid_wandb_modes).
@@ -306,10 +306,10 @@ class SuiteWandbLogger(WandbLogger):
 
 def wandb_run_from_checkpoint(path: str | Path) -> dict[str, Any] | None:
     """What ``WandbRunInCheckpoint`` stored in the checkpoint at ``path``, or None (no such entry, or a file that
-    cannot be read: the checkpoint check elsewhere reports that). Memory-maps the file, so it is cheap."""
+    cannot be read safely: the checkpoint check elsewhere reports that). Memory-maps the file, so it is cheap."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:
+        checkpoint = load_checkpoint_file(Path(path), "--ckpt_path")
+    except SuiteError:
         return None
     info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     return dict(info) if isinstance(info, dict) else None

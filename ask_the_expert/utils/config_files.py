@@ -13,6 +13,8 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile
 
+from ask_the_expert.utils.received_files import read_text
+
 PREFIX = "configs"
 _PACKAGE = Path(__file__).resolve().parents[1]
 # Installed: the package data inside the package; from a checkout (also an editable install): the repository's folder.
@@ -36,7 +38,12 @@ def find_config(path: str) -> str:
 
 
 class SuiteConfigFile(ActionConfigFile):
-    """``-c/--config``: jsonargparse's config-file action, with ``configs/...`` paths found by ``find_config``."""
+    """``-c/--config``: jsonargparse's config-file action (YAML through the safe loader), with ``configs/...`` paths
+    found by ``find_config`` and a file that is not text refused with a clear message."""
 
     def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
-        super().__call__(parser, cfg, find_config(values) if isinstance(values, str) else values, option_string)
+        if isinstance(values, str):
+            values = find_config(values)
+            if Path(values).is_file():
+                read_text(values, "The config file", "Pass a YAML config file to -c/--config.")
+        super().__call__(parser, cfg, values, option_string)

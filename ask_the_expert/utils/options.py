@@ -8,19 +8,23 @@ from typing import Literal
 from ask_the_expert.utils.errors import SuiteError
 
 
-def check_loader_numbers(batch_size: int, eval_batch_size: int | None, num_workers: int, val_size: int) -> None:
-    """Loader settings torch would reject deep inside a DataLoader, refused up front with the option's name."""
+def check_data_numbers(
+    batch_size: int, eval_batch_size: int | None, num_workers: int, val_size: int, split_seed: int
+) -> None:
+    """Loader and split settings torch or numpy would reject deep inside a DataLoader or the split, refused up front
+    with the option's name."""
     problems = []
     for option, value, low in (
         ("--data.batch_size", batch_size, 1),
         ("--data.eval_batch_size", eval_batch_size, 1),
         ("--data.num_workers", num_workers, 0),
         ("--data.val_size", val_size, 1),
+        ("--data.split_seed", split_seed, 0),
     ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             problems.append(f"{option} is {value!r} (use an integer >= {low})")
     if problems:
-        raise SuiteError(f"Bad data loader settings: {'; '.join(problems)}.")
+        raise SuiteError(f"Bad data settings: {'; '.join(problems)}.")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class DataOptions:
     num_workers: int = 4
 
     def __post_init__(self) -> None:
-        check_loader_numbers(self.batch_size, None, self.num_workers, self.val_size)
+        check_data_numbers(self.batch_size, None, self.num_workers, self.val_size, self.split_seed)
 
 
 @dataclass(frozen=True)
