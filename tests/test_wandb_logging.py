@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ask_the_expert.tracking import wandb_logger
 from ask_the_expert.tracking.wandb_logger import (
     SuiteWandbLogger,
     has_wandb_credentials,
@@ -87,8 +88,8 @@ def fit(logger: SuiteWandbLogger, max_epochs: int = 1, ckpt_path: str | None = N
 
 @pytest.fixture
 def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """No WANDB_* variables, HOME and NETRC in tmp_path (no credentials), wandb set up afresh; yields the output
-    folder for the run."""
+    """No WANDB_* variables, HOME and NETRC in tmp_path (no credentials), wandb set up afresh, as in a new process;
+    yields the output folder for the run."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -98,6 +99,7 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     for name in [name for name in os.environ if name.startswith("WANDB_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    monkeypatch.setattr(wandb_logger, "_online_failure", None)  # a fresh process: no online start failed yet
     wandb.teardown()  # forget the settings read from the environment of earlier tests
     yield tmp_path / "out"
     if wandb.run is not None:
@@ -143,6 +145,33 @@ def test_online_without_network_falls_back_to_offline_in_bounded_time(
     last = wandb_env / "ask-the-expert" / run_id / "checkpoints" / "last.ckpt"
     assert last.is_file() and trainer.checkpoint_callback.last_model_path == str(last)
     assert wandb_run_id_from_checkpoint(last) == run_id
+
+
+def test_the_offline_fallback_is_decided_once_per_process(
+    wandb_env: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # a key, but no network
+    init_timeout = 3.0
+    first = SuiteWandbLogger(save_dir=str(wandb_env), mode="online", init_timeout=init_timeout)
+    first.experiment.log({"x": 1.0})
+    wandb.finish()  # the first run of the process (say, stage 0 of ate-train-experts) ends
+    started = time.monotonic()
+    second = SuiteWandbLogger(save_dir=str(wandb_env), mode="online", init_timeout=init_timeout)
+    second.experiment.log({"x": 2.0})
+    took = time.monotonic() - started
+    err = capfd.readouterr().err
+
+    assert first.run_mode == second.run_mode == "offline" and first.version != second.version
+    assert took < init_timeout, took  # the second run did not wait for the server again
+    [line] = fallback_lines(err)  # only the first run tried and gave up
+    assert "gave up after" in line
+    [again] = [x for x in err.splitlines() if "an online start failed earlier in this process" in x]
+    assert "CommError" in again and "logging offline into" in again
+    assert len(offline_runs(wandb_env)) == 2
+    wandb.finish()
+    # require_online still asks the server itself, and fails with its own reason.
+    with pytest.raises(SuiteError, match="require_online is set"):
+        _ = SuiteWandbLogger(save_dir=str(wandb_env), mode="online", init_timeout=1.0, require_online=True).experiment
 
 
 def test_online_without_key_falls_back_to_offline(wandb_env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,12 +54,14 @@ from ask_the_expert.method.stats import (
     weighted_curves,
 )
 from ask_the_expert.results.evaluation_outputs import COMPLETE_FILE, is_complete, read_records_csv
+from ask_the_expert.results.metric_names import curve_glob, offload_step_metric, parse_curve_accuracy
 from ask_the_expert.results.plots import k_linestyle, percent_axis
 from ask_the_expert.tracking.wandb_logger import has_wandb_credentials
 from ask_the_expert.utils.atomic import atomic_folder
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.log_output import log_console
 
 Key = tuple[str, int, str]
 # (name, unit, function of the (B, M) resampled curves x, y -> (B,)); names as in summary.json's scalars.
@@ -432,14 +433,9 @@ def plot_policies(
 
 
 # --------------------------------------------------------------------------------------------------- W&B runs
-_POLICY_PATTERN = "|".join(sorted(CURVE_POLICIES, key=len, reverse=True))
-
-
 def parse_curve_metric(name: str, split: str) -> Key | None:
-    """(policy, k, measure) of a W&B grid-curve accuracy metric ``collab_<split>/curves/<policy>_k<k>_<m>/accuracy``
-    (ask_the_expert.results.evaluation_outputs.curve_metric), else None."""
-    m = re.fullmatch(rf"collab_{re.escape(split)}/curves/({_POLICY_PATTERN})_k(\d+)_(.+)/accuracy", name)
-    return (m.group(1), int(m.group(2)), m.group(3)) if m else None
+    """(policy, k, measure) of a W&B grid-curve accuracy metric (ask_the_expert.results.metric_names), else None."""
+    return parse_curve_accuracy(name, split, list(CURVE_POLICIES))
 
 
 def wandb_curves(paths: Sequence[str], split: str) -> dict[str, dict[Key, tuple[np.ndarray, np.ndarray]]]:
@@ -453,7 +449,7 @@ def wandb_curves(paths: Sequence[str], split: str) -> dict[str, dict[Key, tuple[
             "--wandb_runs needs the W&B API, but no W&B credentials were found (WANDB_API_KEY or `wandb login`). Log "
             "in and retry on a machine with network access, or drop --wandb_runs."
         )
-    step = f"collab_{split}/offload_pct"
+    step = offload_step_metric(split)
     out: dict[str, dict[Key, tuple[np.ndarray, np.ndarray]]] = {}
     try:
         import wandb
@@ -481,7 +477,7 @@ def wandb_curves(paths: Sequence[str], split: str) -> dict[str, dict[Key, tuple[
                 curves[key] = (np.array([p[0] for p in points]), np.array([p[1] for p in points]))
         if not curves:
             raise SuiteError(
-                f"The W&B run {path!r} has no {step} grid curves (collab_{split}/curves/*); it must come from an "
+                f"The W&B run {path!r} has no {step} grid curves ({curve_glob(split)}); it must come from an "
                 "evaluation of this suite's version that logs them, on the same split."
             )
         out[path] = curves
@@ -549,8 +545,7 @@ def compare(
             "files": ["compare.csv", "compare.md", *(f"plots/{p.name}" for p in plots)],
         }
         (tmp / "compare.json").write_text(json.dumps(meta, indent=2) + "\n")
-    console = Console()
-    (console if console.is_terminal else Console(width=200)).print(rich_comparison(rows, loaded))
+    log_console().print(rich_comparison(rows, loaded))
     Console(stderr=True).print(f"Comparison written to {out_dir}", highlight=False)
     return rows
 

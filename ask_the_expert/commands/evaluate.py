@@ -9,8 +9,9 @@ with the ``CollaborativeInferenceCallback``), the same code path as during train
 computes every number. With ``--split test`` the val split is evaluated first: the temperature is fitted and the
 operating point chosen there, then applied unchanged on test. Outputs: ``OUT/<split>/curves.csv``, ``summary.json``,
 ``records.csv`` and ``plots/*.png`` for each evaluated split (each folder written under a temporary name and renamed
-when complete, ``complete.json`` inside it last), plus the W&B run under ``OUT/wandb``. Bad input ends with a
-one-paragraph message and exit code 2.
+when complete, ``complete.json`` inside it last), plus the W&B run under ``OUT/wandb`` (``--wandb.dir`` or ``WANDB_DIR``
+elsewhere), named and grouped by the split, the number of experts and a hash of the checkpoints and options
+(ask_the_expert.tracking.run_identity). Bad input ends with a one-paragraph message and exit code 2.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from ask_the_expert.method.policies import Report, check_operating_rule
 from ask_the_expert.method.router import FIT, check_k_values, check_measures, check_temperature
 from ask_the_expert.method.stats import MIN_RESAMPLES
 from ask_the_expert.results.evaluation_outputs import COMPLETE_FILE
-from ask_the_expert.tracking.artifacts import use_checkpoints
-from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
+from ask_the_expert.tracking.artifacts import source_paths, use_checkpoints
+from ask_the_expert.tracking.run_identity import command_identity, new_run_id
+from ask_the_expert.tracking.wandb_logger import command_logger
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.hashing import file_sha256
 from ask_the_expert.utils.options import DataOptions, WandbOptions
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
+from callbacks.progress import progress_bar_callback
 from datamodules.cifar100 import evaluation_datamodule
 from lightning_modules.collaborative import CollaborativeSystem
 from lightning_modules.precision import resolve_precision
@@ -132,7 +136,7 @@ def evaluate(
             (accuracy units; 0.005 = 0.5 points).
         bootstrap: paired-bootstrap resamples behind every finding's 95 % interval (at least 100).
         force: replace the results already in --out.
-        wandb: the W&B run (mode, project, name, group, tags, require_online).
+        wandb: the W&B run (mode, project, name, group, tags, require_online, preset, dir).
         accelerator: Lightning accelerator: auto, cpu, gpu, ...
         devices: Lightning devices (e.g. 4 or -1 for DDP).
         precision: Lightning precision, e.g. bf16-mixed.
@@ -171,24 +175,28 @@ def evaluate(
         delta=delta,
         bootstrap=bootstrap,
     )
-    logger = None
-    if resolve_wandb_mode(wandb.mode) != "disabled":
-        logger = SuiteWandbLogger(
-            project=wandb.project,
-            save_dir=str(out_dir),
-            name=wandb.name or f"evaluate-{split}",
-            group=wandb.group or "evaluate",
-            job_type="evaluate",
-            tags=["evaluate", split, *wandb.tags],
-            mode=wandb.mode,
-            require_online=wandb.require_online,
-        )
+    run_id = new_run_id()
+    options = {
+        "split": split, "k": k_values, "confidence": measures, "temperature": temperature, "rule": rule, "gap": gap,
+        "budget": budget, "profiles": [p.name for p in loaded_profiles], "random_seed": random_seed,
+        "reference": reference, "val_size": data.val_size, "split_seed": data.split_seed,
+    }  # fmt: skip
+    checkpoints = [file_sha256(path) for path in source_paths(system.sources)]
+    words = ["evaluate", split, f"{len(system.sources['experts'])}experts"]
+    logger = command_logger(
+        wandb,
+        out_dir,
+        command_identity(words, [sorted(checkpoints), options], run_id, wandb.preset),
+        run_id,
+        job_type="evaluate",
+        tags=["evaluate", split],
+    )
     trainer = Trainer(
         accelerator=accelerator,
         devices=devices,
         precision=resolve_precision(precision, accelerator),
         logger=logger or False,
-        callbacks=[callback],
+        callbacks=[callback, progress_bar_callback()],
         default_root_dir=str(out_dir),
         enable_checkpointing=False,
         enable_model_summary=False,

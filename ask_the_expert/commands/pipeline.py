@@ -20,11 +20,11 @@ kept), one with another fingerprint starts over. ``--force_step`` reruns named s
     OUT/seed_<s>/bundle/                                                        (ate-deploy export)
     OUT/report.md, OUT/summary.json, OUT/plots/                                 (across seeds)
 
-The report step also logs a W&B run of its own (job type ``pipeline``, group the preset): the configuration and,
-per policy, k and confidence measure, every scalar of the evaluation as the mean across seeds, keyed
-``<split>/<policy>/k<k>/<measure>/<scalar>``, and the findings. Under a W&B sweep agent this run is the sweep's
-trial (configs/sweeps/), each trial writes under ``OUT/sweep-<sweep id>/<run id>``, and the steps' own runs do not
-take the trial's id.
+The report step also logs a W&B run of its own (job type ``pipeline``, group the preset): the configuration and, per
+policy, k and confidence measure, every scalar of the evaluation as the mean across seeds, under the evaluation runs'
+own names (``collab_<split>/<policy>/k<k>/<measure>/<scalar>``, ask_the_expert.results.metric_names), and the findings.
+Under a W&B sweep agent this run is the sweep's trial (configs/sweeps/), each trial writes under ``OUT/sweep-<sweep
+id>/<run id>``, and the steps' own runs do not take the trial's id.
 
 Bad input or a missing step input ends with a one-paragraph message and exit code 2, before anything is written.
 """
@@ -53,8 +53,10 @@ from ask_the_expert.commands.deploy import export as export_command
 from ask_the_expert.commands.partition import learn_partition
 from ask_the_expert.method.costs import load_profile
 from ask_the_expert.results.evaluation_outputs import is_complete
+from ask_the_expert.results.metric_names import scalar_metric
 from ask_the_expert.results.report_markdown import render_markdown, report_summary
-from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
+from ask_the_expert.tracking.run_identity import command_identity, new_run_id, short_hash
+from ask_the_expert.tracking.wandb_logger import command_logger, wandb_dir
 from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
 from ask_the_expert.utils.config_files import find_config
@@ -98,7 +100,20 @@ EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on"}
 # What a W&B sweep agent puts in the environment of its trial (wandb_agent.py). The first wandb.init of the process
 # would take the trial's run id, so the steps' runs run without them and the pipeline's summary run takes them back.
 SWEEP_VARIABLES = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
+# What a pipeline is, for the W&B groups of its steps and of its summary run: every option but the seeds, the
+# folders and the W&B options (and the evaluate and export options, in pipeline_hash).
+CONFIGURATION_KEYS = (
+    "preset", "split", "generalist_config", "generalist_args", "common_args", "experts_config", "variants",
+    "progressive_args",
+)  # fmt: skip
 console = Console()
+
+
+def pipeline_hash(opts: Namespace) -> str:
+    """A short hash of the pipeline's configuration (CONFIGURATION_KEYS and the evaluate and export options but
+    their W&B options): the seeds of one configuration share it, another configuration (a sweep trial) does not."""
+    steps = {c: {k: v for k, v in vars(opts[c]).items() if k != "wandb"} for c in ("evaluate", "export")}
+    return short_hash({**{k: opts[k] for k in CONFIGURATION_KEYS}, **steps})
 
 
 def build_parser() -> SuiteParser:
@@ -183,8 +198,8 @@ class SeedRun:
         return [
             f"--seed_everything={self.seed}",
             *train_experts.data_args(self.data),
-            f"--trainer.logger.init_args.save_dir={self.root}",
-            f"--trainer.logger.init_args.group={self.opts.preset}-seed{self.seed}",
+            f"--trainer.logger.init_args.save_dir={wandb_dir(self.opts.out)}",
+            f"--trainer.logger.init_args.preset={self.opts.preset}",
             *self.opts.common_args,
         ]
 
@@ -230,10 +245,14 @@ class SeedRun:
         return fingerprint(step, args, files, CODE[step])
 
     def command_kwargs(self, command: str) -> dict[str, Any]:
-        """The ``--<command>.*`` options, with the W&B run named and grouped by preset and seed unless set."""
+        """The ``--<command>.*`` options; the W&B run in the pipeline's folder, its name starting with the preset,
+        and grouped across the seeds by the step and the pipeline's configuration (unless set)."""
         kwargs = dict(vars(self.opts[command]))
-        wandb, group = kwargs["wandb"], f"{self.opts.preset}-seed{self.seed}"
-        kwargs["wandb"] = replace(wandb, name=wandb.name or f"{command}-{group}", group=wandb.group or group)
+        wandb = kwargs["wandb"]
+        group = wandb.group or f"{self.opts.preset}-{command}-{pipeline_hash(self.opts)}"
+        kwargs["wandb"] = replace(
+            wandb, group=group, preset=wandb.preset or self.opts.preset, dir=wandb.dir or wandb_dir(self.opts.out)
+        )
         return kwargs
 
     def require(self, step: str, *paths: Path) -> None:
@@ -420,15 +439,16 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str], swee
 
 
 def mean_scalars(results: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Every evaluation scalar as the mean across seeds: ``<split>/<policy>/k<k>/<measure>/<scalar>``."""
+    """Every evaluation scalar as the mean across seeds, under the name the evaluation runs log it with
+    (ask_the_expert.results.metric_names: ``collab_<split>/<policy>/k<k>/<measure>/<scalar>``)."""
     values: dict[str, list[float]] = {}
     for r in results:
         evaluation = r["evaluation"]
         for row in evaluation["scalars"]:
-            prefix = f"{evaluation['split']}/{row['policy']}/k{row['k']}/{row['confidence']}"
             for key, value in row.items():
                 if key not in ("policy", "k", "confidence") and isinstance(value, int | float):
-                    values.setdefault(f"{prefix}/{key}", []).append(float(value))
+                    name = scalar_metric(evaluation["split"], row["policy"], row["k"], row["confidence"], key)
+                    values.setdefault(name, []).append(float(value))
     return {key: float(np.mean(v)) for key, v in values.items() if len(v) == len(results)}
 
 
@@ -436,27 +456,20 @@ def log_summary_run(
     opts: Namespace, results: Sequence[dict[str, Any]], summary: dict[str, Any], sweep: dict[str, str]
 ) -> None:
     """The pipeline's own W&B run: its configuration, the mean scalars and the findings (the module docstring)."""
-    options = opts.wandb
-    if resolve_wandb_mode(options.mode) == "disabled":
-        return
     # Under a sweep agent this run is the trial. The ids go in explicitly: wandb read its environment when the
     # steps' runs started (without them) and ignores later changes to it in this process.
     trial = {"sweep_id": sweep.get("WANDB_SWEEP_ID"), "sweep_param_path": sweep.get("WANDB_SWEEP_PARAM_PATH")}
-    logger = SuiteWandbLogger(
-        id=sweep.get("WANDB_RUN_ID"),
+    run_id = sweep.get("WANDB_RUN_ID") or new_run_id()
+    options = replace(opts.wandb, preset=opts.wandb.preset or opts.preset)
+    identity = command_identity(["pipeline"], pipeline_hash(opts), run_id, options.preset)
+    logger = command_logger(
+        options, opts.out, identity, run_id, job_type="pipeline", tags=["pipeline", opts.preset, opts.split],
         settings={k: v for k, v in trial.items() if v},
-        project=options.project,
-        save_dir=str(opts.out),
-        name=options.name or f"pipeline-{opts.preset}",
-        group=options.group or opts.preset,
-        job_type="pipeline",
-        tags=["pipeline", opts.preset, opts.split, *options.tags],
-        mode=options.mode,
-        require_online=options.require_online,
-    )
+    )  # fmt: skip
+    if logger is None:
+        return
     run = logger.experiment
-    keys = ("preset", "seeds", "split", "generalist_args", "common_args", "experts_config", "variants")
-    keys += ("progressive_args",)
+    keys = ("seeds", *CONFIGURATION_KEYS)
     run.config.update({k: opts[k] for k in keys} | {"header": summary["header"]}, allow_val_change=True)
     run.summary.update(mean_scalars(results))
     if summary["findings"]:

@@ -45,7 +45,6 @@ from typing import Literal
 import torch
 import wandb
 from jsonargparse import ActionConfigFile
-from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
@@ -53,11 +52,13 @@ from ask_the_expert.commands.train import SuiteCLI
 from ask_the_expert.method.stages import schedule_steps, static_step_budget
 from ask_the_expert.method.subsets import parse_partition_spec, save_partition
 from ask_the_expert.tracking.artifacts import log_checkpoint
-from ask_the_expert.utils.atomic import write_json_atomic
+from ask_the_expert.tracking.wandb_logger import wandb_dir
+from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
 from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions
+from callbacks.wandb_logging import config_beside, wandb_runs
 from lightning_modules.checkpoints import read_checkpoint
 
 Variant = Literal["progressive", "static", "static_init"]
@@ -143,13 +144,14 @@ def data_args(data: DataOptions) -> list[str]:
     ]
 
 
-def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
-    """ate-train's CLI, configured from ``cli_args`` and instantiated, without running a subcommand."""
+def suite_cli(cli_args: list[str], what: str = "this run", wandb_folder: str | None = None) -> SuiteCLI:
+    """ate-train's CLI, configured from ``cli_args`` and instantiated, without running a subcommand (its W&B runs
+    in ``wandb_folder`` unless the arguments name one)."""
     with warnings.catch_warnings():
         # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         try:
-            return SuiteCLI(args=cli_args, run=False, exit_on_error=False)
+            return SuiteCLI(args=cli_args, run=False, exit_on_error=False, wandb_folder=wandb_folder)
         except argparse.ArgumentError as err:
             raise SuiteError(
                 f"The arguments of {what} are not accepted: {' '.join(str(err).split())} Fix the config or the "
@@ -157,9 +159,10 @@ def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
             ) from None
 
 
-def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, float]:
-    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete."""
-    cli = suite_cli(cli_args)
+def run_training(cli_args: list[str], target: Path, test: bool, wandb_folder: str | None = None) -> dict[str, float]:
+    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete, with
+    its resolved config beside it (``<name>.config.yaml``) and as the run's ``model`` artifact."""
+    cli = suite_cli(cli_args, wandb_folder=wandb_folder)
     cli.check_inputs()
     trainer = cli.trainer
     began = time.perf_counter()
@@ -177,10 +180,10 @@ def run_training(cli_args: list[str], target: Path, test: bool) -> dict[str, flo
     metrics["global_step"] = trainer.global_step
     if trainer.is_global_zero:
         write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
+        write_text_atomic(config_beside(target), cli.parser.dump(cli.config, skip_none=False))
         os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
-        for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
-            if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
-                log_checkpoint(logger.experiment, target, cli.model.hparams)
+        for run in wandb_runs(trainer):
+            log_checkpoint(run, target, cli.model.hparams)
     if wandb.run is not None:  # the next run in this process must start its own W&B run
         wandb.finish()
     return metrics
@@ -194,6 +197,7 @@ class Job:
         self.job = job
         self.data = data
         self.out = Path(job.out)
+        self.wandb_folder = wandb_dir(self.out)  # every run of the job logs under <out>/wandb
         self.subsets = parse_partition_spec(job.partition)
         self.partition_file = self.out / "partition.json"
         self.base_checkpoint = self.out / "base" / "base.ckpt"
@@ -269,7 +273,9 @@ class Job:
             return
         self.base_checkpoint.parent.mkdir(parents=True, exist_ok=True)
         console.rule("stage 0 (base, all classes)")
-        run_training(self.args("base", self.base_checkpoint.parent), self.base_checkpoint, self.job.test)
+        run_training(
+            self.args("base", self.base_checkpoint.parent), self.base_checkpoint, self.job.test, self.wandb_folder
+        )
 
     def train_expert(self, variant: str, j: int) -> None:
         target = self.expert_checkpoint(variant, j)
@@ -279,7 +285,7 @@ class Job:
             steps = self.static_steps(variant, j)
             console.print(f"{variant} expert {j}: budget {steps} optimizer steps")
             args.append(f"--model.static_steps={steps}")
-        run_training(args, target, self.job.test)
+        run_training(args, target, self.job.test, self.wandb_folder)
 
     @staticmethod
     def planned(job: ExpertsJob) -> list[tuple[str, int]]:

@@ -22,6 +22,13 @@ from ask_the_expert.method.findings import points_text, value_text
 from ask_the_expert.method.policies import Report
 from ask_the_expert.method.routed_batch import FUSE_WEIGHTS
 from ask_the_expert.method.sweep import TOLERANCE as SWEEP_SLACK
+from ask_the_expert.results.metric_names import (
+    curve_glob,
+    curve_metric,
+    offload_step_metric,
+    scalar_metric,
+    split_prefix,
+)
 from ask_the_expert.results.plots import write_plots
 
 CURVE_COLUMNS = ("policy", "k", "confidence", "profile", "tau", "offload_ratio", "accuracy", *COST_KEYS)
@@ -225,19 +232,6 @@ OFFLOAD_GRID_PCT = np.arange(101)
 FINDING_COLUMNS = ("group", "claim", "a_label", "b_label", "a", "b", "difference", "low", "high", "verdict", "unit")
 
 
-def _metric_part(text: str) -> str:
-    # W&B nests history keys at "." (a profile called "a.b" would become two levels): keep names flat.
-    return str(text).replace(".", "_")
-
-
-def curve_metric(split: str, key: tuple[str, int, str], column: str, profile: str | None = None) -> str:
-    """W&B history name of one curve column: ``collab_<split>/curves/<policy>_k<k>_<measure>/<column>[/<profile>]``
-    (k = 0 for the policies without Top-k), so that one name means the same curve in every run."""
-    policy, k, measure = key
-    name = f"collab_{split}/curves/{policy}_k{k}_{_metric_part(measure)}/{column}"
-    return f"{name}/{_metric_part(profile)}" if profile else name
-
-
 def grid_indices(offload_ratio: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Per grid level, the curve point with the largest offload ratio <= the level
     (ask_the_expert.method.sweep.accuracy_at_offload's rule, with its slack), so a grid value never exceeds its offload
@@ -288,7 +282,7 @@ def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] =
     """
     import wandb
 
-    prefix = f"collab_{report.split}"
+    prefix = split_prefix(report.split)
     rows = curve_rows(report, max_points)
     media: dict[str, Any] = {
         f"{prefix}/curves": wandb.Table(columns=list(CURVE_COLUMNS), data=[[r[c] for c in CURVE_COLUMNS] for r in rows])
@@ -298,7 +292,7 @@ def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] =
     for path in plots:
         name = Path(path).stem
         media[f"{prefix}/plots/{name}"] = wandb.Image(str(path), caption=f"{report.split}: {name}")
-    step = f"{prefix}/offload_pct"
+    step = offload_step_metric(report.split)
     grid = curves_on_grid(report)
     history = [
         {step: int(level), **{name: float(values[i]) for name, values in grid.items()}}
@@ -313,15 +307,20 @@ def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] =
     summary.update({f"{prefix}/references/{name}": v for name, v in report.references.items()})
     summary.update({f"{prefix}/hit_rate/k{k}": v for k, v in report.hit_rates.items()})
     for s in report.scalars:
-        base = f"{prefix}/{s['policy']}/k{s['k']}/{s['confidence']}"
-        summary.update({f"{base}/{name}": v for name, v in s.items() if name not in ("policy", "k", "confidence")})
+        summary.update(
+            {
+                scalar_metric(report.split, s["policy"], s["k"], s["confidence"], name): v
+                for name, v in s.items()
+                if name not in ("policy", "k", "confidence")
+            }
+        )
     for p in report.operating_points:
         where = f"{p['policy']}/k{p['k']}/{p['confidence']}/{p['profile'] or 'no_profile'}"
         base = f"{prefix}/operating_point/{where}"
         summary.update({f"{base}/{c}": p[c] for c in CURVE_COLUMNS[4:]})
         for bname, red in p["reductions"].items():
             summary.update({f"{base}/reduction_vs_{bname}/{c}": v for c, v in red.items()})
-    return WandbPayload(step, f"{prefix}/curves/*", list(grid), media, history, _json_safe(summary))
+    return WandbPayload(step, curve_glob(report.split), list(grid), media, history, _json_safe(summary))
 
 
 def log_wandb(run: Any, payload: WandbPayload) -> None:

@@ -11,6 +11,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, auto_cli
 
 from ask_the_expert.utils.config_files import SuiteConfigFile
 from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.log_output import quiet_known_noise
 
 BAD_INPUT = 2
 
@@ -28,7 +29,9 @@ def bad_input_behind(err: BaseException | None) -> BadInput | None:
 
 def run_command(command: Callable[[], Any]) -> int:
     """Run ``command``; return its result if that is an exit code (an int), else 0. On bad input print the
-    message and return 2; any other exception is a bug and keeps its traceback."""
+    message and return 2; any other exception is a bug and keeps its traceback. Known noise is filtered first
+    (ask_the_expert.utils.log_output)."""
+    quiet_known_noise()
     try:
         code = command()
     except Exception as err:
