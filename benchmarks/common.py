@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: the command line, the data source, a quiet Trainer and timers.
+"""Helpers shared by the benchmark scripts: the command line, the data source, a quiet Trainer, timers and a
+closed-loop load generator.
 
 Every benchmark is a ``main(...)`` function with typed, documented keyword parameters, run through
 ``run_cli(main, __doc__)`` (jsonargparse ``auto_cli``): options are spelled with underscores, every command has
@@ -12,7 +13,9 @@ import atexit
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -136,3 +139,49 @@ def delivered_rate(loader: Iterable, batches: int, batch_size: int) -> float:
     for _ in range(batches):
         next(iterator)
     return batches * batch_size / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------- load
+def closed_loop(send: Callable[[int], None], concurrency: int, requests: int, seconds: float) -> dict[str, Any]:
+    """``concurrency`` threads each call ``send(worker)`` back to back until ``requests`` calls were started or
+    ``seconds`` passed (both bounds hold); requests/s and latency percentiles (ms) of the calls that returned,
+    and the failed ones counted by exception type."""
+    from deploy.client import percentiles
+
+    lock = threading.Lock()
+    started, latencies, errors, last_error = 0, [], Counter(), ""
+    deadline = time.perf_counter() + seconds
+
+    def worker(index: int) -> None:
+        nonlocal started, last_error
+        while True:
+            with lock:
+                if started >= requests or time.perf_counter() > deadline:
+                    return
+                started += 1
+            begin = time.perf_counter()
+            try:
+                send(index)
+            except Exception as exc:  # counted and reported: a load test measures failures too
+                with lock:
+                    errors[type(exc).__name__] += 1
+                    last_error = str(exc)[:300]
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - begin) * 1e3)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.perf_counter()) + 30)
+    wall = time.perf_counter() - begin
+    return {
+        "concurrency": concurrency,
+        "answered": len(latencies),
+        "errors": dict(errors),
+        "last_error": last_error,
+        "requests_per_s": round(len(latencies) / wall, 1),
+        **percentiles(latencies),
+    }

@@ -20,6 +20,7 @@ from pathlib import Path
 from common import REPO, fake_data_dir, run_cli
 
 from ask_the_expert.commands import pipeline
+from ask_the_expert.commands.pipeline_steps import MARKER
 from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions
@@ -27,27 +28,27 @@ from ask_the_expert.utils.options import DataOptions
 PRESET = REPO / "configs" / "experiments" / "gpu10.yaml"
 TARGET_SECONDS = 600
 # --fake: the preset's steps with models and schedules small enough for a CPU test.
-FAKE_OVERRIDES = [
-    "--data.batch_size=16",
-    "--data.num_workers=0",
-    "--data.device_resident=false",
-    "--model.embed_dim=16",
-    "--model.depth=6",  # the preset freezes 6 blocks in stage 2
-    "--model.num_heads=2",
-    "--trainer.max_epochs=1",
-    "--trainer.accelerator=cpu",
-    "--trainer.precision=32-true",
-    "--trainer.logger=false",
-    "--trainer.callbacks=[]",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
+FAKE_OVERRIDES = {
+    "data.batch_size": 16,
+    "data.num_workers": 0,
+    "data.device_resident": False,
+    "model.embed_dim": 16,
+    "model.depth": 6,  # the preset freezes 6 blocks in stage 2
+    "model.num_heads": 2,
+    "trainer.max_epochs": 1,
+    "trainer.accelerator": "cpu",
+    "trainer.precision": "32-true",
+    "trainer.logger": False,
+    "trainer.callbacks": [],
+    "trainer.enable_progress_bar": False,
+    "trainer.enable_model_summary": False,
+}
 
 
 def step_times(out: Path) -> dict[str, float]:
     """Seconds of every finished pipeline step (``seed_<s>/<step>/step.json``)."""
     times = {}
-    for marker in sorted(out.glob(f"seed_*/**/{pipeline.MARKER}")):
+    for marker in sorted(out.glob(f"seed_*/**/{MARKER}")):
         record = json.loads(marker.read_text())
         times[f"{marker.parts[-3]}/{record['step']}"] = record["seconds"]
     return times
@@ -85,7 +86,7 @@ def main(*, out: str, data: DataOptions = DataOptions(), fake: bool = False, for
     argv = ["--config", str(PRESET), "--out", str(folder / "pipeline"), "--data.data_dir", data.data_dir]
     argv += [f"--data.check_integrity={str(data.check_integrity).lower()}", f"--data.val_size={data.val_size}"]
     if fake:
-        argv += ["--common_args", json.dumps(FAKE_OVERRIDES), "--data.num_workers=0", "--evaluate.accelerator=cpu"]
+        argv += ["--common.overrides", json.dumps(FAKE_OVERRIDES), "--data.num_workers=0", "--evaluate.accelerator=cpu"]
         argv += ["--evaluate.precision=32-true", "--evaluate.wandb.mode=disabled", "--export.wandb.mode=disabled"]
     start = time.perf_counter()
     code = pipeline.main(argv)

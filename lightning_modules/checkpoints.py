@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from lightning import LightningModule
 
+from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.subsets import class_to_expert
 from ask_the_expert.models.vit_factory import architecture_mismatch
 from ask_the_expert.utils.errors import PartitionError, SuiteError
@@ -55,7 +56,7 @@ class CheckpointInfo:
 
     @property
     def num_classes(self) -> int:
-        return int(self.hparams.get("num_classes", 100))
+        return int(self.hparams.get("num_classes", NUM_CLASSES))
 
     def describe(self) -> str:
         return f"{self.option} {str(self.path)!r}"

@@ -16,7 +16,7 @@ from timm.optim import param_groups_weight_decay
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassStatScores
 
-from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, SUPERCLASSES
+from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from ask_the_expert.models.vit_factory import GlobalPool, Preset, Tokenizer, architecture_mismatch, create_vit
 from lightning_modules.lr_schedules import warmup_cosine
 
@@ -58,7 +58,7 @@ class ClassifierModule(LightningModule):
         arch: str = "vit_tiny",
         preset: Preset = "scratch32",
         pretrained_path: str | None = None,
-        num_classes: int = 100,
+        num_classes: int = NUM_CLASSES,
         embed_dim: int | None = None,
         depth: int | None = None,
         num_heads: int | None = None,

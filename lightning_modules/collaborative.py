@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ask_the_expert.method.deferral import DeferralRule
-from ask_the_expert.method.policies import BASELINE_SETS, merge_records
+from ask_the_expert.method.policies import merge_records
 from ask_the_expert.method.routed_batch import (
     FUSE_WEIGHTS,
     Records,
@@ -54,7 +54,9 @@ from ask_the_expert.method.router import (
     offload_mask,
     oracle_experts,
 )
+from ask_the_expert.method.stages import BASELINE_VARIANTS
 from ask_the_expert.method.subsets import class_to_expert
+from ask_the_expert.results.evaluation_outputs import forward_count_metric
 from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
 from lightning_modules.checkpoints import (
     CheckpointSpec,
@@ -106,12 +108,12 @@ class CollaborativeSystem(LightningModule):
         self.num_classes = int(num_classes)
         self.generalist = generalist
         self.experts = nn.ModuleList(experts)
-        unknown = sorted(set(baselines or {}) - set(BASELINE_SETS))
+        unknown = sorted(set(baselines or {}) - set(BASELINE_VARIANTS))
         if unknown:
-            raise SuiteError(f"Unknown baseline expert sets {unknown}; the sets are {sorted(BASELINE_SETS)}.")
+            raise SuiteError(f"Unknown baseline expert sets {unknown}; the sets are {sorted(BASELINE_VARIANTS)}.")
         self.baselines = nn.ModuleDict({name: nn.ModuleList(models) for name, (models, _) in (baselines or {}).items()})
         self.baseline_tables = {
-            name: _partition_table(subs, len(models), self.num_classes, BASELINE_SETS[name])
+            name: _partition_table(subs, len(models), self.num_classes, BASELINE_VARIANTS[name].title)
             for name, (models, subs) in (baselines or {}).items()
         }
         self.base = base
@@ -393,7 +395,7 @@ class CollaborativeSystem(LightningModule):
 
     def _log_forward_counts(self) -> None:
         for key in ("generalist", "expert", *(f"{name}_expert" for name in self.baselines), "base"):
-            self.log(f"eval/{key}_forwards", float(self.forward_counts[key]), reduce_fx="sum", sync_dist=True)
+            self.log(forward_count_metric(key), float(self.forward_counts[key]), reduce_fx="sum", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_forward_counts()

@@ -13,6 +13,11 @@ Fixtures and helpers other test files may rely on (keep the names stable):
   ``train.main(["fit", "-c", str(CONFIG_DIR / "generalist.yaml"), *cli_args(root), *tiny_model_args])``.
 - ``tiny_generalist_run`` (session): one finished tiny ``fit`` through configs/generalist.yaml, with the
   paths of its checkpoints and W&B run folder.
+- Deployment (session, shared by the bundle and the serving tests, so the bundle is exported once):
+  ``checkpoints`` (tiny random-init generalist and 4 experts, tests/deploy_helpers.py), ``val_data`` (the fake val
+  split, ``BUNDLE_VAL_SIZE`` images), ``images`` (those plus 28 noise images), ``tau`` (offloads about half of
+  ``images``) and ``bundle_dir`` (their bundle at ``BUNDLE_TEMPERATURE`` with ``BUNDLE_PROFILE`` and a Triton
+  model repository; treat as read-only, copy it to change it).
 """
 
 from __future__ import annotations
@@ -31,12 +36,17 @@ os.environ["OMP_NUM_THREADS"] = "1"
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
 from fake_cifar100 import write_fake_cifar100
 
 from ask_the_expert.method.costs import EdgeDevice, Link, NearEdgeDevice, Profile
+
+if TYPE_CHECKING:
+    from datamodules.cifar100 import LabelledImages
 
 torch.set_num_threads(1)
 
@@ -46,6 +56,9 @@ CONFIG_DIR = REPO_ROOT / "configs"
 TRAIN_PER_CLASS = 6
 TEST_PER_CLASS = 2
 TINY_MODEL_ARGS = ["--model.embed_dim", "16", "--model.depth", "1", "--model.num_heads", "2"]
+BUNDLE_PROFILE = CONFIG_DIR / "profiles" / "edge_arm_wifi.yaml"
+BUNDLE_TEMPERATURE = 1.5
+BUNDLE_VAL_SIZE = 100
 # A cost profile of round numbers, so that the tests' arithmetic can be done by hand.
 HAND_PROFILE = Profile(
     name="hand",
@@ -144,3 +157,55 @@ def tiny_generalist_run(fake_cifar_root: Path, tmp_path_factory: pytest.TempPath
     best = list(checkpoints[0].glob("best-*.ckpt"))
     assert len(best) == 1, best
     return TrainedRun(args, out_dir, checkpoints[0] / "last.ckpt", best[0], runs[0])
+
+
+# ------------------------------------------------------------------------------------------ deployment bundle
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    from deploy_helpers import write_tiny_checkpoints
+
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def val_data(fake_cifar_root: Path) -> LabelledImages:
+    from ask_the_expert.utils.options import DataOptions
+    from datamodules.cifar100 import labelled_images
+
+    options = DataOptions(data_dir=str(fake_cifar_root), check_integrity=False, val_size=BUNDLE_VAL_SIZE, num_workers=0)
+    return labelled_images(options, "val")
+
+
+@pytest.fixture(scope="session")
+def images(val_data: LabelledImages) -> np.ndarray:
+    """The fake val images plus uniform noise: uint8 (N, 32, 32, 3)."""
+    noise = np.random.default_rng(1).integers(0, 256, size=(28, 32, 32, 3), dtype=np.uint8)
+    return np.concatenate([val_data.images, noise])
+
+
+@pytest.fixture(scope="session")
+def tau(checkpoints: tuple[Path, list[Path]], images: np.ndarray) -> float:
+    """A threshold that offloads about half of ``images`` (between two of G's confidences)."""
+    from ask_the_expert.deploy.export import load_export_models, torch_logits
+    from ask_the_expert.method.router import RouterSpec, confidence, softmax
+    from datamodules.cifar100 import eval_tensors
+
+    g_logits = torch_logits(load_export_models(checkpoints[0], [], RouterSpec()).generalist, eval_tensors(images))
+    conf = np.sort(confidence(softmax(g_logits, BUNDLE_TEMPERATURE), "max_prob"))
+    return float((conf[len(conf) // 2 - 1] + conf[len(conf) // 2]) / 2)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(
+    checkpoints: tuple[Path, list[Path]], val_data: LabelledImages, tau: float, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    from ask_the_expert.deploy.export import export_bundle
+    from ask_the_expert.method.costs import load_profile
+    from ask_the_expert.method.router import RouterSpec
+
+    out = tmp_path_factory.mktemp("bundles") / "b1"
+    g, experts = checkpoints
+    routing = RouterSpec(tau=tau, temperature=BUNDLE_TEMPERATURE)
+    profile = load_profile(BUNDLE_PROFILE)
+    export_bundle(g, experts, out, routing=routing, data=val_data, profile=profile, triton=True, batch_size=64)
+    return out

@@ -23,15 +23,28 @@ def save_checkpoint(module: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def write_tiny_checkpoints(folder: Path, superclasses_per_expert: int = 5) -> tuple[Path, list[Path]]:
+def write_tiny_checkpoints(
+    folder: Path, superclasses_per_expert: int = 5, model_args: dict | None = None
+) -> tuple[Path, list[Path]]:
     """(generalist.ckpt, [expert_<j>.ckpt]) of tiny ViTs with different seeds (default: 4 experts of 5
-    superclasses each)."""
+    superclasses each); ``model_args`` replace the tiny shape (e.g. a conv tokenizer)."""
     folder.mkdir(parents=True, exist_ok=True)
+    shape = model_args or TINY
     torch.manual_seed(0)
-    generalist = save_checkpoint(ClassifierModule(**TINY), folder / "generalist.ckpt")
+    generalist = save_checkpoint(randomise_norm_statistics(ClassifierModule(**shape)), folder / "generalist.ckpt")
     experts = []
     for j, subset in enumerate(superclass_partition(superclasses_per_expert)):
         torch.manual_seed(j + 1)
-        module = ExpertModule(subset=subset, expert_index=j, partition=superclasses_per_expert, **TINY)
-        experts.append(save_checkpoint(module, folder / f"expert_{j}.ckpt"))
+        module = ExpertModule(subset=subset, expert_index=j, partition=superclasses_per_expert, **shape)
+        experts.append(save_checkpoint(randomise_norm_statistics(module), folder / f"expert_{j}.ckpt"))
     return generalist, experts
+
+
+def randomise_norm_statistics(module: torch.nn.Module) -> torch.nn.Module:
+    """Batch-norm running statistics away from their initial 0 / 1, as training leaves them (so an export that
+    dropped or mis-folded them would show); a no-op for models without batch norm."""
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    return module

@@ -10,9 +10,10 @@ import pytest
 from conftest import CONFIG_DIR, REPO_ROOT, TINY_MODEL_ARGS
 
 from ask_the_expert.commands import pipeline, train_experts
+from ask_the_expert.commands.train import suite_cli
 from ask_the_expert.method.costs import load_profile
 from ask_the_expert.utils.config_files import config_dir, find_config
-from ask_the_expert.utils.fingerprint import code_version, source_closure
+from ask_the_expert.utils.fingerprint import code_text, code_version, source_closure
 
 tomllib = pytest.importorskip("tomllib")
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -32,7 +33,9 @@ def test_the_installed_packages_are_the_library_and_the_user_folders() -> None:
 
 
 def test_every_command_is_a_console_script_with_one_prefix() -> None:
-    commands = {path.stem for path in (REPO_ROOT / "ask_the_expert" / "commands").glob("*.py")} - {"__init__"}
+    # a command module has a main(); its helpers (the pipeline's steps) have none
+    folder = REPO_ROOT / "ask_the_expert" / "commands"
+    commands = {path.stem for path in folder.glob("*.py") if "\ndef main(" in path.read_text(encoding="utf-8")}
     assert {target.split(":")[0].rsplit(".", 1)[1] for target in SCRIPTS.values()} == commands
     assert all(name.startswith("ate-") for name in SCRIPTS)
 
@@ -66,15 +69,15 @@ def test_configs_presets_and_profiles_from_another_directory(
     assert load_profile("configs/profiles/edge_arm_wifi.yaml").name
     # an experts config through the -c action, and the configs it names
     job, _ = train_experts.parse_job(["--config", "configs/experiments/mini_experts.yaml"])
-    assert all(Path(c).is_file() for c in [*job.base_config, *job.progressive_config, *job.common_config])
+    assert all(Path(c).is_file() for kind in train_experts.RUN_KINDS for c in job.run_of(kind).configs)
     # a preset: the configs and profiles named inside its YAML
     parser = pipeline.build_parser()
     opts = parser.instantiate(parser.parse_args(["-c", "configs/experiments/mini.yaml"]))
     pipeline.find_configs(opts)
-    paths = [*opts.generalist_config, opts.experts_config, *opts.evaluate.profiles, opts.export.profile]
+    paths = [*opts.generalist.configs, opts.experts_config, *opts.evaluate.profiles, opts.export.profile]
     assert all(Path(p).is_file() for p in paths), paths
     # a training run's LightningCLI with -c configs/... (built, nothing trained)
-    cli = train_experts.suite_cli(
+    cli = suite_cli(
         ["-c", "configs/generalist.yaml", "-c", "configs/trainer/cpu.yaml", "--data.data_dir", str(fake_cifar_root),
          "--trainer.logger=false", *TINY_MODEL_ARGS]
     )  # fmt: skip
@@ -89,3 +92,14 @@ def test_code_version_follows_imports_from_any_directory(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert code_version(["ask_the_expert.commands.evaluate"]) == here
     assert code_version(["ask_the_expert.commands.partition"]) != here
+
+
+def test_the_code_fingerprint_ignores_docstrings_and_comments(tmp_path: Path) -> None:
+    source = tmp_path / "step.py"
+    source.write_text('"""A step."""\n\n\ndef run(x: int) -> int:\n    """Help text."""\n    return x + 1  # why\n')
+    before = code_text(source)
+    source.write_text('"""A step, better described."""\n\n\ndef run(x: int) -> int:\n    """Other help."""\n'
+                      "    # a new comment\n    return x + 1\n")  # fmt: skip
+    assert code_text(source) == before
+    source.write_text('"""A step."""\n\n\ndef run(x: int) -> int:\n    """Help text."""\n    return x + 2\n')
+    assert code_text(source) != before

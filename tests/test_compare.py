@@ -12,11 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_plots import synthetic_records, synthetic_report
+from synthetic_evaluation import synthetic_records, synthetic_report
 
 from ask_the_expert.commands import compare
 from ask_the_expert.method.stats import resample_counts
-from ask_the_expert.results.evaluation_outputs import read_records_csv, write_outputs
+from ask_the_expert.results.evaluation_outputs import (
+    curve_metric,
+    offload_step_metric,
+    read_records_csv,
+    write_outputs,
+)
+from ask_the_expert.utils.errors import SuiteError
 
 N = 200
 FLIPPED = 20  # samples whose routed k=1 answer run "b" corrects: +10 points all offloaded, exactly
@@ -188,7 +194,30 @@ def test_an_unreachable_wandb_api_is_a_clear_error(folders, tmp_path: Path, caps
     code = compare.main(["--runs", f"[{folders['a']}, {folders['b']}]", "--out", str(out), "--wandb_runs", "[e/p/r]"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "Could not reach the W&B API (Max retries exceeded" in err and not out.exists()
-    assert compare.parse_curve_metric("collab_val/curves/static_init_k3_max_prob/accuracy", "val") == (
-        "static_init", 3, "max_prob",
-    )  # fmt: skip
-    assert compare.parse_curve_metric("collab_val/curves/routed_k3_max_prob/latency_ms/p", "val") is None
+
+
+def test_wandb_curves_are_looked_up_by_the_names_the_evaluation_logs(monkeypatch) -> None:
+    import wandb
+
+    wanted = ("static_init", 3, "max_prob")
+    accuracy = curve_metric("val", wanted, "accuracy")
+    latency = curve_metric("val", wanted, "latency_ms", "p")
+    step = offload_step_metric("val")
+    rows = [{step: level, accuracy: 0.5 + level / 1000, latency: 1.0} for level in (50, 0, 100)]
+
+    class Api:
+        def __init__(self, timeout: int) -> None:
+            pass
+
+        def run(self, path: str):
+            return type("Run", (), {"scan_history": lambda self: iter(rows)})()
+
+    monkeypatch.setattr(compare, "has_wandb_credentials", lambda: True)
+    monkeypatch.setattr(wandb, "Api", Api)
+    curves = compare.wandb_curves(["e/p/r"], "val", [wanted, ("routed", 1, "max_prob")])
+    x, y = curves["e/p/r"][wanted]
+    assert list(curves["e/p/r"]) == [wanted]  # a curve the run did not log is not made up
+    np.testing.assert_allclose(x, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(y, [0.5, 0.55, 0.6])
+    with pytest.raises(SuiteError, match="none of the compared curves"):
+        compare.wandb_curves(["e/p/r"], "val", [("routed", 1, "max_prob")])

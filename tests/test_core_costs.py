@@ -9,7 +9,9 @@ import pytest
 import yaml
 from conftest import HAND_PROFILE as PROFILE
 
+from ask_the_expert.method.breakeven import profile_fields
 from ask_the_expert.method.costs import (
+    QUANTITIES,
     baseline_costs,
     load_profile,
     mean_costs_for_offload_count,
@@ -123,7 +125,29 @@ def test_profile_errors_list_all_problems_at_once(tmp_path):
         "link.uplink_mpbs (unknown field)",
     ):
         assert field in msg, field
-    assert "missing fields: edge.power_idle_w" in msg
+    assert "missing fields: edge.latency_ms.medium, edge.power_idle_w, link.rtt_ms" in msg
+
+
+def test_each_field_is_declared_once_and_drives_checks_keys_construction_and_serialisation():
+    written = profile_to_dict(PROFILE)
+    numbers = {f"{s}.{k}" for s, sec in written.items() if isinstance(sec, dict) for k in sec if k != "latency_ms"}
+    assert numbers == set(QUANTITIES) and set(QUANTITIES) <= set(profile_fields(PROFILE))
+    assert QUANTITIES["link.rtt_ms"].label == "round-trip time (ms)"
+    for name, quantity in QUANTITIES.items():
+        section, key = name.split(".")
+        bad = _profile_dict()
+        bad[section][key] = -1  # below every rule's range
+        with pytest.raises(ProfileError, match=rf"{name} = -1 \(must be >?=? ?0|{name} = -1 \(must be > 0"):
+            profile_from_dict(bad)
+        absent = _profile_dict()
+        del absent[section][key]
+        if quantity.rule == "int0":  # the byte counts have defaults
+            assert getattr(getattr(profile_from_dict(absent), section), key) in (3072, 8)
+        else:
+            with pytest.raises(ProfileError, match=f"missing fields: .*{name}"):
+                profile_from_dict(absent)
+        value = profile_from_dict(written)
+        assert type(getattr(getattr(value, section), key)) is (int if quantity.rule == "int0" else float)
 
 
 def test_profile_missing_sections_and_file(tmp_path):

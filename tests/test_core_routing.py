@@ -75,7 +75,7 @@ def test_confidence_measures_hand_computed():
     assert np.allclose(confidence(probs, "margin"), [0.2, 0.0, 1.0])
     h0 = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))
     assert np.allclose(confidence(probs, "entropy"), [1 - h0 / math.log(4), 0.0, 1.0])
-    assert CONFIDENCE_MEASURES == ("max_prob", "margin", "entropy")
+    assert tuple(CONFIDENCE_MEASURES) == ("max_prob", "margin", "entropy")
 
 
 def test_confidence_unknown_measure_lists_valid():

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from synthetic_evaluation import random_policy
 
 from ask_the_expert.method.stats import (
     Interval,
@@ -22,12 +23,6 @@ from ask_the_expert.method.stats import (
 )
 from ask_the_expert.method.sweep import accuracy_at_offload, area_under_curve, sweep_thresholds
 from ask_the_expert.utils.errors import RoutingError, SuiteError
-
-
-def _case(n, seed):
-    rng = np.random.default_rng(seed)
-    conf = np.round(rng.random(n), 2)  # many ties
-    return conf, rng.random(n) < 0.6, rng.random(n) < 0.8
 
 
 def test_resample_counts_shape_sums_and_determinism():
@@ -86,7 +81,7 @@ def test_weighted_mean_refuses_bad_inputs():
 
 def test_counts_of_ones_reproduce_sweep_exactly():
     for seed, n in ((0, 1), (1, 9), (2, 500)):
-        conf, loc, off = _case(n, seed)
+        conf, loc, off = random_policy(n, seed)
         curve = sweep_thresholds(conf, loc, off)
         x, y = weighted_curves(conf, loc, off, np.ones((2, n), dtype=np.int32))
         for b in range(2):
@@ -97,7 +92,7 @@ def test_counts_of_ones_reproduce_sweep_exactly():
 
 
 def test_area_under_is_the_area_of_the_exact_sweep():
-    conf, loc, off = _case(400, 7)
+    conf, loc, off = random_policy(400, 7)
     curve = sweep_thresholds(conf, loc, off)
     x, y = weighted_curves(conf, loc, off, np.ones((1, 400), dtype=np.int64))
     lo = curve["accuracy"][0]
@@ -108,7 +103,7 @@ def test_area_under_is_the_area_of_the_exact_sweep():
 
 
 def test_one_resample_matches_sweep_on_expanded_samples():
-    conf, loc, off = _case(300, 11)
+    conf, loc, off = random_policy(300, 11)
     counts = resample_counts(300, 100, seed=5)
     x, y = weighted_curves(conf, loc, off, counts)
     assert np.all(x[:, 0] == 0) and np.all(x[:, -1] == 1)
@@ -137,7 +132,7 @@ def test_weighted_curves_large_case_is_fast_enough():
 
 
 def test_offload_to_reach_brute_force_and_per_resample_targets():
-    conf, loc, off = _case(200, 3)
+    conf, loc, off = random_policy(200, 3)
     counts = resample_counts(200, 100, seed=2)
     x, y = weighted_curves(conf, loc, off, counts)
     targets = y[:, -1] - 0.01
@@ -205,7 +200,7 @@ def test_mean_std():
 
 
 def test_curve_functions_refuse_bad_inputs():
-    conf, loc, off = _case(10, 0)
+    conf, loc, off = random_policy(10, 0)
     with pytest.raises(RoutingError, match="counts"):
         weighted_curves(conf, loc, off, np.ones((2, 9), dtype=np.int64))
     with pytest.raises(RoutingError, match="counts"):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from conftest import HAND_PROFILE as PROFILE
+from synthetic_evaluation import random_policy
 
 from ask_the_expert.method.costs import baseline_costs, mean_costs_for_offload_count
 from ask_the_expert.method.sweep import (
@@ -25,15 +26,9 @@ from ask_the_expert.utils.errors import RoutingError
 # Per sample with this profile: latency 10 + o * 10 ms, system energy 50 + o * 223 mJ.
 
 
-def _random_case(n, seed):
-    rng = np.random.default_rng(seed)
-    conf = np.round(rng.random(n), 2)  # many ties
-    return conf, rng.random(n) < 0.6, rng.random(n) < 0.8
-
-
 def test_sweep_matches_brute_force_with_ties():
     for seed, n in ((0, 1), (1, 7), (2, 300), (3, 2000)):
-        conf, loc, off = _random_case(n, seed)
+        conf, loc, off = random_policy(n, seed)
         curve = sweep_thresholds(conf, loc, off)
         taus = curve["tau"]
         assert np.all(np.diff(taus) > 0)
@@ -153,7 +148,7 @@ def test_operating_point_rules():
 
 
 def test_apply_threshold_reproduces_sweep_points():
-    conf, loc, off = _random_case(500, 7)
+    conf, loc, off = random_policy(500, 7)
     curve = add_costs(sweep_thresholds(conf, loc, off), PROFILE)
     for i in (0, 5, len(curve["tau"]) // 2, len(curve["tau"]) - 1):
         applied = apply_threshold(conf, loc, off, curve["tau"][i], profile=PROFILE)

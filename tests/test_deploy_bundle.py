@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from deploy_helpers import write_tiny_checkpoints
+from conftest import BUNDLE_PROFILE, BUNDLE_TEMPERATURE, BUNDLE_VAL_SIZE, REPO_ROOT
 
 from ask_the_expert.commands.deploy import main
 from ask_the_expert.deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE, ROUTER_FILE, BundleError
@@ -21,66 +21,26 @@ from ask_the_expert.deploy.export import ExportError, export_bundle, load_export
 from ask_the_expert.deploy.model_card import profile_status
 from ask_the_expert.deploy.profile_bundle import profile_bundle, write_profile
 from ask_the_expert.deploy.runtime import Bundle, EdgeRuntime, ImageError, NearEdgeRuntime, combine, preprocess
+from ask_the_expert.deploy.triton_repo import TRITON_FOLDER
 from ask_the_expert.deploy.verify import verify_bundle
-from ask_the_expert.deploy.wire import OffloadRequest, RequestError
+from ask_the_expert.deploy.wire import ExpertAnswer, OffloadRequest, RequestError
 from ask_the_expert.method.costs import load_profile
 from ask_the_expert.method.policies import deployable_tau
 from ask_the_expert.method.routed_batch import route_batch
-from ask_the_expert.method.router import RouterSpec, confidence, offload_mask, softmax
+from ask_the_expert.method.router import RouterSpec, offload_mask
 from ask_the_expert.method.subsets import class_to_expert, superclass_partition
 from ask_the_expert.method.sweep import sweep_thresholds
 from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
 from ask_the_expert.utils.hashing import file_sha256
-from ask_the_expert.utils.options import DataOptions
-from datamodules.cifar100 import LabelledImages, eval_tensors, labelled_images
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PROFILE = REPO_ROOT / "configs" / "profiles" / "edge_arm_wifi.yaml"
-TEMPERATURE = 1.5
-VAL_SIZE = 100
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
+from datamodules.cifar100 import LabelledImages, eval_tensors
 
 
 def _data_args(root: Path) -> list[str]:
     """The ``--data.*`` options of a small val split of the fake CIFAR-100 folder."""
     return [
-        "--data.data_dir", str(root), "--data.check_integrity", "false", "--data.val_size", str(VAL_SIZE),
+        "--data.data_dir", str(root), "--data.check_integrity", "false", "--data.val_size", str(BUNDLE_VAL_SIZE),
         "--data.num_workers", "0",
     ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def val_data(fake_cifar_root: Path) -> LabelledImages:
-    options = DataOptions(data_dir=str(fake_cifar_root), check_integrity=False, val_size=VAL_SIZE, num_workers=0)
-    return labelled_images(options, "val")
-
-
-@pytest.fixture(scope="module")
-def images(val_data) -> np.ndarray:
-    """The fake val images plus uniform noise: uint8 (N, 32, 32, 3)."""
-    noise = np.random.default_rng(1).integers(0, 256, size=(28, 32, 32, 3), dtype=np.uint8)
-    return np.concatenate([val_data.images, noise])
-
-
-@pytest.fixture(scope="module")
-def tau(checkpoints, images) -> float:
-    """A threshold that offloads about half of ``images`` (between two of G's confidences)."""
-    g_logits = torch_logits(load_export_models(checkpoints[0], [], RouterSpec()).generalist, eval_tensors(images))
-    conf = np.sort(confidence(softmax(g_logits, TEMPERATURE), "max_prob"))
-    return float((conf[len(conf) // 2 - 1] + conf[len(conf) // 2]) / 2)
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(checkpoints, val_data, tau, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "b1"
-    g, experts = checkpoints
-    routing = RouterSpec(tau=tau, temperature=TEMPERATURE)
-    export_bundle(g, experts, out, routing=routing, data=val_data, profile=load_profile(PROFILE), batch_size=64)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -123,27 +83,39 @@ def _assert_decisions_are_the_core_policy(edge, logits: np.ndarray, spec: Router
 # ----------------------------------------------------------------------------------------------- export
 def test_export_writes_a_complete_self_contained_bundle(bundle_dir, checkpoints, tau):
     g, experts = checkpoints
-    files = sorted(p.name for p in bundle_dir.iterdir())
+    top = sorted(p.name for p in bundle_dir.iterdir())
     expected = ["generalist.onnx", *(f"expert_{j}.onnx" for j in range(4)), ROUTER_FILE, MANIFEST_FILE, MODEL_CARD_FILE]
-    assert files == sorted(expected)
+    assert top == sorted([*expected, TRITON_FOLDER])
+    files = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()}
     manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
-    assert set(manifest["files"]) == set(files) - {MANIFEST_FILE}  # the model card is listed too
+    assert set(manifest["files"]) == files - {MANIFEST_FILE}  # the model card and the Triton repository too
+    assert {f"{TRITON_FOLDER}/expert_{j}/1/model.onnx" for j in range(4)} < files
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == file_sha256(bundle_dir / name)
         assert entry["bytes"] == (bundle_dir / name).stat().st_size
     assert manifest["sources"]["generalist"]["sha256"] == file_sha256(g)
     assert [e["sha256"] for e in manifest["sources"]["experts"]] == [file_sha256(p) for p in experts]
     assert {"torch", "timm", "onnx"} <= set(manifest["versions"])
+    modules = [
+        load_export_models(g, [], RouterSpec()).generalist,
+        *load_export_models(g, experts, RouterSpec()).experts,
+    ]
+    params = [sum(p.numel() for p in m.model.parameters()) for m in modules]
+    assert [m["parameters"] for m in manifest["models"].values()] == params
+    assert list(manifest["models"]) == expected[:5] and all(
+        m["latency_ms_batch1"] > 0 for m in manifest["models"].values()
+    )
+    assert manifest["triton_repository"] == TRITON_FOLDER
     evaluation = manifest["evaluation"]
-    assert evaluation["num_samples"] == VAL_SIZE and len(evaluation["experts"]) == 4
+    assert evaluation["num_samples"] == BUNDLE_VAL_SIZE and len(evaluation["experts"]) == 4
     assert evaluation["collaboration"]["tau"] == tau
-    spec = RouterSpec(k=1, confidence="max_prob", temperature=TEMPERATURE, tau=tau)
+    spec = RouterSpec(k=1, confidence="max_prob", temperature=BUNDLE_TEMPERATURE, tau=tau)
     assert manifest["routing"] == {**spec.to_dict(), "temperature_source": "given"}
-    base = load_profile(PROFILE)
+    base = load_profile(BUNDLE_PROFILE)
     assert manifest["profile"] == {"name": base.name, "description": base.description}
     router = json.loads((bundle_dir / ROUTER_FILE).read_text())
     assert [e["subset"] for e in router["experts"]] == superclass_partition(5)
-    assert router["routing"] == {**router["routing"], "k": 1, "tau": tau, "temperature": TEMPERATURE}
+    assert router["routing"] == {**router["routing"], "k": 1, "tau": tau, "temperature": BUNDLE_TEMPERATURE}
     assert router["routing"] == spec.to_dict()
     assert len(router["classes"]["names"]) == 100 and len(router["classes"]["superclass_names"]) == 20
 
@@ -151,9 +123,17 @@ def test_export_writes_a_complete_self_contained_bundle(bundle_dir, checkpoints,
 def test_model_card_names_the_routing_and_the_assumed_profile(bundle_dir, tau):
     card = (bundle_dir / MODEL_CARD_FILE).read_text(encoding="utf-8")
     assert card.startswith("# Model card")
-    assert f"< tau = {tau}" in card and f"softmax(logits / {TEMPERATURE:.4g})" in card
+    assert f"< tau = {tau:.4g} (router.json holds the exact value)" in card
+    assert (
+        f"softmax(logits / {BUNDLE_TEMPERATURE:.4g})" in card
+        and "answer: an offloaded image gets the chosen expert's" in card
+    )
+    manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
+    for name, info in manifest["models"].items():
+        assert f"| `{name}` | " in card and f"| {info['parameters']:,} | {info['latency_ms_batch1']:.3g} ms |" in card
+    assert "tritonserver --model-repository <this folder>/triton" in card and "ate-deploy serve" in card
     assert "temperature: given" in card
-    name = load_profile(PROFILE).name
+    name = load_profile(BUNDLE_PROFILE).name
     assert f"`{name}`: ASSUMED numbers, not measurements" in card and "MEASURED" not in card
     assert card.count("| expert |") == 1 and all(f"\n| {j} | 25: " in card for j in range(4))
 
@@ -178,7 +158,7 @@ def test_runtime_matches_collaborative_system(bundle, checkpoints, images, tau):
     g, experts = checkpoints
     models = load_export_models(g, experts, bundle.router.routing)
     system = models.system
-    system.set_temperature(TEMPERATURE)
+    system.set_temperature(BUNDLE_TEMPERATURE)
     system.tau = tau
     x = eval_tensors(images)
     ref = system.predict_step((x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x))))
@@ -197,7 +177,7 @@ def test_runtime_matches_collaborative_system(bundle, checkpoints, images, tau):
 
 def test_runtime_decisions_are_the_core_routing_policy(bundle, images, tau):
     result = bundle.predict(images)
-    spec = RouterSpec(k=1, confidence="max_prob", temperature=TEMPERATURE, tau=tau)
+    spec = RouterSpec(k=1, confidence="max_prob", temperature=BUNDLE_TEMPERATURE, tau=tau)
     assert bundle.router.routing == spec
     table = class_to_expert(superclass_partition(5))  # built here, not read from the bundle
     _assert_decisions_are_the_core_policy(result.edge, result.edge.logits, spec, table)
@@ -245,10 +225,19 @@ def test_verify_command_reports_parity_on_val(bundle_dir, fake_cifar_root, capsy
 def test_verify_accuracy_equals_simulation_and_fails_on_a_loose_tolerance_breach(bundle_dir, val_data):
     report = verify_bundle(bundle_dir, val_data, batch_size=32)
     assert report["passed"] and report["accuracy_bundle"] == report["accuracy_simulated"]
-    assert report["num_samples"] == VAL_SIZE and 0 < report["offload_ratio"] < 1
+    assert report["num_samples"] == BUNDLE_VAL_SIZE and 0 < report["offload_ratio"] < 1
     assert report["decision_mismatches"] == 0
     few = LabelledImages(val_data.images[:16], val_data.labels[:16], val_data.indices[:16], "val")
     assert not verify_bundle(bundle_dir, few, atol=-1.0)["passed"]  # no tolerance can be met
+
+
+def test_verify_compares_every_expert_even_when_nothing_is_offloaded(bundle_copy, val_data):
+    _rewrite_router(bundle_copy, lambda r: r["routing"].update(tau=0.0))  # no confidence is below 0
+    few = LabelledImages(val_data.images[:16], val_data.labels[:16], val_data.indices[:16], "val")
+    report = verify_bundle(bundle_copy, few, batch_size=8)
+    assert report["offload_ratio"] == 0.0 and report["experts_checked"] == "4 of 4" and report["passed"]
+    assert report["max_abs_logit_diff_experts"] > 0  # expert logits were really compared (float32 vs torch)
+    assert not verify_bundle(bundle_copy, few, atol=1e-12, batch_size=8)["passed"]
 
 
 # ------------------------------------------------------------------------------ edge / near-edge split
@@ -259,13 +248,29 @@ def test_edge_and_near_edge_halves_equal_the_single_call(bundle_dir, bundle, ima
     result = edge.run(images, send=send)
     request = OffloadRequest.from_bytes(result.request.to_bytes())  # over the wire
     assert len(request) == int(result.offloaded.sum()) > 0
-    split = combine(result, near.answer(request))
+    sent = near.answer(request)
+    answer = ExpertAnswer.from_bytes(sent.to_bytes())  # and back
+    for field in ("indices", "experts", "logits", "predictions"):
+        np.testing.assert_array_equal(getattr(answer, field), getattr(sent, field))
+    split = combine(result, answer)
     single = bundle.predict(images)
     np.testing.assert_array_equal(split.predictions, single.predictions)
     np.testing.assert_array_equal(split.answered_by, single.answered_by)
     np.testing.assert_array_equal(split.confidences, single.confidences)
     with pytest.raises(RequestError, match="does not match"):
         combine(edge.run(images[:5], send=send), near.answer(request))
+
+
+@pytest.mark.parametrize("message", [OffloadRequest, ExpertAnswer])
+def test_unreadable_wire_messages_are_refused_with_a_clear_error(message):
+    with pytest.raises(RequestError, match=rf"Cannot read the {message.__name__} .*{message.__name__}.to_bytes"):
+        message.from_bytes(b"not an npz archive")
+
+
+def test_an_expert_answer_missing_an_array_is_refused():
+    incomplete = OffloadRequest(np.arange(2), np.zeros(2, dtype=np.int64)).to_bytes()  # no logits, no predictions
+    with pytest.raises(RequestError, match=r"KeyError.*logits"):
+        ExpertAnswer.from_bytes(incomplete)
 
 
 def test_edge_machine_needs_only_the_edge_files(bundle_copy, images):
@@ -307,7 +312,7 @@ def test_predict_command_reads_a_config_and_a_split(bundle_dir, bundle, fake_cif
     assert printed.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["bundle"] == str(bundle_dir) and config["split"] == "val"
-    assert config["data"]["val_size"] == VAL_SIZE and config["data"]["check_integrity"] is False
+    assert config["data"]["val_size"] == BUNDLE_VAL_SIZE and config["data"]["check_integrity"] is False
     (tmp_path / "predict.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "val.csv"
     assert main(["predict", "-c", str(tmp_path / "predict.yaml"), "--limit", "10", "--out", str(out)]) == 0
@@ -490,7 +495,7 @@ def test_export_print_config_shows_the_parsed_options(checkpoints, tmp_path, cap
 def test_generalist_only_bundle_answers_everything_locally(checkpoints, images, tmp_path):
     out = tmp_path / "g_only"
     args = ["export", "--generalist", str(checkpoints[0]), "--out", str(out), "--torch_export", "true"]
-    assert main([*args, "--evaluate_on", "none", "--profile", str(PROFILE)]) == 0
+    assert main([*args, "--evaluate_on", "none", "--profile", str(BUNDLE_PROFILE)]) == 0
     bundle = Bundle.load(out)  # verifies the torch.export program's hash too
     assert "generalist.pt2" in bundle.manifest["files"] and MODEL_CARD_FILE in bundle.manifest["files"]
     assert bundle.manifest["routing"]["temperature_source"] == "default" and bundle.manifest["evaluation"] is None
@@ -509,7 +514,7 @@ def test_generalist_only_bundle_answers_everything_locally(checkpoints, images, 
 
 # ------------------------------------------------------------------------------------------- profiling
 def test_profiler_writes_a_profile_that_load_profile_accepts(bundle_dir, tmp_path):
-    base = load_profile(PROFILE)
+    base = load_profile(BUNDLE_PROFILE)
     profile = profile_bundle(bundle_dir, base, batch_size=4, warmup=1, repeats=3)
     path = write_profile(profile, tmp_path / "measured.yaml")
     loaded = load_profile(path)
@@ -527,10 +532,20 @@ def test_profiler_writes_a_profile_that_load_profile_accepts(bundle_dir, tmp_pat
 
 def test_profile_command_measures_one_section_and_keeps_the_other(bundle_dir, tmp_path, capsys):
     out = tmp_path / "edge.yaml"
-    args = ["profile", "--bundle", str(bundle_dir), "--base", str(PROFILE), "--out", str(out), "--section", "edge"]
+    args = [
+        "profile",
+        "--bundle",
+        str(bundle_dir),
+        "--base",
+        str(BUNDLE_PROFILE),
+        "--out",
+        str(out),
+        "--section",
+        "edge",
+    ]
     quick = ["--batch_size", "2", "--warmup", "0", "--repeats", "2", "--max_experts", "1"]
     assert main([*args, *quick]) == 0
-    measured, base = load_profile(out), load_profile(PROFILE)
+    measured, base = load_profile(out), load_profile(BUNDLE_PROFILE)
     assert measured.near_edge == base.near_edge
     assert measured.edge.latency_ms["medium"] == measured.meta["measured_edge"]["models"]["expert_0.onnx"]["batch1_ms"]
     assert main([*args, "--batch_size", "2"]) == 2  # exists, no --force

@@ -7,66 +7,46 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import CONFIG_DIR
+from conftest import CONFIG_DIR, REPO_ROOT, TrainedRun
 
 from ask_the_expert.commands import train, train_experts
 
-RUN_ARGS = [
-    "--data.check_integrity=false",
-    "--data.val_size=100",
-    "--data.batch_size=16",
-    "--data.num_workers=0",
-    "--model.embed_dim=16",
-    "--model.depth=2",
-    "--model.num_heads=2",
-    "--trainer.logger=false",
-    "--trainer.callbacks=[]",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
-PROGRESSIVE = (
-    "--model.stages=[{epochs: 1, lr: 1.0e-3, rho: 0.5}, "
-    "{epochs: 1, lr: 1.0e-4, rho: 0.8, frozen_blocks: 1, kd_weight: 0.5}]"
-)
+EXPERTS = REPO_ROOT / "tests" / "conf" / "experts_tiny.yaml"
+# What a test's train.py runs add after a model config: tiny and quiet runs on the generated folder.
+TINY_RUN = ["-c", str(REPO_ROOT / "tests" / "conf" / "tiny_runs.yaml"), "--trainer.logger=false"]
 
 
-def job_config(tmp_path: Path, data_dir: Path) -> Path:
-    config = {
-        "out": str(tmp_path / "out"),
-        "partition": 10,  # 2 experts of 10 superclasses
-        "variants": ["progressive", "static", "static_init"],
-        "base_config": [str(CONFIG_DIR / "base.yaml")],
-        "progressive_config": [str(CONFIG_DIR / "expert.yaml")],
-        "static_config": [str(CONFIG_DIR / "expert_static.yaml")],
-        "common_config": [str(CONFIG_DIR / "trainer" / "cpu.yaml")],
-        "data": {"data_dir": str(data_dir), "check_integrity": False, "val_size": 100},
-        "args": RUN_ARGS,
-        "base_args": ["--trainer.max_epochs=1"],
-        "progressive_args": [PROGRESSIVE],
-        "static_args": ["--model.stages=[{epochs: 1, lr: 1.0e-3, rho: 1.0}]"],
-        "test": False,
-    }
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)  # the fixtures name their configs relative to the repository
 
 
-def test_train_all_experts_then_resume_without_retraining(fake_cifar_root: Path, tmp_path: Path) -> None:
-    config = job_config(tmp_path, fake_cifar_root)
+@pytest.fixture
+def job_args(fake_cifar_root: Path, tiny_generalist_run: TrainedRun, tmp_path: Path) -> list[str]:
+    """ate-train-experts on tests/conf/experts_tiny.yaml (2 experts of 10 superclasses, every variant, R_j from the
+    session's tiny generalist), logging nothing, on the generated folder."""
+    return [
+        "--config", str(EXPERTS), "--out", str(tmp_path / "out"), "--common.overrides", "{trainer.logger: false}",
+        "--generalist_checkpoint", str(tiny_generalist_run.best_ckpt),
+        "--data.data_dir", str(fake_cifar_root), "--data.check_integrity", "false", "--data.val_size", "100",
+    ]  # fmt: skip
+
+
+def test_train_all_experts_then_resume_without_retraining(job_args: list[str], tmp_path: Path) -> None:
+    args = job_args
     out = tmp_path / "out"
     base = out / "base" / "base.ckpt"
     variants = ("progressive", "static", "static_init")
     ckpt = {(m, j): out / m / f"expert_{j}.ckpt" for m in variants for j in (0, 1)}
 
     # A first job that stops after one expert, as if it had been killed.
-    assert train_experts.main(["--config", str(config), "--max_experts", "1"]) == 0
+    assert train_experts.main([*args, "--max_experts", "1"]) == 0
     assert base.is_file() and ckpt["progressive", 0].is_file()
     assert [p for k, p in ckpt.items() if p.is_file()] == [ckpt["progressive", 0]]
     assert not list(out.rglob("*.tmp*"))
     done = {p: p.stat().st_mtime_ns for p in (base, ckpt["progressive", 0])}
 
-    assert train_experts.main(["--config", str(config)]) == 0
+    assert train_experts.main(args) == 0
     assert all(p.is_file() for p in ckpt.values())
     assert {p: p.stat().st_mtime_ns for p in done} == done  # nothing retrained
 
@@ -97,12 +77,12 @@ def test_the_readmes_partition_argument_is_a_number_of_superclasses_per_expert()
 
 
 def test_a_truncated_generalist_checkpoint_is_refused_before_stage_0(
-    fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    job_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     truncated = tmp_path / "g.ckpt"
     truncated.write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    config = job_config(tmp_path, fake_cifar_root)
-    assert train_experts.main(["--config", str(config), "--generalist_checkpoint", str(truncated)]) == 2
+    args = [*job_args, "--generalist_checkpoint", str(truncated)]
+    assert train_experts.main(args) == 2
     err = capsys.readouterr().err
     assert "--generalist_checkpoint" in err and "not a readable Lightning checkpoint" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -116,15 +96,14 @@ def test_a_truncated_generalist_checkpoint_is_refused_before_stage_0(
         (["--parallel", "2"], "GPUs"),
         (["--variants", "[progressive, mixed]"], "variants"),
         (["--generalist_checkpoint", "missing.ckpt"], "does not exist"),
-        (["--progressive_args", '["--model.stages=[{epochs: 1, rho: 2.0}]"]'], "outside [0, 1]"),
-        (["--static_args", "[--model.no_such_option=1]"], "no_such_option"),
+        (["--progressive.overrides", "{model.stages: [{epochs: 1, rho: 2.0}]}"], "outside [0, 1]"),
+        (["--static.overrides", "{model.no_such_option: 1}"], "no_such_option"),
     ],
 )
 def test_train_experts_bad_input_exits_2(
-    fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+    job_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
-    config = job_config(tmp_path, fake_cifar_root)
-    assert train_experts.main(["--config", str(config), *extra]) == 2
+    assert train_experts.main([*job_args, *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -136,7 +115,7 @@ def test_train_experts_bad_input_exits_2(
         (["--model.stages=[]"], "empty"),
         (["--model.stages=[{epochs: 1, rho: 2.0}]"], "outside [0, 1]"),
         (["--model.stages=[{epochs: -2}]"], "epochs=-2"),
-        (["--model.stages=[{epochs: 1, frozen_blocks: 5}]"], "model has 2"),
+        (["--model.stages=[{epochs: 1, frozen_blocks: 5}]"], "model has 1"),
         (["--model.expert_index=30"], "out of range"),
         (["--model.partition=[[0], [1]]"], "do not partition"),
     ],
@@ -144,7 +123,8 @@ def test_train_experts_bad_input_exits_2(
 def test_train_py_refuses_bad_expert_config(
     fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
-    args = ["fit", "-c", str(CONFIG_DIR / "expert.yaml"), f"--data.data_dir={fake_cifar_root}", *RUN_ARGS]
+    args = ["fit", "-c", str(CONFIG_DIR / "expert.yaml"), *TINY_RUN, f"--data.data_dir={fake_cifar_root}"]
+    args += ["--data.check_integrity=false", "--data.val_size=100"]
     code = train.main([*args, f"--trainer.default_root_dir={tmp_path / 'out'}", *extra])
     assert code == 2
     assert message in capsys.readouterr().err

@@ -41,8 +41,12 @@ LAYERS = [
 ]
 # The torch-free half of deploy: what runs on the edge device and the near-edge box.
 RUNTIME = tuple(
-    f"ask_the_expert.deploy.{name}" for name in ("bundle_format", "wire", "runtime", "profile_bundle", "model_card")
-)
+    f"ask_the_expert.deploy.{name}"
+    for name in (
+        "bundle_format", "wire", "runtime", "profile_bundle", "model_card",
+        "serve_contract", "serve", "serve_process", "client", "triton_repo",
+    )
+)  # fmt: skip
 # Library modules above the callbacks' own layer that one callback may use, and why. Anything else from results or
 # deploy (formats, the runtime, the report) is not a callback's business.
 CALLBACK_USES = {

@@ -11,6 +11,7 @@ import torch
 from conftest import REPO_ROOT
 
 from ask_the_expert.commands import partition, pipeline
+from ask_the_expert.commands.pipeline_steps import MARKER
 from ask_the_expert.method.subsets import load_partition, validate_partition
 
 TINY = REPO_ROOT / "tests" / "conf" / "pipeline_tiny.yaml"
@@ -74,4 +75,4 @@ def test_the_pipeline_learns_the_groups_and_trains_the_experts_on_them(
     expert = torch.load(out / "seed_0" / "experts" / "progressive" / "expert_1.ckpt", weights_only=False)
     assert expert["hyper_parameters"]["partition"] == {"subsets": learned}
     assert expert["hyper_parameters"]["subset"] == learned[1]
-    assert json.loads((out / "seed_0" / "partition" / pipeline.MARKER).read_text())["step"] == "partition"
+    assert json.loads((out / "seed_0" / "partition" / MARKER).read_text())["step"] == "partition"

@@ -10,6 +10,7 @@ import pytest
 from conftest import CONFIG_DIR, REPO_ROOT
 
 from ask_the_expert.commands import pipeline, train_experts
+from ask_the_expert.commands.pipeline_steps import MARKER, SeedRun
 
 TINY = REPO_ROOT / "tests" / "conf" / "pipeline_tiny.yaml"
 PRESETS = sorted(p for p in (CONFIG_DIR / "experiments").glob("*.yaml") if "experts_config" in p.read_text())
@@ -27,13 +28,13 @@ def run(data_dir: Path, out: Path, *extra: str) -> int:
 def markers(out: Path) -> dict[str, str]:
     """Fingerprint of every finished step (from its completion marker)."""
     found = {}
-    for path in sorted(out.rglob(pipeline.MARKER)):
+    for path in sorted(out.rglob(MARKER)):
         found[str(path.parent.relative_to(out))] = json.loads(path.read_text())["fingerprint"]
     return found
 
 
 def finished_at(out: Path) -> dict[str, int]:
-    return {str(p.parent.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob(pipeline.MARKER)}
+    return {str(p.parent.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob(MARKER)}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
@@ -41,8 +42,13 @@ def test_every_pipeline_preset_parses_and_names_existing_configs(preset: Path) -
     parser = pipeline.build_parser()
     opts = parser.instantiate(parser.parse_args(["--config", str(preset)]))
     job = train_experts.load_job(opts.experts_config)
-    configs = [*opts.generalist_config, *job.base_config, *job.progressive_config, *job.static_config]
-    assert all(Path(c).is_file() for c in [*configs, *job.common_config]), configs
+    configs = [*opts.generalist.found().configs, *(c for k in train_experts.RUN_KINDS for c in job.run_of(k).configs)]
+    assert all(Path(c).is_file() for c in configs), configs
+    # Typed settings, no command lines inside the YAML: every override is an option name with a value.
+    overrides = {**opts.generalist.overrides, **opts.common.overrides}
+    overrides |= {k: v for kind in train_experts.RUN_KINDS for k, v in job.run_of(kind).overrides.items()}
+    assert not [k for k in overrides if k.startswith("-") or " " in k], overrides
+    assert all(isinstance(s, dict) for s in job.progressive.overrides.get("model.stages", [{}])), job.progressive
     assert opts.preset == preset.stem
     assert all(Path(p).is_file() for p in opts.evaluate.profiles or [])
 
@@ -80,15 +86,15 @@ def test_pipeline_runs_reuses_fresh_steps_and_reruns_exactly_what_changed(fake_c
     assert summary["k_values"] == [1]
 
     # A generalist argument changed: the generalist reruns ...
-    changed = ["--evaluate.k", "[1]", "--generalist_args", "[--model.lr=5.0e-4]"]
+    changed = ["--evaluate.k", "[1]", "--generalist.overrides", "{model.lr: 5.0e-4}"]
     assert run(fake_cifar_root, out, *changed, "--steps", "[generalist]") == 0
     again = finished_at(out)
     assert [k for k in again if again[k] != after[k]] == ["seed_0/generalist"]
     # ... and every step that reads its checkpoint is stale now (their recorded input hash no longer matches).
     parser = pipeline.build_parser()
     argv = ["--config", str(TINY), "--data.data_dir", str(fake_cifar_root), "--out", str(out), *changed]
-    seed_run = pipeline.SeedRun(parser.instantiate(parser.parse_args(argv)), 0)
-    assert {s: seed_run.fresh(s, seed_run.step_record(s)) for s in ("generalist", "experts", "evaluate", "export")} == {
+    seed_run = SeedRun(parser.instantiate(parser.parse_args(argv)), 0)
+    assert {step.name: step.fresh(step.record()) for step in seed_run.steps} == {
         "generalist": True, "experts": False, "evaluate": False, "export": False
     }  # fmt: skip
 

@@ -16,6 +16,7 @@ from conftest import REPO_ROOT
 from test_collaborative_callback import read_wandb_records, wandb_run_content
 
 from ask_the_expert.commands import pipeline
+from ask_the_expert.commands.pipeline_steps import SeedRun
 
 TINY = REPO_ROOT / "tests" / "conf" / "pipeline_tiny.yaml"
 HASH = "[0-9a-f]{6}"
@@ -69,12 +70,10 @@ def named(runs: dict[str, dict], pattern: str) -> dict:
 @pytest.fixture(scope="module")
 def tiny_pipeline_runs(fake_cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("wandb_pipeline") / "tiny"
-    tiny = yaml.safe_load(TINY.read_text())
     # The fixture's training runs log nothing; here they log offline like a user's run without credentials.
-    common = [a for a in tiny["common_args"] if a != "--trainer.logger=false"]
-    common.append("--trainer.logger.init_args.mode=offline")
     argv = ["--config", str(TINY), "--data.data_dir", str(fake_cifar_root), "--out", str(out)]
-    argv += ["--common_args", json.dumps(common), "--variants", "[progressive, static]", "--wandb.mode", "offline"]
+    argv += ["--common.overrides", "{trainer.logger.init_args.mode: offline}"]
+    argv += ["--variants", "[progressive, static]", "--wandb.mode", "offline"]
     argv += ["--evaluate.wandb.mode", "offline", "--export.wandb.mode", "offline"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO_ROOT)
@@ -197,13 +196,16 @@ def test_each_sweep_trial_command_parses_and_changes_only_the_progressive_stages
     # The command the agent runs: its macros expanded, --key=value for the trial's parameter (wandb_agent.py).
     argv = [a for a in sweep["command"] if a not in ("${env}", "${interpreter}", "${program}", "${args}")]
     argv[argv.index("--data.data_dir") + 1] = str(fake_cifar_root)
-    argv.append(f"--{name}={value}")
+    argv.append(f"--{name}={value}")  # the agent formats the value as Python prints it (wandb sweeps utils)
     parser = pipeline.build_parser()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO_ROOT)
         opts = parser.instantiate(parser.parse_args(argv))
         pipeline.check_options(opts)  # every training run's CLI builds, the trial's stage list included
-        job = pipeline.SeedRun(opts, 0).job
-    assert job.variants == ["progressive"] and job.progressive_args[-1] == value
-    preset = pipeline.SeedRun(parser.instantiate(parser.parse_args(argv[:-1])), 0).job
-    assert job.progressive_args[:-1] == preset.progressive_args and job.static_args == preset.static_args
+        job = SeedRun(opts, 0).job
+        preset = SeedRun(parser.instantiate(parser.parse_args(argv[:-1])), 0).job
+    assert job.variants == ["progressive"] and job.progressive.overrides["model.stages"] == value["model.stages"]
+    assert {k: v for k, v in job.progressive.overrides.items() if k != "model.stages"} == {
+        k: v for k, v in preset.progressive.overrides.items() if k != "model.stages"
+    }
+    assert job.static == preset.static and job.base == preset.base and job.common == preset.common

@@ -1,12 +1,6 @@
-"""ask_the_expert/results/plots.py and the report writers of ask_the_expert/results/evaluation_outputs.py on a synthetic
-evaluation (numpy only, fast): every PNG is written and readable, the colour / line-style mapping, the reliability
-diagram's ECEs, the expert load, the superclass confusion, summary.json's new fields, the W&B grid curves and the
-findings table.
-
-``synthetic_records`` (also used by tests/test_compare.py) builds records with every column
-``CollaborativeSystem.evaluation_records`` writes, routed by ask_the_expert.method.policies.route_batch on random
-logits.
-"""
+"""ask_the_expert/results/plots.py and the results store ask_the_expert/results/evaluation_outputs.py on a synthetic
+evaluation (tests/synthetic_evaluation.py): every PNG is written and readable, the colour / line-style mapping,
+summary.json's fields, reading a folder back, the W&B grid curves and the findings table."""
 
 from __future__ import annotations
 
@@ -18,13 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from rich.console import Console
+from synthetic_evaluation import K_VALUES, synthetic_records, synthetic_report
 
-from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE
-from ask_the_expert.method.costs import load_profile
-from ask_the_expert.method.policies import LEARNED, Report, evaluate_policies
-from ask_the_expert.method.routed_batch import FUSE_WEIGHTS, generalist_records, route_batch
-from ask_the_expert.method.router import oracle_experts
-from ask_the_expert.method.subsets import class_to_expert, superclass_partition
+from ask_the_expert.method.policies import LEARNED, POLICIES, Report
 from ask_the_expert.method.sweep import accuracy_at_offload
 from ask_the_expert.results.evaluation_outputs import (
     OFFLOAD_GRID_PCT,
@@ -32,65 +22,22 @@ from ask_the_expert.results.evaluation_outputs import (
     curve_metric,
     curves_on_grid,
     findings_table,
+    is_complete,
     plot_files,
+    read_evaluation,
+    read_summary,
+    require_complete,
     summary_dict,
     write_outputs,
 )
 from ask_the_expert.results.plots import (
-    FAMILY_COLOURS,
     curve_style,
-    expected_calibration_error,
-    expert_load,
+    family_colour,
     k_linestyle,
     plot_superclass_confusion,
-    reliability_variants,
     shown_curves,
-    superclass_confusion,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-PROFILES = [REPO / "configs/profiles/edge_arm_wifi.yaml", REPO / "configs/profiles/edge_jetson_ethernet.yaml"]
-K_VALUES = (1, 2, 3, 5)
-TEMPERATURE = 1.7
-
-
-def synthetic_records(n: int = 240, seed: int = 0, first_index: int = 0) -> dict[str, np.ndarray]:
-    """Records of a 4-expert evaluation (superclass_partition(5)) with static, static_init and base answers: G is
-    right where its logit boost lands, experts mostly right on their own classes, wrong elsewhere."""
-    rng = np.random.default_rng(seed)
-    table = class_to_expert(superclass_partition(5))
-    labels = rng.integers(0, 100, n)
-    logits = rng.normal(0.0, 1.0, (n, 100))
-    logits[np.arange(n), labels] += rng.uniform(0.0, 6.0, n)  # confident and right, or unsure and often wrong
-    routed = route_batch(logits, TEMPERATURE, K_VALUES, ["max_prob", "margin"], table, 4)
-    rec = generalist_records(routed, labels, np.arange(first_index, first_index + n))
-    oracle = oracle_experts(labels, table)
-
-    def answers(expert: np.ndarray, skill: float) -> np.ndarray:
-        right = (expert == oracle) & (rng.random(n) < skill)
-        return np.where(right, labels, rng.integers(0, 100, n))
-
-    g_top1 = rec["g_topk_classes"][:, 0]
-    for k in K_VALUES:
-        rec[f"expert_k{k}"] = routed.experts[k]
-        rec[f"pred_k{k}"] = answers(routed.experts[k], 0.9)
-        # Fused answers: the expert's below weight 0.5, G's above (the weight is fitted on these records).
-        rec[f"fused_k{k}"] = np.stack([rec[f"pred_k{k}"] if w < 0.5 else g_top1 for w in FUSE_WEIGHTS], axis=1)
-        for name, skill in (("static", 0.7), ("static_init", 0.5)):
-            rec[f"{name}_expert_k{k}"] = routed.experts[k]
-            rec[f"{name}_pred_k{k}"] = answers(routed.experts[k], skill)
-    rec["oracle_expert"], rec["pred_oracle"] = oracle, answers(oracle, 0.9)
-    for name, skill in (("static", 0.7), ("static_init", 0.5)):
-        rec[f"{name}_pred_oracle"] = answers(oracle, skill)
-    rec["pred_base"] = np.where(rng.random(n) < 0.6, labels, rng.integers(0, 100, n))
-    return rec
-
-
-def synthetic_report(records: dict[str, np.ndarray], profiles: bool = True) -> Report:
-    loaded = [load_profile(p) for p in PROFILES] if profiles else []
-    report = evaluate_policies(records, loaded, resamples=100)
-    report.meta = {"temperature": TEMPERATURE, "bootstrap": {"resamples": 100}}
-    return report
+from ask_the_expert.utils.errors import SuiteError
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +75,8 @@ def test_one_colour_per_family_and_one_style_per_k(evaluation) -> None:
     keys = list(report.curves)
     styles = {key: curve_style(key, report.k_values) for key in keys}
     families = {key[0] for key in keys}
-    assert families == set(FAMILY_COLOURS)  # every family was evaluated, static_init included
-    assert len({FAMILY_COLOURS[f] for f in families}) == len(families)
+    assert families == set(POLICIES)  # every registered policy was evaluated, static_init included
+    assert len({family_colour(f) for f in families}) == len(families)
     for a in keys:
         for b in keys:
             assert (styles[a].color == styles[b].color) == (a[0] == b[0]), (a, b)
@@ -150,63 +97,29 @@ def test_one_colour_per_family_and_one_style_per_k(evaluation) -> None:
     assert len(shown) == len(set(shown)) == 4 + 6 + 2
 
 
-def direct_ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    total = 0.0
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        inside = (confidence >= lo) & ((confidence < hi) if b < bins - 1 else (confidence <= hi))
-        if inside.any():
-            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(total)
-
-
-def test_reliability_eces_equal_a_direct_computation(evaluation) -> None:
-    report, records = evaluation
-    conf, correct = np.array([0.05, 0.15, 0.95, 1.0]), np.array([0, 1, 1, 1])
-    # Hand check: bins 0, 1 and 9 (1.0 falls in the last): (0.05 + 0.85) / 4 + (2 / 4) * 0.025.
-    assert expected_calibration_error(conf, correct) == pytest.approx(0.2375, abs=1e-12)
-    variants = reliability_variants(report, records)
-    right = records["g_topk_classes"][:, 0] == records["label"]
-    before = direct_ece(records["g_max_prob_t1"].astype(np.float64), right)
-    after = direct_ece(records["g_topk_probs"][:, 0].astype(np.float64), right)
-    assert [v[0].split(" (")[0] for v in variants] == ["before scaling", "after scaling"]
-    assert variants[0][2] == pytest.approx(before, abs=1e-9) and variants[1][2] == pytest.approx(after, abs=1e-9)
-    assert f"T = {TEMPERATURE:.3g}" in variants[1][0]
-    assert before != pytest.approx(after, abs=1e-3)  # scaling at T = 1.7 changes the calibration
-    without = {k: v for k, v in records.items() if k != "g_max_prob_t1"}  # older records: only the scaled G
-    assert len(reliability_variants(report, without)) == 1
-
-
-def test_expert_load_is_the_share_of_offloaded_samples_at_the_operating_point(evaluation) -> None:
-    report, records = evaluation
-    load = expert_load(report, records)
-    assert sorted(load) == list(K_VALUES)
-    for k, entry in load.items():
-        point = next(
-            p for p in report.operating_points
-            if (p["policy"], p["k"], p["confidence"], p["profile"]) == ("routed", k, "max_prob", "edge_arm_wifi")
-        )  # fmt: skip
-        offloaded = records["conf_max_prob"].astype(np.float64) < point["tau"]
-        assert entry["offload_ratio"] == pytest.approx(point["offload_ratio"], abs=1e-12)
-        if offloaded.any():
-            expected = [np.mean(records[f"expert_k{k}"][offloaded] == j) for j in range(4)]
-            np.testing.assert_allclose(entry["shares"], expected, atol=1e-12)
-            assert entry["shares"].sum() == pytest.approx(1.0)
-
-
-def test_superclass_confusion_is_row_normalised_and_skipped_beyond_cifar(evaluation, tmp_path: Path) -> None:
-    labels = np.array([0, 0, 1, 4])  # fine 0 (apple) and 1 -> superclass 4 and 1; fine 4 (beaver) -> 0
-    preds = np.array([0, 57, 1, 30])  # 57 (pear) is fruit too; 30 (dolphin) an aquatic mammal like the beaver
-    matrix = superclass_confusion(labels, preds)
-    assert matrix.shape == (20, 20)
-    assert matrix[FINE_TO_COARSE[0], FINE_TO_COARSE[0]] == 1.0 and matrix[1, 1] == 1.0 and matrix[0, 0] == 1.0
-    np.testing.assert_allclose(matrix.sum(axis=1)[[0, 1, 4]], 1.0)
-    assert matrix.sum() == pytest.approx(3.0)  # empty rows stay zero
-    assert superclass_confusion(np.array([0, 100]), np.array([0, 1])) is None
+def test_the_superclass_confusion_is_skipped_beyond_cifar(evaluation, tmp_path: Path) -> None:
     report, records = evaluation
     wide = {**records, "label": records["label"] + 100}  # 200-class labels: the 20 superclasses do not apply
     assert plot_superclass_confusion(report, wide, tmp_path / "confusion.png") is None  # write_plots skips it
     assert not list(tmp_path.iterdir())
+
+
+def test_a_written_folder_reads_back_and_an_unfinished_one_is_refused(evaluation, tmp_path: Path) -> None:
+    report, records = evaluation
+    folder = write_outputs(report, records, tmp_path / "val")
+    results = read_evaluation(folder)
+    assert results.split == "val" and results.measures == report.measures
+    assert results.summary == json.loads((folder / "summary.json").read_text())
+    assert results.fitted.fuse_weight == report.fitted.fuse_weight
+    for column in ("index", "label", "pred_k3", "static_init_pred_oracle", "g_topk_classes", "fused_k2"):
+        np.testing.assert_array_equal(results.records[column], records[column])
+    np.testing.assert_allclose(results.records["g_features"], records["g_features"], rtol=1e-6)
+    next(folder.glob("plots/*.png")).unlink()  # a file the completion marker lists is gone
+    assert not is_complete(folder)
+    with pytest.raises(SuiteError, match="lacks files its marker lists"):
+        read_summary(folder)
+    with pytest.raises(SuiteError, match="It holds evaluation splits: pass"):
+        require_complete(tmp_path)
 
 
 def test_summary_json_serialises_the_new_report_fields(evaluation) -> None:

@@ -8,7 +8,14 @@ import pytest
 import timm
 import torch
 
-from ask_the_expert.models.vit_factory import architecture_mismatch, create_vit
+from ask_the_expert.models.vit_factory import (
+    ARCHS,
+    VitArch,
+    architecture_mismatch,
+    create_vit,
+    register_arch,
+    resolved_architecture,
+)
 from ask_the_expert.utils.errors import SuiteError
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2)
@@ -115,3 +122,21 @@ def test_an_unset_shape_means_the_arch_default_when_checkpoints_are_compared():
     assert architecture_mismatch(config, smaller) == {
         "embed_dim": (384, 96), "depth": (12, 4), "num_heads": (6, 3), "patch_size": (4, 8),
     }  # fmt: skip
+
+
+def test_adding_an_arch_is_one_registered_function() -> None:
+    @register_arch
+    def vit_micro() -> VitArch:
+        """A toy arch: 32-dim, 2 blocks, 2 heads, built on timm's ViT-Tiny."""
+        return VitArch("vit_tiny_patch16_224", "deit_tiny_patch16_224", embed_dim=32, depth=2, num_heads=2)
+
+    try:
+        model = create_vit("vit_micro", "scratch32", tokenizer="conv", patch_size=8)
+        assert (model.vit.embed_dim, len(model.vit.blocks), model.vit.blocks[0].attn.num_heads) == (32, 2, 2)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+        built = resolved_architecture({"arch": "vit_micro", "preset": "scratch32", "tokenizer": "conv"})
+        assert (built["embed_dim"], built["depth"], built["num_heads"], built["patch_size"]) == (32, 2, 2, 4)
+    finally:
+        ARCHS.pop("vit_micro")
+    with pytest.raises(SuiteError, match=r"unknown --model\.arch 'vit_micro'"):
+        create_vit("vit_micro")

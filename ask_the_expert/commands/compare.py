@@ -37,14 +37,14 @@ from rich.table import Table
 
 from ask_the_expert.method.findings import points_text, value_text
 from ask_the_expert.method.policies import (
-    CURVE_POLICIES,
     LEARNED,
-    Fitted,
+    POLICIES,
     PolicyData,
     policy_inputs,
     record_layout,
     routing_hits,
 )
+from ask_the_expert.method.router import RANDOM
 from ask_the_expert.method.stats import (
     MIN_RESAMPLES,
     accuracy_at,
@@ -53,8 +53,13 @@ from ask_the_expert.method.stats import (
     resample_counts,
     weighted_curves,
 )
-from ask_the_expert.results.evaluation_outputs import COMPLETE_FILE, is_complete, read_records_csv
-from ask_the_expert.results.metric_names import curve_glob, offload_step_metric, parse_curve_accuracy
+from ask_the_expert.results.evaluation_outputs import (
+    EvaluationResults,
+    curve_metric,
+    offload_step_metric,
+    read_evaluation,
+    require_complete,
+)
 from ask_the_expert.results.plots import k_linestyle, percent_axis
 from ask_the_expert.tracking.wandb_logger import has_wandb_credentials
 from ask_the_expert.utils.atomic import atomic_folder
@@ -82,23 +87,33 @@ RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 
 @dataclass
 class Run:
-    """One evaluation folder: its records, summary and the sweep inputs recomputed from them."""
+    """One evaluation folder as read back (ask_the_expert.results.evaluation_outputs) and the sweep inputs recomputed
+    from it."""
 
     label: str
-    folder: Path
-    records: dict[str, np.ndarray]
-    summary: dict[str, Any]
+    results: EvaluationResults
     inputs: dict[Key, PolicyData]
     curves: dict[Key, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
+    def folder(self) -> Path:
+        return self.results.folder
+
+    @property
+    def records(self) -> dict[str, np.ndarray]:
+        return self.results.records
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.results.summary
+
+    @property
     def split(self) -> str:
-        return str(self.summary.get("split", "?"))
+        return self.results.split
 
     @property
     def primary(self) -> str:
-        measures = self.summary.get("confidence_measures") or [k[2] for k in self.inputs]
-        return str(measures[0])
+        return (self.results.measures or [k[2] for k in self.inputs])[0]
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
@@ -113,20 +128,6 @@ def default_labels(folders: Sequence[Path]) -> list[str]:
         trail += 1
     labels = ["/".join(p[lead : len(p) - trail]) for p in parts]
     return labels if all(labels) and len(set(labels)) == len(labels) else [f"run{i}" for i in range(len(folders))]
-
-
-def check_folder(folder: Path) -> None:
-    """Refuse a folder that is not a finished evaluation split folder (ate-evaluate's OUT/<split>/)."""
-    missing = [n for n in ("records.csv", "summary.json", COMPLETE_FILE) if not (folder / n).is_file()]
-    if not folder.is_dir() or missing or not is_complete(folder):
-        hint = ""
-        if folder.is_dir() and any((folder / s / COMPLETE_FILE).is_file() for s in ("val", "test")):
-            hint = f" It holds evaluation splits: pass {folder / 'val'} or {folder / 'test'}."
-        what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing) or 'files its marker lists'}"
-        raise SuiteError(
-            f"{str(folder)!r} is not a finished evaluation folder: it {what}. Pass the split folders ate-evaluate "
-            f"writes (OUT/val or OUT/test, with records.csv, summary.json and complete.json).{hint}"
-        )
 
 
 def check_arguments(
@@ -145,24 +146,15 @@ def check_arguments(
         raise SuiteError(f"The run labels must be distinct and non-empty, got {names}.")
     if bootstrap < MIN_RESAMPLES:
         raise SuiteError(f"--bootstrap must be >= {MIN_RESAMPLES} resamples for a 95 % interval, got {bootstrap}.")
-    unknown = sorted(set(policies or ()) - set(CURVE_POLICIES))
+    unknown = sorted(set(policies or ()) - set(POLICIES))
     if unknown:
-        raise SuiteError(f"Unknown policies {unknown} in --policies; the curve policies are {list(CURVE_POLICIES)}.")
+        raise SuiteError(f"Unknown policies {unknown} in --policies; the curve policies are {list(POLICIES)}.")
     for r in runs:
-        check_folder(Path(r))
+        require_complete(Path(r))
     resolved = {Path(r).resolve() for r in runs}
     if out.resolve() in resolved or any(p in out.resolve().parents for p in resolved):
         raise SuiteError(f"--out {str(out)!r} lies inside an evaluation folder; choose a folder of its own.")
     return names
-
-
-def fitted_from_summary(summary: Mapping[str, Any]) -> Fitted | None:
-    """The fused weights and deferral rules an evaluation applied (summary.json "fitted"), None when absent."""
-    raw = summary.get("fitted")
-    if not isinstance(raw, Mapping):
-        return None
-    weights = {int(k): float(w) for k, w in (raw.get("fuse_weight") or {}).items()}
-    return Fitted(fuse_weight=weights, deferral=dict(raw.get("deferral") or {}))
 
 
 def load_run(folder: Path, label: str, random_seed: int = 0) -> Run:
@@ -173,17 +165,13 @@ def load_run(folder: Path, label: str, random_seed: int = 0) -> Run:
     applying the saved rule would score it in sample, so they are refitted here exactly as evaluate_policies does
     (deterministic: the same fused weights, the same cross-fitted confidences), and checked against summary.json.
     """
-    summary = json.loads((folder / "summary.json").read_text())
-    try:
-        records = read_records_csv(folder / "records.csv")
-    except (KeyError, ValueError, IndexError) as err:
-        raise SuiteError(f"{str(folder / 'records.csv')!r} is not a readable records file ({err}).") from None
-    saved = fitted_from_summary(summary)
-    on_own_samples = summary.get("split") == "val"
-    inputs, fitted = policy_inputs(records, random_seed, None if on_own_samples or saved is None else saved)
+    results = read_evaluation(folder)
+    saved = results.fitted
+    on_own_samples = results.split == "val"
+    inputs, fitted = policy_inputs(results.records, random_seed, None if on_own_samples or saved is None else saved)
     if on_own_samples and saved is not None and saved.fuse_weight and fitted.fuse_weight != saved.fuse_weight:
         _warn(f"{folder}: refitted fused weights {fitted.fuse_weight} differ from summary.json's {saved.fuse_weight}.")
-    run = Run(label, folder, records, summary, {p.key: p for p in inputs})
+    run = Run(label, results, {p.key: p for p in inputs})
     _check_against_summary(run)
     return run
 
@@ -229,13 +217,14 @@ def resampled_statistics(p: PolicyData, counts: np.ndarray) -> dict[str, np.ndar
 
 
 def compared_keys(runs: Sequence[Run], policies: Sequence[str] | None) -> list[Key]:
-    """The curves present in every run (restricted to ``policies``), in CURVE_POLICIES, k and measure order."""
-    wanted = list(policies or CURVE_POLICIES)
+    """The curves present in every run (restricted to ``policies``), in the policies' registration, k and measure
+    order."""
+    wanted = list(policies or POLICIES)
     common = set(runs[0].inputs).intersection(*(r.inputs for r in runs[1:]))
     measures = list(dict.fromkeys(k[2] for k in runs[0].inputs))
     keys = sorted(
         (k for k in common if k[0] in wanted),
-        key=lambda k: (CURVE_POLICIES.index(k[0]), k[1], measures.index(k[2])),
+        key=lambda k: (list(POLICIES).index(k[0]), k[1], measures.index(k[2])),
     )
     if not keys:
         raise SuiteError(
@@ -354,7 +343,7 @@ def rich_comparison(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run]) -> T
         table.add_column(f"{run.label} - {first}", justify="right", no_wrap=True)
         table.add_column("verdict", no_wrap=True)
     colours = {"holds": "green", "fails": "red"}
-    for group in grouped([r for r in rows if r["confidence"] in (runs[0].primary, "random", "")]):
+    for group in grouped([r for r in rows if r["confidence"] in (runs[0].primary, RANDOM, "")]):
         head = group[0]
         cells = [head["policy"], str(head["k"]), head["confidence"], head["statistic"]]
         cells += [value_text(r["value"], r["unit"]) for r in group]
@@ -400,7 +389,7 @@ def plot_policies(
         for i, (label, source) in enumerate(sources):
             colour = RUN_COLOURS[i % len(RUN_COLOURS)]
             if isinstance(source, Run):
-                measure = "random" if policy == "random" else source.primary
+                measure = RANDOM if POLICIES[policy].random_offload else source.primary
                 lines = {k: run_curve(source, k) for k in keys if k[0] == policy and k[2] == measure}
             else:
                 lines = {k: v for k, v in source.items() if k[0] == policy and k[2] not in (LEARNED,)}
@@ -433,13 +422,11 @@ def plot_policies(
 
 
 # --------------------------------------------------------------------------------------------------- W&B runs
-def parse_curve_metric(name: str, split: str) -> Key | None:
-    """(policy, k, measure) of a W&B grid-curve accuracy metric (ask_the_expert.results.metric_names), else None."""
-    return parse_curve_accuracy(name, split, list(CURVE_POLICIES))
-
-
-def wandb_curves(paths: Sequence[str], split: str) -> dict[str, dict[Key, tuple[np.ndarray, np.ndarray]]]:
-    """The grid curves of W&B runs (``entity/project/run_id``) through ``wandb.Api()``: {path: {key: (x, y)}}.
+def wandb_curves(
+    paths: Sequence[str], split: str, keys: Sequence[Key]
+) -> dict[str, dict[Key, tuple[np.ndarray, np.ndarray]]]:
+    """The grid curves ``keys`` of W&B runs (``entity/project/run_id``) through ``wandb.Api()``: {path: {key: (x, y)}},
+    looked up by the names the evaluation logs them under (ask_the_expert.results.evaluation_outputs.curve_metric).
 
     Needs the network and W&B credentials; cannot be tested offline. Any failure to reach the API or a run is a
     SuiteError naming the run and the fix.
@@ -450,6 +437,7 @@ def wandb_curves(paths: Sequence[str], split: str) -> dict[str, dict[Key, tuple[
             "in and retry on a machine with network access, or drop --wandb_runs."
         )
     step = offload_step_metric(split)
+    names = {curve_metric(split, key, "accuracy"): key for key in keys}
     out: dict[str, dict[Key, tuple[np.ndarray, np.ndarray]]] = {}
     try:
         import wandb
@@ -470,15 +458,13 @@ def wandb_curves(paths: Sequence[str], split: str) -> dict[str, dict[Key, tuple[
             ) from None
         rows.sort(key=lambda r: r[step])
         curves: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
-        for name in {n for r in rows for n in r}:
-            key = parse_curve_metric(name, split)
-            if key is not None:
-                points = [(r[step] / 100.0, r[name]) for r in rows if r.get(name) is not None]
-                curves[key] = (np.array([p[0] for p in points]), np.array([p[1] for p in points]))
+        for name in {n for r in rows for n in r} & set(names):
+            points = [(r[step] / 100.0, r[name]) for r in rows if r.get(name) is not None]
+            curves[names[name]] = (np.array([p[0] for p in points]), np.array([p[1] for p in points]))
         if not curves:
             raise SuiteError(
-                f"The W&B run {path!r} has no {step} grid curves ({curve_glob(split)}); it must come from an "
-                "evaluation of this suite's version that logs them, on the same split."
+                f"The W&B run {path!r} has none of the compared curves on the {step} grid; it must come from an "
+                "evaluation of this suite's version that logs them, on the same split, with the compared policies."
             )
         out[path] = curves
     return out
@@ -520,7 +506,7 @@ def compare(
         raise SuiteError(f"The output folder {str(out_dir)!r} already exists; choose another --out or pass --force.")
     loaded = [load_run(Path(folder), label, random_seed) for folder, label in zip(runs, names, strict=True)]
     keys = compared_keys(loaded, policies)
-    remote = wandb_curves(wandb_runs, loaded[0].split) if wandb_runs else {}
+    remote = wandb_curves(wandb_runs, loaded[0].split, keys) if wandb_runs else {}
     rows = compare_rows(loaded, keys, bootstrap, seed)
     with atomic_folder(out_dir) as tmp:
         write_csv(rows, tmp / "compare.csv")
@@ -534,7 +520,7 @@ def compare(
                     "folder": str(r.folder),
                     "split": r.split,
                     "num_samples": len(r.records["label"]),
-                    "records_sha256": file_sha256(r.folder / "records.csv"),
+                    "records_sha256": file_sha256(r.results.records_file),
                     "pairing": pairing[r.label],
                 }
                 for r in loaded

@@ -1,13 +1,16 @@
-"""Command line of the deployment bundle: export, verify, profile, predict.
+"""Command line of the deployment bundle: export, verify, profile, predict, serve, client.
 
     ate-deploy export --generalist G.ckpt --experts '[runs/experts/]' --data.data_dir data --out bundles/b1
     ate-deploy verify --bundle bundles/b1 --data.data_dir data [--limit 1000]
     ate-deploy profile --bundle bundles/b1 --base configs/profiles/edge_arm_wifi.yaml --out measured.yaml
     ate-deploy predict --bundle bundles/b1 --images batch.npy [--out predictions.csv]
+    ate-deploy serve --bundle bundles/b1 [--grpc_port 8001]                        # on the near-edge box
+    ate-deploy client --bundle bundles/b1 --url 127.0.0.1:8001 --images batch.npy  # on the edge device
 
 Every subcommand takes ``-c/--config FILE`` and ``--print_config``. ``profile`` and ``predict --images`` need only
-numpy and onnxruntime (torch is imported by export, verify and reading a CIFAR split). Bad input ends with a
-one-paragraph message and exit code 2; a failed parity check with exit code 1.
+numpy and onnxruntime, ``serve`` and ``client`` add the serving packages (the ``serve`` extra); torch is imported
+by export, verify and reading a CIFAR split. Bad input ends with a one-paragraph message and exit code 2; a failed
+parity check with exit code 1.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -25,6 +28,9 @@ from ask_the_expert.method.router import RouterSpec
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions, WandbOptions
+
+if TYPE_CHECKING:
+    from ask_the_expert.deploy.runtime import Prediction
 
 Split = Literal["val", "test", "train"]
 
@@ -42,6 +48,7 @@ def export(
     profile: str | None = None,
     force: bool = False,
     torch_export: bool = False,
+    triton: bool = False,
     wandb: WandbOptions = WandbOptions(),
 ) -> int:
     """Export a generalist and its experts as a deployment bundle folder.
@@ -66,6 +73,9 @@ def export(
         profile: the cost profile YAML the deployment is planned with (the model card says measured or assumed).
         force: replace an existing bundle at --out.
         torch_export: also save torch.export programs (*.pt2).
+        triton: also write a Triton model repository of the experts to <out>/triton (ONNX with the input
+            normalisation inside and config.pbtxt: UINT8 images in, FP32 logits out, dynamic batching), served by
+            `tritonserver --model-repository <out>/triton` without this suite.
         wandb: the W&B run of the export (job type export): it declares the checkpoints it read and logs the bundle
             as a deploy-bundle artifact (mode disabled: no run).
     """
@@ -77,7 +87,7 @@ def export(
     images = None if evaluate_on == "none" else labelled_images(data, evaluate_on)
     manifest = export_bundle(
         generalist, experts or [], out, routing=routing, data=images, gap=gap, profile=plan, answer=answer,
-        force=force, torch_export=torch_export, batch_size=data.batch_size,
+        force=force, torch_export=torch_export, triton=triton, batch_size=data.batch_size,
     )  # fmt: skip
     log_export_run(wandb, out, manifest)
     size = sum(f["bytes"] for f in manifest["files"].values())
@@ -188,6 +198,49 @@ def profile(
     return 0
 
 
+def _read_images(
+    images: str | None, split: Split | None, data: DataOptions, limit: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uint8 images, labels or None) from a .npy file or a CIFAR-100 split; exactly one must be given."""
+    from ask_the_expert.deploy.runtime import ImageError
+
+    if (images is None) == (split is None):
+        raise SuiteError("Give exactly one input: --images FILE.npy or --split val|test|train (a CIFAR split).")
+    if images:
+        try:
+            return np.load(images, allow_pickle=False), None
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"Cannot read --images {images!r} as a .npy array ({exc}).") from None
+    from datamodules.cifar100 import labelled_images
+
+    split_images = labelled_images(data, split, limit)
+    return split_images.images, split_images.labels
+
+
+Answers = tuple[np.ndarray, np.ndarray, np.ndarray]  # predictions, confidences, answered_by (-1: the generalist)
+
+
+def _answers(parts: Sequence[Prediction]) -> Answers:
+    """The per-batch predictions' answers, concatenated."""
+    return (
+        np.concatenate([p.predictions for p in parts]),
+        np.concatenate([p.confidences for p in parts]),
+        np.concatenate([p.answered_by for p in parts]),
+    )
+
+
+def _write_predictions(out: str, names: Sequence[str], answers: Answers) -> None:
+    """One CSV row per image: index, prediction, class, confidence, answered_by."""
+    tmp = Path(f"{out}.partial")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "prediction", "class", "confidence", "answered_by"])
+        for i, (p, c, a) in enumerate(zip(*answers, strict=True)):
+            writer.writerow([i, int(p), names[p], f"{c:.6f}", int(a)])
+    tmp.replace(out)
+    print(f"Wrote {out}")
+
+
 def predict(
     *,
     bundle: str,
@@ -211,46 +264,140 @@ def predict(
         out: CSV with index, prediction, class, confidence, answered_by.
         send: edge -> near-edge payload.
     """
-    from ask_the_expert.deploy.runtime import Bundle, ImageError
+    from ask_the_expert.deploy.runtime import Bundle
 
-    if (images is None) == (split is None):
-        raise SuiteError(
-            "predict needs exactly one input: --images FILE.npy or --split val|test|train (a CIFAR split)."
-        )
     loaded = Bundle.load(bundle)  # refuse a changed bundle before reading any input
-    labels = None
-    if images:
-        try:
-            pixels = np.load(images, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ImageError(f"Cannot read --images {images!r} as a .npy array ({exc}).") from None
-    else:
-        from datamodules.cifar100 import labelled_images
-
-        split_images = labelled_images(data, split, limit)
-        pixels, labels = split_images.images, split_images.labels
+    pixels, labels = _read_images(images, split, data, limit)
     step = data.batch_size
-    parts = [loaded.predict(pixels[s : s + step], send) for s in range(0, len(pixels), step)]
-    predictions = np.concatenate([p.predictions for p in parts])
-    confidences = np.concatenate([p.confidences for p in parts])
-    answered_by = np.concatenate([p.answered_by for p in parts])
-    print(f"{len(predictions)} images, offloaded {np.mean(answered_by >= 0):.1%}")
+    answers = _answers([loaded.predict(pixels[s : s + step], send) for s in range(0, len(pixels), step)])
+    print(f"{len(answers[0])} images, offloaded {np.mean(answers[2] >= 0):.1%}")
     if labels is not None:
-        print(f"accuracy {np.mean(predictions == labels):.4f}")
+        print(f"accuracy {np.mean(answers[0] == labels):.4f}")
     if out:
-        names = loaded.router.class_names
-        tmp = Path(f"{out}.partial")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "prediction", "class", "confidence", "answered_by"])
-            for i, (p, c, a) in enumerate(zip(predictions, confidences, answered_by, strict=True)):
-                writer.writerow([i, int(p), names[p], f"{c:.6f}", int(a)])
-        tmp.replace(out)
-        print(f"Wrote {out}")
+        _write_predictions(out, loaded.router.class_names, answers)
     return 0
 
 
-COMMANDS = [export, verify, profile, predict]
+def serve(
+    *,
+    bundle: str,
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    max_batch_size: int = 64,
+    dynamic_batching: bool = True,
+    max_queue_delay_us: int = 500,
+    max_queue_size: int = 256,
+    threads: int | None = None,
+) -> int:
+    """Serve the bundle's experts over the Open Inference Protocol (KServe V2, HTTP and gRPC) on Triton (PyTriton).
+
+    One model per expert, expert_<j>: input images UINT8 (batch, 32, 32, 3), outputs logits FP32 (batch, 100) and
+    server_ms FP32 (batch, 1). Every expert file's sha256 is checked against the manifest first; torch is never
+    imported. Runs until SIGINT or SIGTERM. docs/serving.md has the endpoints and the measurements.
+
+    Args:
+        bundle: bundle folder (only router.json, manifest.json and the expert files are needed).
+        host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+        http_port: V2 HTTP/REST port.
+        grpc_port: V2 gRPC port.
+        metrics_port: Prometheus metrics port (/metrics).
+        max_batch_size: the most images one request may carry (a larger request is refused with a clear error)
+            and the largest batch the dynamic batcher forms.
+        dynamic_batching: combine concurrent requests into one model run (false: every request runs alone).
+        max_queue_delay_us: how long the batcher may hold a request to fill a batch.
+        max_queue_size: requests waiting per model beyond which new ones are refused (UNAVAILABLE), so an
+            overloaded server answers at once instead of letting timeouts pile up (with dynamic batching).
+        threads: onnxruntime intra-op threads per expert (default: onnxruntime's).
+    """
+    from ask_the_expert.deploy.serve import ServeOptions, serve_bundle
+
+    options = ServeOptions(
+        host, http_port, grpc_port, metrics_port, max_batch_size, dynamic_batching, max_queue_delay_us,
+        max_queue_size, threads,
+    )  # fmt: skip
+    serve_bundle(bundle, options)
+    return 0
+
+
+def client(
+    *,
+    bundle: str,
+    url: str = "127.0.0.1:8001",
+    protocol: Literal["grpc", "http"] = "grpc",
+    images: str | None = None,
+    split: Split | None = None,
+    data: DataOptions = DataOptions(),
+    limit: int | None = None,
+    batch_size: int = 1,
+    timeout_s: float = 1.0,
+    retries: int = 1,
+    retry_backoff_ms: float = 50.0,
+    out: str | None = None,
+    profile_out: str | None = None,
+    base: str | None = None,
+    force: bool = False,
+    threads: int | None = None,
+) -> int:
+    """Classify images as the edge device: the generalist and router here, offloaded images to `deploy serve`.
+
+    Every image is answered: a request that times out, finds the server down, is refused or gets a malformed
+    answer falls back to the generalist's answer (counted by reason, printed). Prints the counts and the measured
+    timings; with --profile_out writes a cost profile whose generalist, expert and link latencies are the
+    measured medians (powers and link rates from --base), which `evaluate.py --profiles` reads.
+
+    Args:
+        bundle: bundle folder (only router.json, manifest.json and generalist.onnx are needed).
+        url: host:port of the server (its gRPC port for grpc, its HTTP port for http).
+        protocol: grpc or http (both are the Open Inference Protocol).
+        images: .npy file of uint8 images (N, 32, 32, 3).
+        split: a CIFAR-100 split to classify instead of --images (val, test or train; needs --data.*).
+        data: the CIFAR-100 folder and split settings, as in training.
+        limit: use only the first N images of the split.
+        batch_size: images the edge classifies at once (1: one frame at a time, one request per offloaded image).
+        timeout_s: per-request timeout in seconds.
+        retries: retries of a request that timed out or found the server down (0: none).
+        retry_backoff_ms: wait before the first retry, doubled for each further one.
+        out: CSV with index, prediction, class, confidence, answered_by (as `deploy predict --out`).
+        profile_out: cost profile YAML to write from the measured timings (needs --base).
+        base: profile giving powers, link rates and the edge's medium-model latency.
+        force: overwrite --profile_out.
+        threads: onnxruntime intra-op threads of the generalist.
+    """
+    from ask_the_expert.deploy.client import ClientError, ClientOptions, EdgeClient, measured_profile, timing_summary
+    from ask_the_expert.deploy.profile_bundle import write_profile
+    from ask_the_expert.method.costs import load_profile
+
+    options = ClientOptions(url, protocol, timeout_s, retries, retry_backoff_ms)
+    options.check()
+    if batch_size < 1:
+        raise ClientError(f"--batch_size {batch_size} must be >= 1.")
+    if (profile_out is None) != (base is None):
+        raise ClientError("--profile_out and --base go together: the measured profile takes powers from --base.")
+    plan = load_profile(base) if base else None
+    if profile_out and Path(profile_out).exists() and not force:
+        raise ClientError(f"{profile_out} already exists; choose another --profile_out or pass --force true.")
+    edge = EdgeClient(bundle, options, threads)
+    pixels, labels = _read_images(images, split, data, limit)
+    try:
+        answers = _answers([edge.classify(pixels[s : s + batch_size]) for s in range(0, len(pixels), batch_size)])
+    finally:
+        edge.close()
+    summary = {**edge.stats.summary(), "timings_ms": timing_summary(edge.batches, edge.requests)}
+    if labels is not None:
+        summary["accuracy"] = float(np.mean(answers[0] == labels))
+    print(json.dumps(summary, indent=2))
+    if out:
+        _write_predictions(out, edge.router.class_names, answers)
+    if profile_out and plan is not None:
+        context = {"url": url, "protocol": protocol, "batch_size": batch_size, "images": len(pixels)}
+        path = write_profile(measured_profile(edge.batches, edge.requests, plan, context=context), profile_out, force)
+        print(f"Wrote {path}")
+    return 0
+
+
+COMMANDS = [export, verify, profile, predict, serve, client]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

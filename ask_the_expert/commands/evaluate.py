@@ -24,6 +24,7 @@ from typing import Any, Literal
 from lightning import Trainer
 from rich.console import Console
 
+from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.costs import Profile, load_profile
 from ask_the_expert.method.policies import Report, check_operating_rule
 from ask_the_expert.method.router import FIT, check_k_values, check_measures, check_temperature
@@ -72,7 +73,7 @@ def check_arguments(
         raise SuiteError(f"--bootstrap must be >= {MIN_RESAMPLES} resamples for a 95 % interval, got {bootstrap}.")
     if not (within_points >= 0 and delta >= 0):
         raise SuiteError(f"--within_points and --delta must be >= 0, got {within_points} and {delta}.")
-    k_values = check_k_values(k or [1, 2, 3, 5], 100)
+    k_values = check_k_values(k or [1, 2, 3, 5], NUM_CLASSES)
     measures = check_measures(confidence or ["max_prob"])
     check_temperature(temperature)
     check_operating_rule(rule, gap, budget)

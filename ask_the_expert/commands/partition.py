@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ask_the_expert.method.cifar100_classes import NUM_SUPERCLASSES
+from ask_the_expert.method.cifar100_classes import NUM_CLASSES, NUM_SUPERCLASSES
 from ask_the_expert.method.confusion_partition import (
     confusion_partition,
     routing_hit_mask,
@@ -85,9 +85,9 @@ def learn_partition(
         seed: seed of the grouping and of the half split of val.
         force: replace an existing file.
     """
-    k_values = check_k_values(k or [1, 3], 100)
-    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 2 <= num_experts <= 100:
-        raise SuiteError(f"--num_experts must be an integer in 2..100, got {num_experts!r}.")
+    k_values = check_k_values(k or [1, 3], NUM_CLASSES)
+    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 2 <= num_experts <= NUM_CLASSES:
+        raise SuiteError(f"--num_experts must be an integer in 2..{NUM_CLASSES}, got {num_experts!r}.")
     if Path(out).exists() and not force:
         raise SuiteError(f"{out} already exists; choose another --out or pass --force true to replace it.")
     info = read_checkpoint(generalist, "--generalist", ("generalist",))

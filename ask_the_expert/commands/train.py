@@ -21,8 +21,13 @@ exit code 2.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +38,17 @@ from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ask_the_expert.tracking.artifacts import log_checkpoint
 from ask_the_expert.tracking.run_identity import new_run_id, training_identity
 from ask_the_expert.tracking.wandb_logger import wandb_dir, wandb_run_from_checkpoint
+from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
 from ask_the_expert.utils.cli import run_command
 from ask_the_expert.utils.config_files import SuiteConfigFile, find_config
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.options import DataOptions
 from callbacks.progress import plain_for_log_files
-from callbacks.wandb_logging import LogCheckpointArtifacts, SaveConfigToRun
+from callbacks.wandb_logging import LogCheckpointArtifacts, SaveConfigToRun, config_beside, wandb_runs
 from lightning_modules.checkpoints import CONFIG_KEY, checkpoint_entries, read_checkpoint, require_architecture
 from lightning_modules.precision import resolve_precision
 
@@ -224,6 +232,87 @@ def _read_yaml(path: str) -> Any:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None  # the parser reports an unreadable config file itself
+
+
+# ---------------------------------------------------------------------------------- runs built by other commands
+@dataclass
+class TrainingRun:
+    """How the training runs of one kind are built through this CLI (ate-train-experts and ate-pipeline): LightningCLI
+    config files in order, then option overrides with typed values, e.g. ``{"model.lr": 5.0e-4, "trainer.max_epochs":
+    10, "model.stages": [{"epochs": 1, "rho": 0.5}]}`` (the dotted option names of ``ate-train fit --help``).
+
+    Attributes:
+        configs: LightningCLI config files, applied in order (``configs/...`` is the suite's own from any directory).
+        overrides: option -> value, applied after the configs in order (a later run's value wins).
+    """
+
+    configs: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def then(self, later: TrainingRun) -> TrainingRun:
+        """This run's configs and overrides followed by ``later``'s (which win)."""
+        return TrainingRun([*self.configs, *later.configs], {**self.overrides, **later.overrides})
+
+    def found(self) -> TrainingRun:
+        """The same run with its config paths found from any working directory (utils.config_files)."""
+        return TrainingRun([find_config(c) for c in self.configs], dict(self.overrides))
+
+    def args(self) -> list[str]:
+        """The LightningCLI arguments: ``-c`` per config, then ``--<option>=<value>`` per override (strings as
+        they are, every other value as JSON, which the CLI reads as YAML)."""
+        configs = [a for c in self.configs for a in ("-c", c)]
+        return [*configs, *(f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in self.overrides.items())]
+
+
+def data_overrides(data: DataOptions) -> dict[str, Any]:
+    """The data folder and split of a training run (loader settings stay the configs')."""
+    return {f"data.{name}": getattr(data, name) for name in ("data_dir", "check_integrity", "val_size", "split_seed")}
+
+
+def suite_cli(cli_args: list[str], what: str = "this run", wandb_folder: str | None = None) -> SuiteCLI:
+    """This CLI, configured from ``cli_args`` and instantiated, without running a subcommand (its W&B runs in
+    ``wandb_folder`` unless the arguments name one): a bad argument is a SuiteError naming ``what``."""
+    with warnings.catch_warnings():
+        # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        try:
+            return SuiteCLI(args=cli_args, run=False, exit_on_error=False, wandb_folder=wandb_folder)
+        except argparse.ArgumentError as err:
+            raise SuiteError(
+                f"The arguments of {what} are not accepted: {' '.join(str(err).split())} Fix the config or the "
+                "configs / overrides that set them."
+            ) from None
+
+
+def run_training(cli_args: list[str], target: Path, test: bool, wandb_folder: str | None = None) -> dict[str, float]:
+    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete, with
+    its metrics (``<name>.json``) and its resolved config (``<name>.config.yaml``) beside it and, when logged to W&B,
+    as the run's ``model`` artifact."""
+    cli = suite_cli(cli_args, wandb_folder=wandb_folder)
+    cli.check_inputs()
+    trainer = cli.trainer
+    began = time.perf_counter()
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - began
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # Throughput of the whole fit (validation included): optimizer steps x global batch / wall time.
+    images = trainer.global_step * cli.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    metrics.update(train_seconds=round(seconds, 2), train_images_per_s=round(images / max(seconds, 1e-9), 1))
+    tmp = target.with_name(f"{target.name}.tmp")
+    trainer.save_checkpoint(tmp)
+    if test:
+        trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    metrics["global_step"] = trainer.global_step
+    if trainer.is_global_zero:
+        write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
+        write_text_atomic(config_beside(target), cli.parser.dump(cli.config, skip_none=False))
+        os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
+        for run in wandb_runs(trainer):
+            log_checkpoint(run, target, cli.model.hparams)
+    if wandb.run is not None:  # the next run in this process must start its own W&B run
+        wandb.finish()
+    return metrics
 
 
 def main(args: list[str] | None = None) -> int:

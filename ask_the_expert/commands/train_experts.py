@@ -1,10 +1,10 @@
 """Train stage 0 (if its checkpoint is absent) and every expert of a partition: progressive and static variants.
 
     ate-train-experts --partition 5 --generalist_checkpoint G.ckpt --out runs/experts \\
-        --data.data_dir DIR [--common_config '[configs/trainer/gpu.yaml]'] [--parallel 4]
+        --data.data_dir DIR [--common.configs '[configs/trainer/gpu.yaml]'] [--parallel 4]
     ate-train-experts --config configs/experiments/experts_small_cpu.yaml --data.data_dir DIR
 
-Variants (docs/design.md §4; ``--variants``, default all three):
+Variants (docs/design.md §4; ``--variants``, default all three; ask_the_expert.method.stages.EXPERT_VARIANTS):
 
 - ``progressive``: from the stage-0 weights, stages 1-2 (focus, specialise on routed-in images).
 - ``static``: static-from-base, the default baseline: from the stage-0 weights, S_j only, one stage, for exactly the
@@ -12,10 +12,12 @@ Variants (docs/design.md §4; ``--variants``, default all three):
 - ``static_init``: static-from-init: the seeded init of stage 0, S_j only, one stage, for stage 0's steps plus the
   progressive stages' steps (the full per-expert budget).
 
-Every run goes through ate-train's SuiteCLI with the YAML configs (``--base_config``, ``--progressive_config``,
-``--static_config``), then ``--common_config`` files, then ``--data.*`` (data folder and split, as in training),
-``--args`` and ``--<kind>_args``. The partition is written once to ``<out>/partition.json`` and every expert reads it.
-Outputs, each written under a temporary name and renamed, so a killed job never leaves half a file:
+Every run goes through ate-train's SuiteCLI, built from typed settings (ask_the_expert.commands.train.TrainingRun):
+the configs of its kind (``--base.configs``, ``--progressive.configs``, ``--static.configs``; both static variants use
+``static``), then ``--common.configs``, then the data folder and split (``--data.*``, as in training), then the
+overrides of ``--common.overrides`` and of its kind (``--progressive.overrides '{model.routing_k: 3}'``). The
+partition is written once to ``<out>/partition.json`` and every expert reads it. Outputs, each written under a
+temporary name and renamed, so a killed job never leaves half a file:
 
     <out>/partition.json                    the experts' subsets (ask_the_expert.method.subsets.save_partition)
     <out>/base/base.ckpt                    stage 0
@@ -30,43 +32,33 @@ Bad input ends with a one-paragraph message and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
-import wandb
 from jsonargparse import ActionConfigFile
 from rich.console import Console
 from rich.table import Table
 
-from ask_the_expert.commands.train import SuiteCLI
-from ask_the_expert.method.stages import schedule_steps, static_step_budget
+from ask_the_expert.commands.train import TrainingRun, data_overrides, run_training, suite_cli
+from ask_the_expert.method.stages import EXPERT_VARIANTS, Variant, schedule_steps, static_step_budget
 from ask_the_expert.method.subsets import parse_partition_spec, save_partition
-from ask_the_expert.tracking.artifacts import log_checkpoint
 from ask_the_expert.tracking.wandb_logger import wandb_dir
-from ask_the_expert.utils.atomic import write_json_atomic, write_text_atomic
+from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
-from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions
-from callbacks.wandb_logging import config_beside, wandb_runs
 from lightning_modules.checkpoints import read_checkpoint
 
-Variant = Literal["progressive", "static", "static_init"]
-VARIANTS: tuple[str, ...] = ("progressive", "static", "static_init")
-# How each static variant starts and is budgeted (ask_the_expert.method.stages.static_step_budget).
-STATIC_START = {"static": "from_base", "static_init": "from_init"}
-# The ExpertsJob fields that name config files.
-CONFIG_FIELDS = ("base_config", "progressive_config", "static_config", "common_config")
+# The kinds of training run: stage 0 and the two kinds of expert schedule (both static variants run ``static``).
+RUN_KINDS = ("base", "progressive", "static")
 SUMMARY_METRICS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
 console = Console()
 
@@ -80,9 +72,10 @@ class ExpertsJob:
         partition: ``superclass`` (20 experts), g superclasses per expert, explicit superclass groups, or a
             partition file (*.json, e.g. a confusion-aware one).
         variants: which experts to train (progressive, static = static-from-base, static_init = static-from-init).
-        base_config, progressive_config, static_config: the YAML configs of each kind of run.
-        common_config: configs added to every run (e.g. a trainer preset).
-        args, base_args, progressive_args, static_args: command-line overrides for every run / one kind.
+        base: the stage-0 run: its configs, then its overrides.
+        progressive: the progressive experts' runs (e.g. overrides ``{model.routing_k: 3, model.stages: [...]}``).
+        static: the runs of both static variants (their step budget is set by the job).
+        common: configs and overrides of every run, after those of its kind (e.g. a trainer preset, a model shape).
         generalist_checkpoint: the generalist whose routing defines R_j.
         experts: only these expert indices (default: all).
         max_experts: stop after training this many experts.
@@ -92,101 +85,45 @@ class ExpertsJob:
 
     out: str = "runs/experts"
     partition: int | str | list[list[int | str]] = "superclass"
-    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
-    base_config: list[str] = field(default_factory=lambda: ["configs/base.yaml"])
-    progressive_config: list[str] = field(default_factory=lambda: ["configs/expert.yaml"])
-    static_config: list[str] = field(default_factory=lambda: ["configs/expert_static.yaml"])
-    common_config: list[str] = field(default_factory=list)
-    args: list[str] = field(default_factory=list)
-    base_args: list[str] = field(default_factory=list)
-    progressive_args: list[str] = field(default_factory=list)
-    static_args: list[str] = field(default_factory=list)
+    variants: list[Variant] = field(default_factory=lambda: list(EXPERT_VARIANTS))
+    base: TrainingRun = field(default_factory=lambda: TrainingRun(["configs/base.yaml"]))
+    progressive: TrainingRun = field(default_factory=lambda: TrainingRun(["configs/expert.yaml"]))
+    static: TrainingRun = field(default_factory=lambda: TrainingRun(["configs/expert_static.yaml"]))
+    common: TrainingRun = field(default_factory=TrainingRun)
     generalist_checkpoint: str | None = None
     experts: list[int] | None = None
     max_experts: int | None = None
     parallel: int = 1
     test: bool = True
 
+    def run_of(self, kind: str) -> TrainingRun:
+        """The settings of one run kind (RUN_KINDS) followed by the common ones."""
+        return getattr(self, kind).then(self.common)
+
 
 def build_parser() -> SuiteParser:
     parser = SuiteParser(prog="ate-train-experts", description=__doc__.split("\n")[0], exit_on_error=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML file with any of these options.")
     parser.add_class_arguments(ExpertsJob, None, as_group=False)
-    # Training loaders are the expert configs' own (--args '[--data.batch_size=...]'): no evaluation loader here.
+    # Training loaders are the runs' own (--common.overrides '{data.batch_size: 256}'): no evaluation loader here.
     parser.add_class_arguments(DataOptions, "data", skip={"batch_size", "num_workers"})
     return parser
 
 
 def parse_job(argv: Sequence[str]) -> tuple[ExpertsJob, DataOptions]:
-    """The job and the data options of an ate-train-experts command line (or ``["--config", FILE]``)."""
-    cfg = vars(build_parser().parse_args(list(argv)))
+    """The job and the data options of an ate-train-experts command line (or ``["--config", FILE]``); configs are
+    found from any working directory (ask_the_expert.utils.config_files)."""
+    parser = build_parser()
+    cfg = vars(parser.instantiate(parser.parse_args(list(argv))))
     cfg.pop("config", None)
     data = DataOptions(**vars(cfg.pop("data")))
     job = ExpertsJob(**cfg)
-    # configs/... paths are found from any working directory (ask_the_expert.utils.config_files)
-    found = {name: [find_config(c) for c in getattr(job, name)] for name in CONFIG_FIELDS}
-    return replace(job, **found), data
+    return replace(job, **{kind: getattr(job, kind).found() for kind in (*RUN_KINDS, "common")}), data
 
 
-def load_job(config: str | Path, **overrides: object) -> ExpertsJob:
+def load_job(config: str | Path, **overrides: Any) -> ExpertsJob:
     """The ExpertsJob of an ate-train-experts YAML config, with some fields replaced."""
     return replace(parse_job(["--config", str(config)])[0], **overrides)
-
-
-def data_args(data: DataOptions) -> list[str]:
-    """The data folder and split of every run, as LightningCLI overrides (loader settings stay the configs');
-    they come before the job's own ``args``, which therefore win."""
-    return [
-        f"--data.data_dir={data.data_dir}",
-        f"--data.check_integrity={str(data.check_integrity).lower()}",
-        f"--data.val_size={data.val_size}",
-        f"--data.split_seed={data.split_seed}",
-    ]
-
-
-def suite_cli(cli_args: list[str], what: str = "this run", wandb_folder: str | None = None) -> SuiteCLI:
-    """ate-train's CLI, configured from ``cli_args`` and instantiated, without running a subcommand (its W&B runs
-    in ``wandb_folder`` unless the arguments name one)."""
-    with warnings.catch_warnings():
-        # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        try:
-            return SuiteCLI(args=cli_args, run=False, exit_on_error=False, wandb_folder=wandb_folder)
-        except argparse.ArgumentError as err:
-            raise SuiteError(
-                f"The arguments of {what} are not accepted: {' '.join(str(err).split())} Fix the config or the "
-                "--*_config / --args / --<kind>_args options that set them."
-            ) from None
-
-
-def run_training(cli_args: list[str], target: Path, test: bool, wandb_folder: str | None = None) -> dict[str, float]:
-    """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete, with
-    its resolved config beside it (``<name>.config.yaml``) and as the run's ``model`` artifact."""
-    cli = suite_cli(cli_args, wandb_folder=wandb_folder)
-    cli.check_inputs()
-    trainer = cli.trainer
-    began = time.perf_counter()
-    trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds = time.perf_counter() - began
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    # Throughput of the whole fit (validation included): optimizer steps x global batch / wall time.
-    images = trainer.global_step * cli.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-    metrics.update(train_seconds=round(seconds, 2), train_images_per_s=round(images / max(seconds, 1e-9), 1))
-    tmp = target.with_name(f"{target.name}.tmp")
-    trainer.save_checkpoint(tmp)
-    if test:
-        trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    metrics["global_step"] = trainer.global_step
-    if trainer.is_global_zero:
-        write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
-        write_text_atomic(config_beside(target), cli.parser.dump(cli.config, skip_none=False))
-        os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
-        for run in wandb_runs(trainer):
-            log_checkpoint(run, target, cli.model.hparams)
-    if wandb.run is not None:  # the next run in this process must start its own W&B run
-        wandb.finish()
-    return metrics
 
 
 class Job:
@@ -205,9 +142,9 @@ class Job:
         bad = [j for j in job.experts or [] if not 0 <= j < n]
         if bad:
             raise SuiteError(f"--experts {bad} are out of range: the partition has {n} experts, so use 0..{n - 1}.")
-        unknown = [v for v in job.variants if v not in VARIANTS]
+        unknown = [v for v in job.variants if v not in EXPERT_VARIANTS]
         if unknown or not job.variants:
-            raise SuiteError(f"--variants {job.variants!r} must be a non-empty list of {list(VARIANTS)}.")
+            raise SuiteError(f"--variants {job.variants!r} must be a non-empty list of {list(EXPERT_VARIANTS)}.")
         if job.parallel < 1 or (job.parallel > 1 and torch.cuda.device_count() < job.parallel):
             raise SuiteError(
                 f"--parallel {job.parallel} needs that many GPUs, found {torch.cuda.device_count()}; use --parallel 1 "
@@ -215,44 +152,42 @@ class Job:
             )
         if job.max_experts is not None and job.max_experts < 0:
             raise SuiteError(f"--max_experts must be >= 0, got {job.max_experts}.")
-        missing = [c for c in self._configs() if not Path(c).is_file()]
+        missing = [c for kind in RUN_KINDS for c in job.run_of(kind).configs if not Path(c).is_file()]
         if missing:
-            raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --*_config.")
+            raise SuiteError(f"Config file(s) {', '.join(missing)} do not exist; fix --<kind>.configs.")
         if job.generalist_checkpoint is not None and check_files:
             read_checkpoint(job.generalist_checkpoint, "--generalist_checkpoint", ("generalist",))
         if self.base_checkpoint.is_file() and check_files:
             read_checkpoint(self.base_checkpoint, f"the stage-0 checkpoint {self.base_checkpoint}", ("base",))
         for kind in ("base", *job.variants):
             # Parse and build every kind of run once now: a bad override fails here, not after stage 0.
-            spec = job.partition if isinstance(job.partition, str) else json.dumps(job.partition)
-            suite_cli(self.args(kind, self.out / "check", partition=spec), f"the {kind} runs")
-
-    def _configs(self) -> list[str]:
-        j = self.job
-        return [*j.base_config, *j.progressive_config, *j.static_config, *j.common_config]
+            suite_cli(self.args(kind, self.out / "check", partition=job.partition), f"the {kind} runs")
 
     def expert_checkpoint(self, variant: str, j: int) -> Path:
         return self.out / variant / f"expert_{j}.ckpt"
 
-    def args(self, kind: str, root: Path, j: int = 0, partition: str | None = None) -> list[str]:
-        """SuiteCLI arguments of one run of ``kind`` (base, progressive, static, static_init) for expert ``j``
-        (``partition``: the spec to pass instead of the partition file, for the checks before it is written)."""
+    def args(self, kind: str, root: Path, j: int = 0, partition: Any = None, **more: Any) -> list[str]:
+        """SuiteCLI arguments of one run of ``kind`` (base or an expert variant) for expert ``j``: the data folder and
+        split, the configs and overrides of its kind and the common ones, then what the job sets (``partition``: the
+        spec to pass instead of the partition file, for the checks before it is written; ``more``: further
+        overrides)."""
         job = self.job
-        config_kind = "static" if kind == "static_init" else kind
-        configs = [*getattr(job, f"{config_kind}_config"), *job.common_config]
-        out = [*(a for c in configs for a in ("-c", c)), *data_args(self.data)]
-        if kind != "base":  # the generalist's logits, cached next to the experts (the job's args may move it)
-            out.append(f"--model.routing_cache_dir={self.out / 'cache'}")
-        out += [*job.args, *getattr(job, f"{config_kind}_args"), f"--trainer.default_root_dir={root}"]
-        if kind == "base":
-            return out
-        out += [f"--model.partition={partition or self.partition_file}", f"--model.expert_index={j}"]
-        base = self.base_checkpoint if kind in ("progressive", "static") else None
-        out += [
-            f"--model.base_checkpoint={base or 'null'}",
-            f"--model.generalist_checkpoint={job.generalist_checkpoint or 'null'}",
-        ]
-        return out
+        run_kind = kind if kind == "base" else "static" if EXPERT_VARIANTS[kind].single_stage else "progressive"
+        settings = job.run_of(run_kind)
+        first = data_overrides(self.data)
+        if kind != "base":  # the generalist's logits, cached next to the experts (the run's overrides may move it)
+            first["model.routing_cache_dir"] = str(self.out / "cache")
+        own: dict[str, Any] = {"trainer.default_root_dir": str(root)}
+        if kind != "base":
+            base = self.base_checkpoint if EXPERT_VARIANTS[kind].start == "from_base" else None
+            own.update({
+                "model.partition": partition if partition is not None else str(self.partition_file),
+                "model.expert_index": j,
+                "model.base_checkpoint": str(base) if base else None,
+                "model.generalist_checkpoint": job.generalist_checkpoint,
+            })  # fmt: skip
+        run = TrainingRun(settings.configs, {**first, **settings.overrides, **own, **more})
+        return run.args()
 
     def progressive_steps(self, j: int) -> int:
         """Optimizer steps of expert j's progressive stages, from its resolved progressive config."""
@@ -265,7 +200,7 @@ class Job:
     def static_steps(self, variant: str, j: int) -> int:
         """Step budget of static expert j (ask_the_expert.method.stages.static_step_budget)."""
         base_steps = torch.load(self.base_checkpoint, map_location="cpu", weights_only=False)["global_step"]
-        return static_step_budget(STATIC_START[variant], base_steps, self.progressive_steps(j))
+        return static_step_budget(EXPERT_VARIANTS[variant].start, base_steps, self.progressive_steps(j))
 
     def train_base(self) -> None:
         if self.base_checkpoint.is_file():
@@ -280,12 +215,11 @@ class Job:
     def train_expert(self, variant: str, j: int) -> None:
         target = self.expert_checkpoint(variant, j)
         target.parent.mkdir(parents=True, exist_ok=True)
-        args = self.args(variant, target.parent, j)
-        if variant != "progressive":
-            steps = self.static_steps(variant, j)
-            console.print(f"{variant} expert {j}: budget {steps} optimizer steps")
-            args.append(f"--model.static_steps={steps}")
-        run_training(args, target, self.job.test, self.wandb_folder)
+        budget = {}
+        if EXPERT_VARIANTS[variant].single_stage:
+            budget["model.static_steps"] = self.static_steps(variant, j)
+            console.print(f"{variant} expert {j}: budget {budget['model.static_steps']} optimizer steps")
+        run_training(self.args(variant, target.parent, j, **budget), target, self.job.test, self.wandb_folder)
 
     @staticmethod
     def planned(job: ExpertsJob) -> list[tuple[str, int]]:

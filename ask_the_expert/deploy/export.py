@@ -1,15 +1,18 @@
 """Torch side of deployment: checkpoints -> a verified ONNX bundle (docs/design.md §3, §5, §6).
 
-``export_bundle`` writes ``generalist.onnx`` and ``expert_<j>.onnx`` (dynamic batch, weights inside the file, exported
-with ``torch.onnx.export(dynamo=True)``), ``router.json``, ``manifest.json`` (ask_the_expert.deploy.bundle_format) and
-``MODEL_CARD.md``. With a labelled split (val by default) it fits the temperature, picks tau at the operating point of
-docs/design.md §6 (the smallest offload whose accuracy is within ``gap`` of all-offloaded) and records the val
-accuracies of every model and of the collaboration at tau, all through ask_the_expert.method.policies.
-"""
+``export_bundle`` writes ``generalist.onnx`` and ``expert_<j>.onnx`` (dynamic batch, weights inside the file,
+exported with ``torch.onnx.export(dynamo=True)``), ``router.json``, ``manifest.json``
+(ask_the_expert.deploy.bundle_format), ``MODEL_CARD.md`` (with each model's parameter count and batch-1 onnxruntime
+latency on the exporting machine) and, optionally, a Triton model repository of the experts (``triton/``,
+ask_the_expert.deploy.triton_repo). With a labelled split (val by default) it fits the temperature, picks tau at the
+operating point of docs/design.md §6 (the smallest offload whose accuracy is within ``gap`` of all-offloaded) and
+records the val accuracies of every model and of the collaboration at tau, all through
+ask_the_expert.method.policies."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -36,6 +39,9 @@ from ask_the_expert.deploy.bundle_format import (
     expert_file,
 )
 from ask_the_expert.deploy.model_card import model_card
+from ask_the_expert.deploy.profile_bundle import time_session
+from ask_the_expert.deploy.runtime import preprocess
+from ask_the_expert.deploy.triton_repo import TRITON_FOLDER, write_triton_repository
 from ask_the_expert.method.cifar100_classes import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from ask_the_expert.method.costs import Profile
 from ask_the_expert.method.deferral import DeferralRule
@@ -164,6 +170,16 @@ def save_torch_program(model: nn.Module, path: Path) -> None:
     torch.export.save(program, str(path))
 
 
+def time_models(folder: Path, router: RouterConfig, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
+    """{model file: median batch-1 onnxruntime latency in ms on this machine} (for the model card)."""
+    x = preprocess(np.zeros((1, router.image_size, router.image_size, 3), dtype=np.uint8), router)
+    out = {}
+    for name in (router.generalist_file, *router.expert_files):
+        session = onnxruntime.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+        out[name] = round(time_session(session, x, warmup, repeats), 3)
+    return out
+
+
 def check_output(out_dir: Path, force: bool) -> None:
     """Refuse an existing folder unless ``force``, and never replace a folder that is not a bundle."""
     if not out_dir.exists():
@@ -204,6 +220,7 @@ def export_bundle(
     answer: str = "expert",
     force: bool = False,
     torch_export: bool = False,
+    triton: bool = False,
     batch_size: int = 256,
     opset: int = OPSET,
 ) -> dict[str, Any]:
@@ -221,6 +238,7 @@ def export_bundle(
             of G's and the expert's probabilities, its weight fitted on ``data``).
         force: replace an existing bundle at ``out_dir``.
         torch_export: also save ``torch.export`` programs (``*.pt2``) next to the ONNX files.
+        triton: also write a Triton model repository of the experts to ``triton/`` (ask_the_expert.deploy.triton_repo).
     """
     start = time.perf_counter()
     spec = routing or RouterSpec()
@@ -285,6 +303,13 @@ def export_bundle(
                 save_torch_program(model, tmp / name.replace(".onnx", ".pt2"))
             _progress(f"export: {name} ({i}/{len(entries)}) in {time.perf_counter() - began:.1f} s")
         (tmp / ROUTER_FILE).write_text(json.dumps(router.to_dict(), indent=2) + "\n", encoding="utf-8")
+        if triton and router.num_experts:
+            write_triton_repository(tmp, router, tmp / TRITON_FOLDER)
+        latency = time_models(tmp, router)
+        models = {
+            name: {"parameters": sum(p.numel() for p in model.parameters()), "latency_ms_batch1": latency[name]}
+            for name, model, _ in entries
+        }
         manifest = {
             "format_version": FORMAT_VERSION,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -294,9 +319,12 @@ def export_bundle(
             "profile": None if profile is None else {"name": profile.name, "description": profile.description},
             "versions": _versions(opset),
             "exporter": "torch.onnx.export(dynamo=True), weights embedded",
+            "models": models,
+            "triton_repository": TRITON_FOLDER if (tmp / TRITON_FOLDER).is_dir() else None,
+            "latency_measured_on": f"{platform.machine()}, {os.cpu_count()} CPUs, onnxruntime CPU, batch 1, median",
         }
         (tmp / MODEL_CARD_FILE).write_text(model_card(manifest, router, profile), encoding="utf-8")
-        files = sorted(p.name for p in tmp.iterdir())
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest["files"] = {f: {"sha256": file_sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
         manifest["export_seconds"] = round(time.perf_counter() - start, 2)
         # The manifest is written last: a folder without one is never taken for a bundle.

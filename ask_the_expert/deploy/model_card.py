@@ -10,13 +10,23 @@ from ask_the_expert.method.costs import Profile
 
 
 def profile_status(profile: Profile | None) -> str:
-    """Whether a cost profile's latencies were measured (``ate-deploy profile`` records how) or assumed."""
+    """Whether a cost profile's latencies were measured (``ate-deploy profile`` / ``client`` record how) or assumed."""
     if profile is None:
         return "no cost profile was given at export; latency and energy figures do not apply to this bundle"
     measured = sorted(k.removeprefix("measured_") for k in profile.meta if k.startswith("measured_"))
     if measured:
-        return f"`{profile.name}`: latencies MEASURED by `ate-deploy profile` ({', '.join(measured)})"
+        return f"`{profile.name}`: latencies MEASURED by `ate-deploy profile` or `client` ({', '.join(measured)})"
     return f"`{profile.name}`: ASSUMED numbers, not measurements ({profile.description})"
+
+
+def answer_rule(fuse_weight: float | None) -> str:
+    """What an offloaded image's answer is (core.route.fused_predictions for the fused rule)."""
+    if fuse_weight is None:
+        return "an offloaded image gets the chosen expert's top-1 class"
+    return (
+        f"fused: an offloaded image gets argmax of {fuse_weight:.3g} log p_G + {1 - fuse_weight:.3g} log p_E "
+        "(the weighted geometric mean of the generalist's and the expert's probabilities; weight fitted on val)"
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -38,12 +48,13 @@ def model_card(manifest: Mapping[str, Any], router: RouterConfig, profile: Profi
         "near-edge accelerator). A research artefact for measuring accuracy, latency and energy trade-offs, not "
         "for decisions about people.",
         "",
-        "## Routing",
+        "## Routing and the answer rule",
         "",
         f"- offload when `{spec.confidence}` confidence of softmax(logits / {spec.temperature:.4g}) < tau = "
-        f"{spec.tau if spec.tau is not None else 'n/a (no experts)'}",
+        + (f"{spec.tau:.4g} (router.json holds the exact value)" if spec.tau is not None else "n/a (no experts)"),
         f"- expert choice: Top-{spec.k} (sum of the k most probable classes' probabilities per expert)",
         f"- temperature: {manifest.get('routing', {}).get('temperature_source', 'given')}",
+        f"- answer: {answer_rule(spec.fuse_weight) if router.num_experts else 'the generalist answers every image'}",
         "",
         "## Data",
         "",
@@ -62,6 +73,13 @@ def model_card(manifest: Mapping[str, Any], router: RouterConfig, profile: Profi
             lines.append(f"| {j} | {len(subset)}: {names} | {_pct(accs.get(j))} |")
     else:
         lines.append("None: a generalist-only bundle answers every image on the edge.")
+    lines += ["", "## Models", ""]
+    models = manifest.get("models") or {}
+    lines += ["| file | role | parameters | latency, batch 1 |", "| --- | --- | --- | --- |"]
+    for name, info in models.items():
+        role = "generalist (edge)" if name == router.generalist_file else "expert (near edge)"
+        lines.append(f"| `{name}` | {role} | {info['parameters']:,} | {info['latency_ms_batch1']:.3g} ms |")
+    lines += ["", f"Latencies measured at export: {manifest.get('latency_measured_on', 'not recorded')}."]
     lines += ["", "## Measured accuracy", ""]
     if ev:
         lines.append(f"- generalist alone: {_pct(ev.get('generalist_accuracy'))}")
@@ -78,6 +96,22 @@ def model_card(manifest: Mapping[str, Any], router: RouterConfig, profile: Profi
         "## Cost profile",
         "",
         f"- {profile_status(profile)}",
+        "",
+        "## Serving the two halves",
+        "",
+        "- Near edge, with this suite: `ate-deploy serve --bundle <this folder>` serves every expert over the "
+        "Open Inference Protocol (KServe V2, HTTP and gRPC) on Triton (PyTriton); edge: `ate-deploy client "
+        "--bundle <this folder> --url <server>:8001 --images batch.npy` runs the generalist and the router and "
+        "sends only the offloaded images, falling back to the generalist's answer when the server is slow or down.",
+        "- Near edge without this suite (Triton on a Jetson or GPU server): "
+        + (
+            "`tritonserver --model-repository <this folder>/triton` (the NGC container "
+            "`nvcr.io/nvidia/tritonserver:<yy.mm>-py3`, or Triton's JetPack release on a Jetson) serves "
+            "`expert_<j>` with the onnxruntime backend, dynamic batching and the GPU when there is one: input "
+            "`images` UINT8 (batch, 32, 32, 3) raw pixels, output `logits` FP32 (batch, 100)."
+            if manifest.get("triton_repository")
+            else "re-export with `--triton true` to add a Triton model repository (`triton/`)."
+        ),
         "",
         "## Limitations",
         "",

@@ -30,7 +30,8 @@ import onnxruntime as ort
 import yaml
 
 from ask_the_expert.deploy.runtime import INPUT_NAME, OUTPUT_NAME, Bundle, preprocess
-from ask_the_expert.method.costs import Profile, load_profile, profile_to_dict
+from ask_the_expert.method.costs import Profile, profile_from_dict, profile_to_dict
+from ask_the_expert.utils.atomic import write_text_atomic
 from ask_the_expert.utils.errors import ProfileError
 
 Section = Literal["edge", "near_edge", "both"]
@@ -131,16 +132,16 @@ def profile_bundle(
 
 
 def write_profile(profile: Profile, path: str | Path, force: bool = False) -> Path:
-    """Write ``profile`` as YAML in the configs/profiles format (refuses to overwrite unless ``force``)."""
+    """Write ``profile`` as YAML in the configs/profiles format (refuses to overwrite unless ``force``), checked
+    first and written under a temporary name."""
     path = Path(path)
     if path.exists() and not force:
         raise ProfileError(f"{path} already exists; choose another --out or pass --force to overwrite it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = (
-        f"# Cost profile written by `ate-deploy profile`. {profile.description}\n"
+        f"# Cost profile written by `ate-deploy profile` or `client`. {profile.description}\n"
         "# Units: latency ms, power W, rates Mbit/s, sizes bytes. meta records how each latency was measured.\n"
     )
     body = yaml.safe_dump(profile_to_dict(profile), sort_keys=False, default_flow_style=False)
-    path.write_text(header + body, encoding="utf-8")
-    load_profile(path)  # what ate-evaluate does with it: fail here rather than there
+    profile_from_dict(yaml.safe_load(body), str(path))  # what ate-evaluate does with it: fail here rather than there
+    write_text_atomic(path, header + body)
     return path

@@ -1,8 +1,9 @@
 """Parity of a bundle with its checkpoints on a labelled split (torch side).
 
 Three references, all on the same images: ``CollaborativeSystem.predict_step`` (real routed inference in PyTorch)
-for the decisions (offloaded or not, which expert, final class); eager PyTorch logits of the generalist and of each
-expert on the samples the bundle sent it; and the simulated accuracy at tau of the evaluation path
+for the decisions (offloaded or not, which expert, final class); eager PyTorch logits of the generalist, of each
+expert on the samples the bundle sent it and of every expert on the first batch (so every expert file is compared
+whatever tau offloads, even nothing); and the simulated accuracy at tau of the evaluation path
 (``CollaborativeSystem.evaluation_records`` scored by ask_the_expert.method.policies).
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from ask_the_expert.deploy.export import ExportError, load_export_models, torch_logits
-from ask_the_expert.deploy.runtime import Bundle
+from ask_the_expert.deploy.runtime import INPUT_NAME, OUTPUT_NAME, Bundle, preprocess
 from ask_the_expert.method.policies import at_threshold, deployed_policy
 from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100 import LabelledImages, eval_tensors
@@ -70,9 +71,16 @@ def verify_bundle(
     g_diff = e_diff = 0.0
     mismatches = 0
     runtime_correct, offloaded, records = [], [], []
+    experts_checked: set[int] = set()
     for start, images, labels in data.batches(batch_size):
         x = eval_tensors(images)
         result = bundle.predict(images)
+        if start == 0 and bundle.router.num_experts:  # every expert on the whole first batch
+            normalised = preprocess(images, bundle.router)
+            for j, session in enumerate(bundle.near_edge.sessions):
+                logits = session.run([OUTPUT_NAME], {INPUT_NAME: normalised})[0]
+                e_diff = max(e_diff, float(np.max(np.abs(logits - torch_logits(models.experts[j], x)))))
+                experts_checked.add(j)
         g_ref = torch_logits(models.generalist, x)
         g_diff = max(g_diff, float(np.max(np.abs(result.edge.logits - g_ref))))
         if result.answer is not None:
@@ -80,6 +88,7 @@ def verify_bundle(
                 sel = result.answer.experts == j
                 ref = torch_logits(models.experts[j], x[torch.from_numpy(result.answer.indices[sel])])
                 e_diff = max(e_diff, float(np.max(np.abs(result.answer.logits[sel] - ref))))
+                experts_checked.add(int(j))
         runtime_correct.append(result.predictions == labels)
         offloaded.append(result.edge.offloaded)
         if system is None:  # generalist-only bundle: G's top-1 is every answer
@@ -112,10 +121,14 @@ def verify_bundle(
         "decision_mismatches": mismatches,
         "max_abs_logit_diff_generalist": g_diff,
         "max_abs_logit_diff_experts": e_diff,
+        "experts_checked": f"{len(experts_checked)} of {bundle.router.num_experts}",
         "atol": atol,
         "accuracy_bundle": accuracy,
         "accuracy_simulated": simulated,
         "reference": "CollaborativeSystem.predict_step" if system is not None else "ClassifierModule (no experts)",
     }
-    report["passed"] = bool(mismatches == 0 and g_diff <= atol and e_diff <= atol and accuracy == simulated)
+    every_expert = len(experts_checked) == bundle.router.num_experts
+    report["passed"] = bool(
+        mismatches == 0 and g_diff <= atol and e_diff <= atol and accuracy == simulated and every_expert
+    )
     return report

@@ -15,25 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from ask_the_expert.method.costs import COST_KEYS, Profile, baseline_costs, mean_costs_for_offload_count
+from ask_the_expert.method.costs import (
+    COST_KEYS,
+    LATENCY,
+    QUANTITIES,
+    Profile,
+    baseline_costs,
+    mean_costs_for_offload_count,
+)
 from ask_the_expert.method.stats import accuracy_at, offload_to_reach
 from ask_the_expert.utils.errors import ProfileError
 
 STRATEGIES = ("edge_generalist", "edge_medium", "near_edge_only", "collaboration")
-# Scalar profile fields a map can vary, besides edge.latency_ms.<role> and near_edge.latency_ms.<role>.
-_SCALAR_FIELDS = (
-    "link.uplink_mbps",
-    "link.downlink_mbps",
-    "link.rtt_ms",
-    "link.bytes_up",
-    "link.bytes_down",
-    "edge.power_active_w",
-    "edge.power_idle_w",
-    "edge.power_radio_w",
-    "near_edge.power_active_w",
-)
-_RATES = ("link.uplink_mbps", "link.downlink_mbps")
-_BYTES = ("link.bytes_up", "link.bytes_down")
 
 
 def strategy_costs(profile: Profile, offload_ratio: float | None) -> dict[str, dict[str, float]]:
@@ -51,7 +44,7 @@ def profile_fields(profile: Profile) -> list[str]:
     """Dotted names of every profile quantity a break-even map can vary on this profile."""
     roles = [f"edge.latency_ms.{r}" for r in profile.edge.latency_ms]
     roles += [f"near_edge.latency_ms.{r}" for r in profile.near_edge.latency_ms]
-    return [*_SCALAR_FIELDS, *roles]
+    return [*QUANTITIES, *roles]
 
 
 def get_field(profile: Profile, field: str) -> float:
@@ -63,18 +56,20 @@ def get_field(profile: Profile, field: str) -> float:
 
 
 def with_field(profile: Profile, field: str, value: float) -> Profile:
-    """A copy of the profile with one dotted field set (rates must be > 0, other quantities >= 0)."""
+    """A copy of the profile with one dotted field set, checked by the field's rule (costs.QUANTITIES; latencies
+    >= 0)."""
     _check_field(profile, field)
+    quantity = QUANTITIES.get(field, LATENCY)
+    why = quantity.problem(value)
+    if why:
+        raise ProfileError(f"{field} {why}, got {value!r}; fix the grid values for this field.")
     v = float(value)
-    if not math.isfinite(v) or v < 0 or (field in _RATES and v <= 0) or (field in _BYTES and v != int(v)):
-        rule = "> 0 Mbit/s" if field in _RATES else "a whole number >= 0" if field in _BYTES else ">= 0"
-        raise ProfileError(f"{field} must be {rule}, got {value!r}; fix the grid values for this field.")
     parts = field.split(".")
     section = getattr(profile, parts[0])
     if len(parts) == 3:
         new_section = replace(section, latency_ms={**section.latency_ms, parts[2]: v})
     else:
-        new_section = replace(section, **{parts[1]: int(v) if field in _BYTES else v})
+        new_section = replace(section, **{parts[1]: int(v) if quantity.rule == "int0" else v})
     return replace(profile, **{parts[0]: new_section})
 
 

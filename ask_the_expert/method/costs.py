@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,6 @@ import yaml
 from ask_the_expert.utils.config_files import find_config
 from ask_the_expert.utils.errors import ProfileError
 
-# Roles every profile must time: the method needs G on the edge and an expert on the near edge, and the
-# headline baseline is the medium (expert-sized, all-class) model run on the edge.
-REQUIRED_EDGE_ROLES = ("generalist", "medium")
-REQUIRED_NEAR_ROLES = ("expert",)
 COST_KEYS = ("latency_ms", "edge_energy_mj", "system_energy_mj")
 # How reports and plots name each cost and each reference deployment of baseline_costs.
 COST_NAMES = {"latency_ms": "latency", "edge_energy_mj": "edge energy", "system_energy_mj": "system energy"}
@@ -36,33 +32,69 @@ BASELINE_NAMES = {
 }
 
 
+# ------------------------------------------------------------------------------------------ the profile's fields
+# Every field of a profile is declared once, below, as a dataclass field; its metadata drives the checks, the key
+# sets, the construction from YAML, the serialisation and the break-even maps' axes (adding a field is one line plus
+# its use in the cost formulas).
+@dataclass(frozen=True)
+class Quantity:
+    """A number of a profile: ``rule`` (``ge0``: >= 0, ``gt0``: > 0, ``int0``: a whole number >= 0) and ``label``,
+    its name with its unit in plots."""
+
+    rule: str
+    label: str
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable under the rule, or None when it is."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return "must be a finite number"
+        if self.rule == "gt0" and value <= 0:
+            return "must be > 0"
+        if self.rule in ("ge0", "int0") and value < 0:
+            return "must be >= 0"
+        if self.rule == "int0" and value != int(value):
+            return "must be a whole number of bytes"
+        return None
+
+
+# Every latency of a profile (edge.latency_ms.<role>, near_edge.latency_ms.<role>).
+LATENCY = Quantity("ge0", "latency (ms)")
+
+
+def quantity(rule: str, label: str, default: Any = MISSING) -> Any:
+    """A dataclass field holding a profile number (``Quantity``)."""
+    return field(default=default, metadata={"quantity": Quantity(rule, label)})
+
+
 @dataclass(frozen=True)
 class EdgeDevice:
     """The device that runs the generalist; latency per model role in ms, powers in W."""
 
-    latency_ms: dict[str, float]
-    power_active_w: float
-    power_idle_w: float
-    power_radio_w: float
+    # ms per model role; the roles every profile must time: the method needs G on the edge and an expert on the near
+    # edge, and the headline baseline is the medium (expert-sized, all-class) model run on the edge.
+    latency_ms: dict[str, float] = field(metadata={"roles": ("generalist", "medium")})
+    power_active_w: float = quantity("ge0", "edge active power (W)")
+    power_idle_w: float = quantity("ge0", "edge idle power (W)")
+    power_radio_w: float = quantity("ge0", "edge radio power (W)")
 
 
 @dataclass(frozen=True)
 class NearEdgeDevice:
     """The near-edge accelerator that runs experts; latency per model role in ms, power in W."""
 
-    latency_ms: dict[str, float]
-    power_active_w: float
+    latency_ms: dict[str, float] = field(metadata={"roles": ("expert",)})
+    power_active_w: float = quantity("ge0", "near-edge power (W)")
 
 
 @dataclass(frozen=True)
 class Link:
     """Edge <-> near-edge link: rates in Mbit/s, round-trip time in ms, payload sizes in bytes."""
 
-    uplink_mbps: float
-    downlink_mbps: float
-    rtt_ms: float
-    bytes_up: int = 3072  # the raw 32x32x3 uint8 image
-    bytes_down: int = 8  # a class id and a probability
+    uplink_mbps: float = quantity("gt0", "uplink rate (Mbit/s)")
+    downlink_mbps: float = quantity("gt0", "downlink rate (Mbit/s)")
+    rtt_ms: float = quantity("ge0", "round-trip time (ms)")
+    bytes_up: int = quantity("int0", "bytes sent per sample (B)", 3072)  # the raw 32x32x3 uint8 image
+    bytes_down: int = quantity("int0", "bytes returned per sample (B)", 8)  # a class id and a probability
 
 
 @dataclass(frozen=True)
@@ -77,38 +109,52 @@ class Profile:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# (dotted name, required?, rule) for every scalar field: "ge0" = number >= 0, "gt0" = number > 0,
-# "int0" = whole number >= 0.
-_SCALARS = (
-    ("edge.power_active_w", True, "ge0"),
-    ("edge.power_idle_w", True, "ge0"),
-    ("edge.power_radio_w", True, "ge0"),
-    ("near_edge.power_active_w", True, "ge0"),
-    ("link.uplink_mbps", True, "gt0"),
-    ("link.downlink_mbps", True, "gt0"),
-    ("link.rtt_ms", True, "ge0"),
-    ("link.bytes_up", False, "int0"),
-    ("link.bytes_down", False, "int0"),
-)
-_SECTION_KEYS = {
-    "edge": {"latency_ms", "power_active_w", "power_idle_w", "power_radio_w"},
-    "near_edge": {"latency_ms", "power_active_w"},
-    "link": {"uplink_mbps", "downlink_mbps", "rtt_ms", "bytes_up", "bytes_down"},
+# The profile's sections (edge, near_edge, link) and every number in them, by dotted name ("link.rtt_ms").
+SECTIONS: dict[str, type] = {"edge": EdgeDevice, "near_edge": NearEdgeDevice, "link": Link}
+QUANTITIES: dict[str, Quantity] = {
+    f"{section}.{f.name}": f.metadata["quantity"]
+    for section, cls in SECTIONS.items()
+    for f in fields(cls)
+    if "quantity" in f.metadata
 }
-_TOP_KEYS = {"name", "description", "edge", "near_edge", "link", "meta"}
 
 
-def _bad_number(value: Any, rule: str) -> str | None:
-    """Why `value` is not acceptable under `rule`, or None when it is."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "must be a finite number"
-    if rule == "gt0" and value <= 0:
-        return "must be > 0"
-    if rule in ("ge0", "int0") and value < 0:
-        return "must be >= 0"
-    if rule == "int0" and value != int(value):
-        return "must be a whole number of bytes"
-    return None
+def _section_problems(section: str, cls: type, values: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(missing, invalid) fields of one section, as dotted names with the reason."""
+    missing: list[str] = []
+    known = {f.name for f in fields(cls)}
+    invalid = [f"{section}.{k} (unknown field)" for k in values if k not in known]
+    for f in fields(cls):
+        dotted = f"{section}.{f.name}"
+        if "roles" in f.metadata:
+            roles = values.get(f.name)
+            if roles is None:
+                missing += [f"{dotted}.{r}" for r in f.metadata["roles"]]
+            elif not isinstance(roles, Mapping):
+                invalid.append(f"{dotted} (must be a mapping of model role to ms)")
+            else:
+                missing += [f"{dotted}.{r}" for r in f.metadata["roles"] if r not in roles]
+                invalid += [f"{dotted}.{r} = {v!r} ({why})" for r, v in roles.items() if (why := LATENCY.problem(v))]
+        elif f.name not in values:
+            if f.default is MISSING:
+                missing.append(dotted)
+        elif why := f.metadata["quantity"].problem(values[f.name]):
+            invalid.append(f"{dotted} = {values[f.name]!r} ({why})")
+    return missing, invalid
+
+
+def _section(cls: type, values: Mapping[str, Any]) -> Any:
+    """A checked section as its dataclass (latencies as {role: float}, byte counts as int, the rest as float)."""
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if "roles" in f.metadata:
+            kwargs[f.name] = {str(k): float(v) for k, v in value.items()}
+        else:
+            kwargs[f.name] = int(value) if f.metadata["quantity"].rule == "int0" else float(value)
+    return cls(**kwargs)
 
 
 def profile_from_dict(d: Mapping[str, Any], source: str | None = None) -> Profile:
@@ -121,7 +167,7 @@ def profile_from_dict(d: Mapping[str, Any], source: str | None = None) -> Profil
         )
     missing: list[str] = []
     invalid: list[str] = []
-    invalid += [f"{k} (unknown field)" for k in d if k not in _TOP_KEYS]
+    invalid += [f"{k} (unknown field)" for k in d if k not in {f.name for f in fields(Profile)}]
     if "name" not in d:
         missing.append("name")
     elif not isinstance(d["name"], str) or not d["name"].strip():
@@ -130,42 +176,16 @@ def profile_from_dict(d: Mapping[str, Any], source: str | None = None) -> Profil
         invalid.append("description (must be a string)")
     if d.get("meta") is not None and not isinstance(d["meta"], Mapping):
         invalid.append("meta (must be a mapping)")
-    sections: dict[str, Mapping[str, Any]] = {}
-    for sec, keys in _SECTION_KEYS.items():
-        value = d.get(sec)
+    for section, cls in SECTIONS.items():
+        value = d.get(section)
         if value is None:
-            missing.append(sec)
+            missing.append(section)
         elif not isinstance(value, Mapping):
-            invalid.append(f"{sec} (must be a mapping)")
+            invalid.append(f"{section} (must be a mapping)")
         else:
-            sections[sec] = value
-            invalid += [f"{sec}.{k} (unknown field)" for k in value if k not in keys]
-    for dotted, required, rule in _SCALARS:
-        sec, key = dotted.split(".")
-        if sec not in sections:
-            continue
-        if key not in sections[sec]:
-            if required:
-                missing.append(dotted)
-            continue
-        why = _bad_number(sections[sec][key], rule)
-        if why:
-            invalid.append(f"{dotted} = {sections[sec][key]!r} ({why})")
-    for sec, roles in (("edge", REQUIRED_EDGE_ROLES), ("near_edge", REQUIRED_NEAR_ROLES)):
-        if sec not in sections:
-            continue
-        lat = sections[sec].get("latency_ms")
-        if lat is None:
-            missing += [f"{sec}.latency_ms.{r}" for r in roles]
-            continue
-        if not isinstance(lat, Mapping):
-            invalid.append(f"{sec}.latency_ms (must be a mapping of model role to ms)")
-            continue
-        missing += [f"{sec}.latency_ms.{r}" for r in roles if r not in lat]
-        for role, value in lat.items():
-            why = _bad_number(value, "ge0")
-            if why:
-                invalid.append(f"{sec}.latency_ms.{role} = {value!r} ({why})")
+            more_missing, more_invalid = _section_problems(section, cls, value)
+            missing += more_missing
+            invalid += more_invalid
     if missing or invalid:
         parts = []
         if missing:
@@ -177,28 +197,11 @@ def profile_from_dict(d: Mapping[str, Any], source: str | None = None) -> Profil
             "(latencies in ms and powers in W as numbers >= 0, link rates in Mbit/s > 0, byte counts >= 0) "
             "and remove unknown fields; configs/profiles/edge_arm_wifi.yaml is a complete example."
         )
-    e, n, lk = sections["edge"], sections["near_edge"], sections["link"]
     return Profile(
         name=str(d["name"]),
         description=str(d.get("description", "")),
-        edge=EdgeDevice(
-            latency_ms={str(k): float(v) for k, v in e["latency_ms"].items()},
-            power_active_w=float(e["power_active_w"]),
-            power_idle_w=float(e["power_idle_w"]),
-            power_radio_w=float(e["power_radio_w"]),
-        ),
-        near_edge=NearEdgeDevice(
-            latency_ms={str(k): float(v) for k, v in n["latency_ms"].items()},
-            power_active_w=float(n["power_active_w"]),
-        ),
-        link=Link(
-            uplink_mbps=float(lk["uplink_mbps"]),
-            downlink_mbps=float(lk["downlink_mbps"]),
-            rtt_ms=float(lk["rtt_ms"]),
-            bytes_up=int(lk.get("bytes_up", 3072)),
-            bytes_down=int(lk.get("bytes_down", 8)),
-        ),
         meta=dict(d.get("meta") or {}),
+        **{section: _section(cls, d[section]) for section, cls in SECTIONS.items()},
     )
 
 
@@ -225,29 +228,9 @@ def load_profile(path: str | Path) -> Profile:
 
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
     """Plain-dict form of a profile (YAML-serialisable; profile_from_dict round-trips it)."""
-    out: dict[str, Any] = {
-        "name": profile.name,
-        "description": profile.description,
-        "edge": {
-            "latency_ms": dict(profile.edge.latency_ms),
-            "power_active_w": profile.edge.power_active_w,
-            "power_idle_w": profile.edge.power_idle_w,
-            "power_radio_w": profile.edge.power_radio_w,
-        },
-        "near_edge": {
-            "latency_ms": dict(profile.near_edge.latency_ms),
-            "power_active_w": profile.near_edge.power_active_w,
-        },
-        "link": {
-            "uplink_mbps": profile.link.uplink_mbps,
-            "downlink_mbps": profile.link.downlink_mbps,
-            "rtt_ms": profile.link.rtt_ms,
-            "bytes_up": profile.link.bytes_up,
-            "bytes_down": profile.link.bytes_down,
-        },
-    }
-    if profile.meta:
-        out["meta"] = dict(profile.meta)
+    out = asdict(profile)
+    if not profile.meta:
+        del out["meta"]
     return out
 
 

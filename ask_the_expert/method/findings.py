@@ -100,10 +100,12 @@ def compute_findings(
     primary: str,
     k_values: Sequence[int],
     split: str,
+    versus_progressive: Sequence[tuple[str, str]] = (),
 ) -> list[Finding]:
-    """The report's comparisons on one evaluation (see the module docstring): progressive vs each static variant,
-    the collaboration vs the base model and vs the generalist, Top-k choice, fused vs plain expert answers, learned
-    vs confidence-based deferral. Only comparisons whose policies were evaluated are made."""
+    """The report's comparisons on one evaluation (see the module docstring): progressive vs each policy of
+    ``versus_progressive`` ((name, label): the static variants), the collaboration vs the base model and vs the
+    generalist, Top-k choice, fused vs plain expert answers, learned vs confidence-based deferral. Only comparisons
+    whose policies were evaluated are made."""
     stats = Statistics(counts)
     label = records["label"]
     out: list[Finding] = []
@@ -122,7 +124,7 @@ def compute_findings(
     routed = curve("routed", best_k)
     g_only = stats.mean(records["g_topk_classes"][:, 0] == label)
     # Progressive vs each static variant: on the experts' own subsets, all offloaded, and by area gain.
-    for name, title in (("static", "static-from-base"), ("static_init", "static-from-init")):
+    for name, title in versus_progressive:
         static = curve(name, best_k)
         if static is None:
             continue

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,11 +41,8 @@ from ask_the_expert.method.costs import COST_KEYS, Profile, baseline_costs
 from ask_the_expert.method.deferral import DeferralRule, cross_fitted_confidence, fit_deferral
 from ask_the_expert.method.findings import compute_findings
 from ask_the_expert.method.routed_batch import FUSE_WEIGHTS, Records
-from ask_the_expert.method.router import (
-    LEARNED,
-    RouterSpec,
-    random_confidence,
-)
+from ask_the_expert.method.router import LEARNED, RANDOM, RouterSpec, random_confidence
+from ask_the_expert.method.stages import BASELINE_VARIANTS
 from ask_the_expert.method.stats import resample_counts
 from ask_the_expert.method.sweep import (
     OPERATING_RULES,
@@ -60,10 +57,6 @@ from ask_the_expert.method.sweep import (
 )
 from ask_the_expert.utils.errors import SuiteError
 
-# Policies with a curve over tau (the end-point policies are single points).
-CURVE_POLICIES = ("routed", "fused", "static", "static_init", "base", "oracle", "random")
-# The single-stage expert sets evaluated beside the progressive experts: record prefix -> what it is.
-BASELINE_SETS = {"static": "static-from-base", "static_init": "static-from-init"}
 # Half-width of the band put below the lowest / above the highest val confidence when a deployed tau sits at an end.
 _END_MARGIN = 1e-3
 
@@ -128,6 +121,12 @@ class Fitted:
     def to_dict(self) -> dict[str, Any]:
         return {"fuse_weight": {str(k): w for k, w in self.fuse_weight.items()}, "deferral": self.deferral}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fitted:
+        """Inverse of to_dict (a summary.json's ``fitted``)."""
+        weights = {int(k): float(w) for k, w in (d.get("fuse_weight") or {}).items()}
+        return cls(fuse_weight=weights, deferral=dict(d.get("deferral") or {}))
+
 
 def _best_fuse_weight(conf: np.ndarray, local: np.ndarray, fused: np.ndarray, label: np.ndarray) -> float:
     """The weight of FUSE_WEIGHTS whose fused policy has the largest area under the accuracy-vs-offload curve."""
@@ -135,10 +134,106 @@ def _best_fuse_weight(conf: np.ndarray, local: np.ndarray, fused: np.ndarray, la
     return FUSE_WEIGHTS[int(np.argmax(areas))]
 
 
+# ---------------------------------------------------------------------------------------------- the policies
+@dataclass
+class AnswerContext:
+    """What a policy's answer function sees: the records, their labels, G's correctness and primary confidence, and
+    what is fitted on val (``fitting``: fit it now, else apply ``fitted``)."""
+
+    records: Mapping[str, np.ndarray]
+    label: np.ndarray
+    local: np.ndarray
+    primary: np.ndarray
+    fitted: Fitted
+    fitting: bool
+
+
+# (context, k) -> per sample, whether the policy's answer to an offloaded sample is right; None when the records
+# do not hold that policy (e.g. no base model was evaluated).
+AnswerFn = Callable[[AnswerContext, int], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A curve policy (docs/design.md §3, §6): who answers the samples it offloads. Declaring one (``register_policy``)
+    is all it takes for its curves, scalars, operating points, plots, report rows and, with ``versus_progressive``,
+    its findings.
+
+    Attributes:
+        name: its key in curves, records and metric names.
+        label: how findings and tables name it; ``legend``: how plots name it.
+        answers: its answer function (``AnswerFn``).
+        per_k: one curve per Top-k value (k = 0 otherwise).
+        learned: also evaluated with the learned deferral confidence (a rule fitted per policy and k).
+        random_offload: offloads a seeded random subset at every rate instead of the least confident samples (its
+            confidence measure is ``random``; plots show it at routed's best k).
+        near_edge_model: the near-edge latency role an offload costs (``medium``: the base model, timed as an
+            ``expert`` when the profile has no ``medium``).
+        versus_progressive: the findings compare the progressive experts' answers with this policy's.
+    """
+
+    name: str
+    label: str
+    legend: str
+    answers: AnswerFn
+    per_k: bool = True
+    learned: bool = False
+    random_offload: bool = False
+    near_edge_model: str = "expert"
+    versus_progressive: bool = False
+
+
+POLICIES: dict[str, Policy] = {}
+
+
+def register_policy(policy: Policy) -> Policy:
+    """Add a policy to every evaluation (in registration order: the order of curves, tables and plots)."""
+    if policy.name in POLICIES:
+        raise SuiteError(f"A policy named {policy.name!r} is registered already.")
+    POLICIES[policy.name] = policy
+    return policy
+
+
+def _column_answers(column: str) -> AnswerFn:
+    """Answers read from a record column (``{k}`` is the Top-k value)."""
+
+    def answers(ctx: AnswerContext, k: int) -> np.ndarray | None:
+        name = column.format(k=k)
+        return ctx.records[name] == ctx.label if name in ctx.records else None
+
+    return answers
+
+
+def _fused_answers(ctx: AnswerContext, k: int) -> np.ndarray | None:
+    """The weighted geometric mean of G's and the chosen expert's probabilities, its weight fitted on val."""
+    fused = ctx.records.get(f"fused_k{k}")
+    if fused is None:
+        return None
+    if ctx.fitting:
+        ctx.fitted.fuse_weight[k] = _best_fuse_weight(ctx.primary, ctx.local, fused, ctx.label)
+    return fused[:, FUSE_WEIGHTS.index(ctx.fitted.fuse_weight[k])] == ctx.label
+
+
+_routed_answers = _column_answers("pred_k{k}")
+register_policy(Policy("routed", "routed", "routed (progressive experts)", _routed_answers, learned=True))
+register_policy(Policy("fused", "fused", "fused G + expert", _fused_answers, learned=True))
+for _variant in BASELINE_VARIANTS.values():
+    register_policy(
+        Policy(_variant.name, _variant.title, f"{_variant.title} experts",
+               _column_answers(f"{_variant.name}_pred_k{{k}}"), versus_progressive=True)
+    )  # fmt: skip
+register_policy(
+    Policy("base", "base", "offload to the base model", _column_answers("pred_base"), per_k=False,
+           near_edge_model="medium")
+)  # fmt: skip
+register_policy(Policy("oracle", "oracle", "oracle routing", _column_answers("pred_oracle"), per_k=False))
+register_policy(Policy("random", "random", "random offload", _routed_answers, random_offload=True))
+
+
 def policy_inputs(
     records: Mapping[str, np.ndarray], random_seed: int = 0, fitted: Fitted | None = None
 ) -> tuple[list[PolicyData], Fitted]:
-    """The sweep inputs of every curve policy the records support, and what was fitted for them.
+    """The sweep inputs of every registered policy the records support, and what was fitted for them.
 
     Without ``fitted`` (val) the fused weights and deferral rules are fitted here and the learned confidences are
     cross-fitted (out of fold); with it (test) they are applied unchanged.
@@ -146,41 +241,33 @@ def policy_inputs(
     ks, measures = record_layout(records)
     label = records["label"]
     local = records["g_topk_classes"][:, 0] == label
-    primary = records[f"conf_{measures[0]}"]
-    fitting = fitted is None
-    fitted = fitted or Fitted()
+    ctx = AnswerContext(records, label, local, records[f"conf_{measures[0]}"], fitted or Fitted(), fitted is None)
+    # Per-k policies first (k by k), then the others: the order of every curve list.
+    plan = [(p, k) for k in ks for p in POLICIES.values() if p.per_k and not p.random_offload]
+    plan += [(p, 0) for p in POLICIES.values() if not p.per_k and not p.random_offload]
+    offload = {(p.name, k): correct for p, k in plan if (correct := p.answers(ctx, k)) is not None}
     out: list[PolicyData] = []
-    offload: dict[tuple[str, int], np.ndarray] = {}
-    for k in ks:
-        offload["routed", k] = records[f"pred_k{k}"] == label
-        if f"fused_k{k}" in records:
-            fused = records[f"fused_k{k}"]
-            if fitting:
-                fitted.fuse_weight[k] = _best_fuse_weight(primary, local, fused, label)
-            offload["fused", k] = fused[:, FUSE_WEIGHTS.index(fitted.fuse_weight[k])] == label
-        for name in BASELINE_SETS:
-            if f"{name}_pred_k{k}" in records:
-                offload[name, k] = records[f"{name}_pred_k{k}"] == label
-    if "pred_base" in records:
-        offload["base", 0] = records["pred_base"] == label
-    offload["oracle", 0] = records["pred_oracle"] == label
     for m in measures:
         out += [PolicyData(p, k, m, records[f"conf_{m}"], local, correct) for (p, k), correct in offload.items()]
     if "g_features" in records:
         features = records["g_features"].astype(np.float64)
         for (p, k), correct in offload.items():
-            if p not in ("routed", "fused"):
+            if not POLICIES[p].learned:
                 continue
             key = f"{p}@k{k}"
-            if fitting:
+            if ctx.fitting:
                 conf = cross_fitted_confidence(features, local, correct)
-                fitted.deferral[key] = fit_deferral(features, local, correct).to_dict()
+                ctx.fitted.deferral[key] = fit_deferral(features, local, correct).to_dict()
             else:
-                conf = DeferralRule.from_dict(fitted.deferral[key]).confidence(features)
+                conf = DeferralRule.from_dict(ctx.fitted.deferral[key]).confidence(features)
             out.append(PolicyData(p, k, LEARNED, conf, local, correct))
     rand = random_confidence(len(label), random_seed)
-    out += [PolicyData("random", k, "random", rand, local, offload["routed", k]) for k in ks]
-    return out, fitted
+    for policy in (p for p in POLICIES.values() if p.random_offload):
+        for k in ks if policy.per_k else [0]:
+            correct = policy.answers(ctx, k)
+            if correct is not None:
+                out.append(PolicyData(policy.name, k, RANDOM, rand, local, correct))
+    return out, ctx.fitted
 
 
 def routing_hits(records: Mapping[str, np.ndarray], k: int) -> np.ndarray:
@@ -247,11 +334,10 @@ class Report:
 
 
 def near_role(profile: Profile | None, policy: str) -> str:
-    """The near-edge latency role an offload of ``policy`` costs: the base model is timed as ``medium`` when the
-    profile has it, else as an ``expert`` (same architecture); every other policy runs an expert."""
-    if policy == "base" and profile is not None and "medium" in profile.near_edge.latency_ms:
-        return "medium"
-    return "expert"
+    """The near-edge latency role an offload of ``policy`` costs (``Policy.near_edge_model``), ``expert`` when the
+    profile does not time that role (the base model has the experts' architecture)."""
+    role = POLICIES[policy].near_edge_model
+    return role if profile is not None and role in profile.near_edge.latency_ms else "expert"
 
 
 def check_operating_rule(rule: str, gap: float, budget: float | None) -> None:
@@ -368,7 +454,7 @@ def evaluate_policies(
                 point["reductions"] = reductions(point, baselines)
                 point["baseline_accuracy"] = baseline_acc
                 points.append(point)
-            if profile is not None and key[0] != "random":
+            if profile is not None and not POLICIES[key[0]].random_offload:
                 up_to.append(
                     {**tag, "delta": delta, "reductions": up_to_reductions(costed, baselines, baseline_acc, delta)}
                 )
@@ -378,7 +464,8 @@ def evaluate_policies(
                 if k == ks[0]:
                     refs_points.append(_end_point(curve, 0, "generalist_only", 0, m, pname))
                 refs_points.append(_end_point(curve, -1, "all_offloaded", k, m, pname))
-    findings = compute_findings(by_key, records, counts, measures[0], ks, split)
+    versus = [(p.name, p.label) for p in POLICIES.values() if p.versus_progressive]
+    findings = compute_findings(by_key, records, counts, measures[0], ks, split, versus)
     best_k = max(ks, key=lambda k: next(s["area_gain_pts"] for s in scalars if s["policy"] == "routed" and s["k"] == k))
     maps = [break_even_for(profile, curves["routed", best_k, measures[0]], refs, delta) for profile in profiles]
     for entry in maps:

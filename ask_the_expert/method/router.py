@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -11,9 +11,9 @@ import numpy as np
 
 from ask_the_expert.utils.errors import RoutingError
 
-CONFIDENCE_MEASURES = ("max_prob", "margin", "entropy")
 FIT = "fit"  # the temperature is fitted on val by temperature scaling
 LEARNED = "learned"  # the confidence of a deferral rule fitted on val (ask_the_expert.method.deferral)
+RANDOM = "random"  # seeded random scores: offloading the lowest is a random subset (the random-offload policy)
 
 
 def _is_int(x: Any) -> bool:
@@ -211,21 +211,57 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
     return float(math.exp((a + b) / 2.0))
 
 
-def confidence(probs: np.ndarray, measure: str = "max_prob") -> np.ndarray:
-    """Per-sample confidence (N,): max_prob = p1, margin = p1 - p2, entropy = 1 - H(p) / log(C)."""
-    check_measures([measure])
-    p = _as_2d_float(probs, "probs")
-    if measure == "max_prob":
-        return np.max(p, axis=1)
+# Confidence measures (docs/design.md §3) by name: calibrated probabilities (N, C) -> per-sample confidence (N,),
+# higher = more confident. Adding a measure is one function under ``@confidence_measure``; evaluations, records,
+# bundles and the runtime take it by name.
+CONFIDENCE_MEASURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+
+def confidence_measure(name: str) -> Callable[[Callable[[np.ndarray], np.ndarray]], Callable[[np.ndarray], np.ndarray]]:
+    """Register the decorated function as the confidence measure ``name``."""
+
+    def register(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        if name in CONFIDENCE_MEASURES or name in (LEARNED, RANDOM):
+            raise RoutingError(f"A confidence measure named {name!r} exists already.")
+        CONFIDENCE_MEASURES[name] = fn
+        return fn
+
+    return register
+
+
+def _top_two(p: np.ndarray, measure: str) -> np.ndarray:
     if p.shape[1] < 2:
         raise RoutingError(f"The {measure!r} confidence needs at least 2 classes, got {p.shape[1]}.")
-    if measure == "margin":
-        top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
-        return top2[:, 1] - top2[:, 0]
+    return np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+
+
+@confidence_measure("max_prob")
+def max_prob(p: np.ndarray) -> np.ndarray:
+    """p1, the top-1 probability (the default)."""
+    return np.max(p, axis=1)
+
+
+@confidence_measure("margin")
+def margin(p: np.ndarray) -> np.ndarray:
+    """p1 - p2, the gap between the two most probable classes."""
+    top2 = _top_two(p, "margin")
+    return top2[:, 1] - top2[:, 0]
+
+
+@confidence_measure("entropy")
+def normalised_entropy(p: np.ndarray) -> np.ndarray:
+    """1 - H(p) / log(C): 1 for a one-hot p, 0 for the uniform one."""
+    _top_two(p, "entropy")
     # 0 * log 0 is taken as 0 (the limit), hence the where=.
     plogp = np.multiply(p, np.log(p, where=p > 0, out=np.zeros_like(p, dtype=np.float64)))
     entropy = -np.sum(plogp, axis=1)
     return (1.0 - entropy / math.log(p.shape[1])).astype(p.dtype if p.dtype.kind == "f" else np.float64)
+
+
+def confidence(probs: np.ndarray, measure: str = "max_prob") -> np.ndarray:
+    """Per-sample confidence (N,) of a registered measure (CONFIDENCE_MEASURES)."""
+    check_measures([measure])
+    return CONFIDENCE_MEASURES[measure](_as_2d_float(probs, "probs"))
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

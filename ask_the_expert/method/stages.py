@@ -17,9 +17,41 @@ from ask_the_expert.utils.errors import SuiteError
 
 Rest = Literal["other_classes", "routed_in"]
 RESTS: tuple[str, ...] = ("other_classes", "routed_in")
-# How a static expert (the single-stage baseline) starts and how many steps it gets (docs/design.md §4).
-StaticVariant = Literal["from_base", "from_init"]
-STATIC_VARIANTS: tuple[str, ...] = ("from_base", "from_init")
+# Where an expert's weights start: the stage-0 base weights or the seeded init of stage 0 (docs/design.md §4).
+Start = Literal["from_base", "from_init"]
+STARTS: tuple[str, ...] = ("from_base", "from_init")
+
+
+@dataclass(frozen=True)
+class ExpertVariant:
+    """One way of training the experts (docs/design.md §4); its name is its output folder, its record prefix in an
+    evaluation and its policy.
+
+    Attributes:
+        name: ``progressive``, ``static``, ``static_init``.
+        title: how reports name it.
+        start: where its weights start (``from_base``: the stage-0 weights; ``from_init``: stage 0's seeded init).
+        single_stage: trained on S_j only in one stage, for a step budget derived from the progressive stages
+            (``static_step_budget``); otherwise the progressive stages of the config.
+    """
+
+    name: str
+    title: str
+    start: Start
+    single_stage: bool
+
+
+EXPERT_VARIANTS: dict[str, ExpertVariant] = {
+    v.name: v
+    for v in (
+        ExpertVariant("progressive", "progressive", "from_base", single_stage=False),
+        ExpertVariant("static", "static-from-base", "from_base", single_stage=True),
+        ExpertVariant("static_init", "static-from-init", "from_init", single_stage=True),
+    )
+}
+# The single-stage variants: the baselines an evaluation routes to beside the progressive experts.
+BASELINE_VARIANTS: dict[str, ExpertVariant] = {n: v for n, v in EXPERT_VARIANTS.items() if v.single_stage}
+Variant = Literal[tuple(EXPERT_VARIANTS)]  # for command-line choices
 
 
 def subset_per_batch(batch_size: int, rho: float) -> int:
@@ -139,7 +171,7 @@ def schedule_steps(stages: Sequence[Stage], subset_size: int, batch_size: int, n
     return sum(s.steps(subset_size, batch_size, num_replicas) for s in stages)
 
 
-def static_step_budget(variant: StaticVariant, base_steps: int, progressive_steps: int) -> int:
+def static_step_budget(start: Start, base_steps: int, progressive_steps: int) -> int:
     """Optimizer steps a static expert gets (docs/design.md §4).
 
     - ``from_base``: starts from the stage-0 weights, so it gets exactly the steps the progressive stages 1-2 spend
@@ -147,14 +179,14 @@ def static_step_budget(variant: StaticVariant, base_steps: int, progressive_step
     - ``from_init``: starts from the seeded init, so it gets the full per-expert budget: stage 0's steps plus the
       progressive stages' steps (stage 0 is not divided among the experts).
     """
-    if variant not in STATIC_VARIANTS:
-        raise SuiteError(f"Unknown static-expert variant {variant!r}; choose one of {list(STATIC_VARIANTS)}.")
+    if start not in STARTS:
+        raise SuiteError(f"Unknown start {start!r} of a static expert variant; choose one of {list(STARTS)}.")
     if base_steps < 0 or progressive_steps < 1:
         raise SuiteError(
             f"A static expert's budget needs base steps >= 0 and progressive steps >= 1, got {base_steps} and "
             f"{progressive_steps}; train stage 0 and give the progressive stages at least one epoch."
         )
-    return progressive_steps + (base_steps if variant == "from_init" else 0)
+    return progressive_steps + (base_steps if start == "from_init" else 0)
 
 
 def static_epochs(step_budget: int, stage_batches: int) -> int:

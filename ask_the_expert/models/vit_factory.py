@@ -1,8 +1,15 @@
-"""ViT model factory over timm for the presets of docs/design.md §2."""
+"""ViT model factory over timm for the presets of docs/design.md §2 and §8.
+
+The suite's ViT shapes are a timm-style registry: an arch (``--model.arch``) is one function under
+``@register_arch`` whose name is the arch's name and which returns its ``VitArch`` (the timm models to build from
+scratch and to load ImageNet weights from, and its default shape). How pixels become tokens is an option of every
+arch: timm's patch embedding or the convolutional tokenizer (ask_the_expert/models/conv_tokenizer.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.models.conv_tokenizer import ConvTokenizer, default_stem_widths
 from ask_the_expert.utils.errors import SuiteError
 
@@ -43,20 +51,51 @@ def default_global_pool(tokenizer: str | None) -> str:
     return "avg" if tokenizer == "conv" else "token"
 
 
-# arch -> (timm name for training from scratch, timm name of the ImageNet-pretrained weights)
-ARCHS: dict[str, tuple[str, str]] = {
-    "vit_tiny": ("vit_tiny_patch16_224", "deit_tiny_patch16_224"),
-    "vit_small": ("vit_small_patch16_224", "deit_small_patch16_224"),
-    "vit_base": ("vit_base_patch16_224", "deit_base_patch16_224"),
-}
 # preset -> (input size the ViT sees, patch size)
 PRESETS: dict[str, tuple[int, int]] = {"scratch32": (32, 4), "pretrained224": (224, 16)}
-# arch -> timm's default (embed_dim, depth, num_heads), what an unset --model.embed_dim/depth/num_heads means
-ARCH_SHAPES: dict[str, tuple[int, int, int]] = {
-    "vit_tiny": (192, 12, 3),
-    "vit_small": (384, 12, 6),
-    "vit_base": (768, 12, 12),
-}
+
+
+@dataclass(frozen=True)
+class VitArch:
+    """A ViT the suite builds: the timm model trained from scratch (``scratch32``), the timm model whose ImageNet
+    weights ``pretrained224`` loads, and the default shape an unset ``--model.embed_dim/depth/num_heads`` means."""
+
+    scratch_model: str
+    pretrained_model: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.embed_dim, self.depth, self.num_heads
+
+
+ARCHS: dict[str, VitArch] = {}
+
+
+def register_arch(fn: Callable[[], VitArch]) -> Callable[[], VitArch]:
+    """Register an arch: the function's name is ``--model.arch``, its return value the arch."""
+    ARCHS[fn.__name__] = fn()
+    return fn
+
+
+@register_arch
+def vit_tiny() -> VitArch:
+    """ViT-Tiny shape: the edge generalist (docs/design.md §2)."""
+    return VitArch("vit_tiny_patch16_224", "deit_tiny_patch16_224", embed_dim=192, depth=12, num_heads=3)
+
+
+@register_arch
+def vit_small() -> VitArch:
+    """ViT-Small shape: the stage-0 base model and the experts (docs/design.md §2)."""
+    return VitArch("vit_small_patch16_224", "deit_small_patch16_224", embed_dim=384, depth=12, num_heads=6)
+
+
+@register_arch
+def vit_base() -> VitArch:
+    """ViT-Base shape."""
+    return VitArch("vit_base_patch16_224", "deit_base_patch16_224", embed_dim=768, depth=12, num_heads=12)
 
 
 class ViTClassifier(nn.Module):
@@ -87,7 +126,7 @@ class ViTClassifier(nn.Module):
 def create_vit(
     arch: str = "vit_tiny",
     preset: Preset = "scratch32",
-    num_classes: int = 100,
+    num_classes: int = NUM_CLASSES,
     pretrained_path: str | None = None,
     drop_path_rate: float = 0.1,
     embed_dim: int | None = None,
@@ -135,10 +174,12 @@ def create_vit(
     if mlp_ratio is not None and not mlp_ratio > 0:
         raise SuiteError(f"--model.mlp_ratio {mlp_ratio} must be > 0 (timm's ViT uses 4).")
     patch_size = patch_size or preset_patch
-    name = ARCHS[arch][1 if pretrained else 0]
-    overrides = {k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v}
+    name = ARCHS[arch].pretrained_model if pretrained else ARCHS[arch].scratch_model
+    # The arch's shape, unless overridden (tests use tiny models).
+    shape = dict(zip(("embed_dim", "depth", "num_heads"), ARCHS[arch].shape, strict=True))
+    shape.update({k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v})
     kwargs = dict(
-        num_classes=num_classes, img_size=input_size, patch_size=patch_size, drop_path_rate=drop_path_rate, **overrides
+        num_classes=num_classes, img_size=input_size, patch_size=patch_size, drop_path_rate=drop_path_rate, **shape
     )
     if not pretrained:
         pool = global_pool or default_global_pool(tokenizer)
@@ -173,9 +214,8 @@ def resolved_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     embed_dim/depth/num_heads and the preset's patch, so a config that leaves them to the arch matches a checkpoint
     that spells them out."""
     out = {k: hparams.get(k) for k in ARCHITECTURE_KEYS}
-    for key, default in zip(
-        ("embed_dim", "depth", "num_heads"), ARCH_SHAPES.get(out["arch"], (None,) * 3), strict=True
-    ):
+    shape = ARCHS[out["arch"]].shape if out["arch"] in ARCHS else (None,) * 3
+    for key, default in zip(("embed_dim", "depth", "num_heads"), shape, strict=True):
         out[key] = out[key] or default
     out["patch_size"] = out["patch_size"] or PRESETS.get(out["preset"], (None, None))[1]
     out["tokenizer"] = out["tokenizer"] or "patch"

@@ -1,7 +1,10 @@
-"""Writers of a collaborative-inference report (ask_the_expert.method.policies.Report): CSV/JSON files, the PNGs (drawn
-by ask_the_expert.results.plots), the W&B payload (curves on a 1 % offload grid against a declared step metric, tables,
-images, summary scalars) and the rich tables printed in the terminal. Every number is computed in core/; this module
-only formats."""
+"""The evaluation results store: the one module that owns an evaluation folder's format (``records.csv``,
+``curves.csv``, ``summary.json``, ``plots/`` and the completion marker ``complete.json``), writes it
+(``write_outputs``), reads it back (``read_evaluation``, ``read_summary``, ``is_complete``) and declares the W&B metric
+names an evaluation logs under (``curve_metric``, ``scalar_metric``, ...), with the W&B payload and the rich tables
+printed in the terminal. ate-compare and the pipeline read evaluation folders only through here; nothing parses a
+metric name back. Every number is computed in ask_the_expert.method (a ``Report``); this module only formats.
+"""
 
 from __future__ import annotations
 
@@ -19,21 +22,21 @@ import numpy as np
 from ask_the_expert.method.costs import COST_KEYS, baseline_costs
 from ask_the_expert.method.deferral import FEATURE_NAMES
 from ask_the_expert.method.findings import points_text, value_text
-from ask_the_expert.method.policies import Report
+from ask_the_expert.method.policies import Fitted, Report
 from ask_the_expert.method.routed_batch import FUSE_WEIGHTS
 from ask_the_expert.method.sweep import TOLERANCE as SWEEP_SLACK
-from ask_the_expert.results.metric_names import (
-    curve_glob,
-    curve_metric,
-    offload_step_metric,
-    scalar_metric,
-    split_prefix,
-)
 from ask_the_expert.results.plots import write_plots
+from ask_the_expert.utils.errors import SuiteError
 
+# ---------------------------------------------------------------------------------------------- the folder format
+CURVES_FILE = "curves.csv"
+SUMMARY_FILE = "summary.json"
+RECORDS_FILE = "records.csv"
+PLOTS_FOLDER = "plots"
+COMPLETE_FILE = "complete.json"  # written last: it lists the files of a whole folder
+RESULT_FILES = (CURVES_FILE, SUMMARY_FILE, RECORDS_FILE)
+SPLITS = ("val", "test")
 CURVE_COLUMNS = ("policy", "k", "confidence", "profile", "tau", "offload_ratio", "accuracy", *COST_KEYS)
-RESULT_FILES = ("curves.csv", "summary.json", "records.csv")
-COMPLETE_FILE = "complete.json"
 
 
 def curve_rows(report: Report, max_points: int | None = None) -> list[dict[str, Any]]:
@@ -79,7 +82,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def summary_dict(report: Report) -> dict[str, Any]:
-    """The content of ``summary.json`` (the documented output interface: README, "Output files")."""
+    """The content of ``summary.json`` (the documented output interface: docs/evaluation-outputs.md, "Output files")."""
     return _json_safe(
         {
             "split": report.split,
@@ -195,11 +198,11 @@ def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Pat
     tmp = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_curves_csv(curve_rows(report), tmp / "curves.csv")
-    (tmp / "summary.json").write_text(json.dumps(summary_dict(report), indent=2))
-    write_records_csv(records, tmp / "records.csv")
-    plots = write_plots(report, records, tmp / "plots")
-    files = [*RESULT_FILES, *(f"plots/{p.name}" for p in plots)]
+    write_curves_csv(curve_rows(report), tmp / CURVES_FILE)
+    (tmp / SUMMARY_FILE).write_text(json.dumps(summary_dict(report), indent=2))
+    write_records_csv(records, tmp / RECORDS_FILE)
+    plots = write_plots(report, records, tmp / PLOTS_FOLDER)
+    files = [*RESULT_FILES, *(f"{PLOTS_FOLDER}/{p.name}" for p in plots)]
     marker = {"split": report.split, "num_samples": report.num_samples, "files": files}
     (tmp / COMPLETE_FILE).write_text(json.dumps(marker, indent=2))
     if folder.exists():
@@ -208,28 +211,144 @@ def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Pat
     return folder
 
 
-def plot_files(folder: Path) -> list[Path]:
-    """The PNGs of a finished results folder, as its completion marker lists them."""
+# --------------------------------------------------------------------------------------------------- reading back
+def _listed_files(folder: Path) -> list[str] | None:
+    """The files the completion marker of ``folder`` lists, None without a readable marker."""
     try:
         files = json.loads((Path(folder) / COMPLETE_FILE).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [Path(folder) / f for f in files if f.endswith(".png")]
+        return None
+    return [str(f) for f in files] if isinstance(files, list) else None
 
 
 def is_complete(folder: Path) -> bool:
     """True when ``folder`` holds finished results (its completion marker, written last, lists files present)."""
-    marker = folder / COMPLETE_FILE
+    files = _listed_files(folder)
+    return files is not None and all((Path(folder) / f).is_file() for f in files)
+
+
+def plot_files(folder: Path) -> list[Path]:
+    """The PNGs of a finished results folder, as its completion marker lists them."""
+    return [Path(folder) / f for f in _listed_files(folder) or [] if f.endswith(".png")]
+
+
+def require_complete(folder: Path) -> None:
+    """Refuse a folder that is not a finished evaluation split folder (ate-evaluate's OUT/<split>/)."""
+    folder = Path(folder)
+    missing = [n for n in (RECORDS_FILE, SUMMARY_FILE, COMPLETE_FILE) if not (folder / n).is_file()]
+    if folder.is_dir() and not missing and is_complete(folder):
+        return
+    hint = ""
+    if folder.is_dir() and any((folder / s / COMPLETE_FILE).is_file() for s in SPLITS):
+        hint = f" It holds evaluation splits: pass {folder / 'val'} or {folder / 'test'}."
+    what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing) or 'files its marker lists'}"
+    raise SuiteError(
+        f"{str(folder)!r} is not a finished evaluation folder: it {what}. Pass the split folders ate-evaluate "
+        f"writes (OUT/val or OUT/test, with {RECORDS_FILE}, {SUMMARY_FILE} and {COMPLETE_FILE}).{hint}"
+    )
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """The ``summary.json`` of a finished evaluation folder (``require_complete`` first)."""
+    require_complete(folder)
     try:
-        files = json.loads(marker.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return all((folder / f).is_file() for f in files)
+        summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise SuiteError(f"{str(Path(folder) / SUMMARY_FILE)!r} is not a readable summary ({err}).") from None
+    if not isinstance(summary, dict):
+        raise SuiteError(f"{str(Path(folder) / SUMMARY_FILE)!r} is not a summary (a JSON object).")
+    return summary
+
+
+@dataclass(frozen=True)
+class EvaluationResults:
+    """A finished evaluation folder as read back: its summary and its per-sample records."""
+
+    folder: Path
+    summary: dict[str, Any]
+    records: dict[str, np.ndarray]
+
+    @property
+    def split(self) -> str:
+        return str(self.summary.get("split", "?"))
+
+    @property
+    def measures(self) -> list[str]:
+        """The confidence measures evaluated, the primary one first."""
+        return [str(m) for m in self.summary.get("confidence_measures") or []]
+
+    @property
+    def fitted(self) -> Fitted | None:
+        """What the evaluation fitted on val and applied (summary.json's ``fitted``), None when absent."""
+        raw = self.summary.get("fitted")
+        return Fitted.from_dict(raw) if isinstance(raw, Mapping) else None
+
+    @property
+    def records_file(self) -> Path:
+        return self.folder / RECORDS_FILE
+
+
+def read_evaluation(folder: Path) -> EvaluationResults:
+    """Read a finished evaluation folder: its summary and its records (``read_records_csv``)."""
+    folder = Path(folder)
+    summary = read_summary(folder)
+    try:
+        records = read_records_csv(folder / RECORDS_FILE)
+    except (KeyError, ValueError, IndexError) as err:
+        raise SuiteError(f"{str(folder / RECORDS_FILE)!r} is not a readable records file ({err}).") from None
+    return EvaluationResults(folder, summary, records)
+
+
+# ------------------------------------------------------------------------------------------------ W&B metric names
+# Every name an evaluation logs is built here, from what it is; readers build the names they look for the same way.
+# One scheme for every writer: the evaluation callback and ate-evaluate (wandb_payload), the pipeline's summary run
+# (the mean across seeds under the same scalar_metric names), a sweep's objective (configs/sweeps/) and
+# ate-compare --wandb_runs; so one metric shares a W&B panel across all of them. Apart from the training runs' own
+# val/... metrics and the forward counts, every name starts with collab_<split>/.
+def metric_prefix(split: str) -> str:
+    """The namespace of one evaluated split: ``collab_<split>``."""
+    return f"collab_{split}"
+
+
+def offload_step_metric(split: str) -> str:
+    """The x axis of the grid curves: ``collab_<split>/offload_pct``."""
+    return f"{metric_prefix(split)}/offload_pct"
+
+
+def forward_count_metric(model_set: str) -> str:
+    """Forwards one model set ran in an evaluation: ``eval/<set>_forwards``."""
+    return f"eval/{model_set}_forwards"
+
+
+def scalar_metric(split: str, policy: str, k: int, measure: str, scalar: str) -> str:
+    """A curve's summary scalar: ``collab_<split>/<policy>/k<k>/<measure>/<scalar>``."""
+    return f"{metric_prefix(split)}/{policy}/k{k}/{measure}/{scalar}"
+
+
+def _metric_part(text: str) -> str:
+    # W&B nests history keys at "." (a profile called "a.b" would become two levels): keep names flat.
+    return str(text).replace(".", "_")
+
+
+def curve_metric(split: str, key: tuple[str, int, str], column: str, profile: str | None = None) -> str:
+    """W&B history name of one curve column: ``collab_<split>/curves/<policy>_k<k>_<measure>/<column>[/<profile>]``
+    (k = 0 for the policies without Top-k), so that one name means the same curve in every run."""
+    policy, k, measure = key
+    name = f"{metric_prefix(split)}/curves/{policy}_k{k}_{_metric_part(measure)}/{column}"
+    return f"{name}/{_metric_part(profile)}" if profile else name
+
+
+def operating_point_metric(split: str, point: Mapping[str, Any], column: str) -> str:
+    """A column of a val operating point (``column`` may be ``reduction_vs_<baseline>/<cost>``):
+    ``collab_<split>/operating_point/<policy>/k<k>/<measure>/<profile or no_profile>/<column>``."""
+    where = f"{point['policy']}/k{point['k']}/{point['confidence']}/{point['profile'] or 'no_profile'}"
+    return f"{metric_prefix(split)}/operating_point/{where}/{column}"
 
 
 # W&B curves: every curve resampled on offload levels 0, 1, ..., 100 % (history rows against this step metric).
 OFFLOAD_GRID_PCT = np.arange(101)
 FINDING_COLUMNS = ("group", "claim", "a_label", "b_label", "a", "b", "difference", "low", "high", "verdict", "unit")
+SCALAR_KEY = ("policy", "k", "confidence")  # the columns of a scalars row that name its curve
 
 
 def grid_indices(offload_ratio: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -282,7 +401,8 @@ def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] =
     """
     import wandb
 
-    prefix = split_prefix(report.split)
+    split = report.split
+    prefix = metric_prefix(split)
     rows = curve_rows(report, max_points)
     media: dict[str, Any] = {
         f"{prefix}/curves": wandb.Table(columns=list(CURVE_COLUMNS), data=[[r[c] for c in CURVE_COLUMNS] for r in rows])
@@ -292,7 +412,7 @@ def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] =
     for path in plots:
         name = Path(path).stem
         media[f"{prefix}/plots/{name}"] = wandb.Image(str(path), caption=f"{report.split}: {name}")
-    step = offload_step_metric(report.split)
+    step = offload_step_metric(split)
     grid = curves_on_grid(report)
     history = [
         {step: int(level), **{name: float(values[i]) for name, values in grid.items()}}
@@ -307,20 +427,13 @@ def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] =
     summary.update({f"{prefix}/references/{name}": v for name, v in report.references.items()})
     summary.update({f"{prefix}/hit_rate/k{k}": v for k, v in report.hit_rates.items()})
     for s in report.scalars:
-        summary.update(
-            {
-                scalar_metric(report.split, s["policy"], s["k"], s["confidence"], name): v
-                for name, v in s.items()
-                if name not in ("policy", "k", "confidence")
-            }
-        )
+        key = (s["policy"], s["k"], s["confidence"])
+        summary.update({scalar_metric(split, *key, name): v for name, v in s.items() if name not in SCALAR_KEY})
     for p in report.operating_points:
-        where = f"{p['policy']}/k{p['k']}/{p['confidence']}/{p['profile'] or 'no_profile'}"
-        base = f"{prefix}/operating_point/{where}"
-        summary.update({f"{base}/{c}": p[c] for c in CURVE_COLUMNS[4:]})
+        summary.update({operating_point_metric(split, p, c): p[c] for c in CURVE_COLUMNS[4:]})
         for bname, red in p["reductions"].items():
-            summary.update({f"{base}/reduction_vs_{bname}/{c}": v for c, v in red.items()})
-    return WandbPayload(step, curve_glob(report.split), list(grid), media, history, _json_safe(summary))
+            summary.update({operating_point_metric(split, p, f"reduction_vs_{bname}/{c}"): v for c, v in red.items()})
+    return WandbPayload(step, f"{prefix}/curves/*", list(grid), media, history, _json_safe(summary))
 
 
 def log_wandb(run: Any, payload: WandbPayload) -> None:

@@ -1,18 +1,19 @@
 """PNG plots of a collaborative-inference evaluation: a ask_the_expert.method.policies.Report and its per-sample
 records.
 
-Every number comes from core/ (the report's curves, scalars, operating points and break-even maps;
-ask_the_expert.method.policies.hit_rate_curve; ask_the_expert.method.router.offload_mask); this module only draws, with
-matplotlib's Agg canvas (no pyplot state, so it is safe in any process).
+Every number comes from the method (the report's curves, scalars, operating points and break-even maps;
+ask_the_expert.method.policies.hit_rate_curve; ask_the_expert.method.diagnostics: calibration, expert load, superclass
+confusion); this module only draws, with matplotlib's Agg canvas (no pyplot state, so it is safe in any process).
 
 Design of the accuracy charts (``acc_vs_offload`` and, per profile, ``acc_vs_{latency,edge_energy,system_energy}``):
 
-- one colour per policy family (``FAMILY_COLOURS``: routed, fused, static, static_init, base, oracle, random) and
-  one line style per k (``k_linestyle``: the k's position among the evaluation's k values; k = 0 is solid);
+- one colour per policy family (``family_colour``: the registered policies of ask_the_expert.method.policies in
+  order, on ``POLICY_PALETTE``) and one line style per k (``k_linestyle``: the k's position among the evaluation's
+  k values; k = 0 is solid);
 - so that four k values stay readable, ``routed`` is drawn at every k and every other family only at its best k
   (largest area gain under the primary confidence measure; ``random`` at routed's best k);
-- the ``learned`` deferral variant of routed and fused is drawn at that family's best k, in the family colour with
-  round markers and "learned deferral" in its label;
+- the ``learned`` deferral variant of a policy that has one is drawn at that family's best k, in the family colour
+  with round markers and "learned deferral" in its label;
 - reference levels are labelled dotted horizontal lines (generalist only, the base model on every sample when it
   was evaluated, the oracle all offloaded); on cost axes the three baseline deployments are labelled markers at
   (their cost, their accuracy), or labelled vertical lines when their accuracy was not evaluated;
@@ -36,31 +37,22 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
-from ask_the_expert.method.cifar100_classes import FINE_TO_COARSE, NUM_CLASSES, NUM_SUPERCLASSES, SUPERCLASSES
-from ask_the_expert.method.costs import BASELINE_NAMES, COST_KEYS, COST_NAMES, Profile, baseline_costs
-from ask_the_expert.method.policies import CURVE_POLICIES, LEARNED, Report, hit_rate_curve
-from ask_the_expert.method.router import offload_mask
+from ask_the_expert.method.cifar100_classes import NUM_SUPERCLASSES, SUPERCLASSES
+from ask_the_expert.method.costs import BASELINE_NAMES, COST_KEYS, COST_NAMES, QUANTITIES, Profile, baseline_costs
+from ask_the_expert.method.diagnostics import (
+    expert_load,
+    generalist_reliability,
+    superclass_accuracy,
+    superclass_confusion,
+)
+from ask_the_expert.method.policies import LEARNED, POLICIES, Report, hit_rate_curve
+from ask_the_expert.method.router import RANDOM
 
 DPI = 120
-# Colour-blind-friendly tab10 entries, one per family; the order follows ask_the_expert.method.policies.CURVE_POLICIES.
-FAMILY_COLOURS: dict[str, str] = {
-    "routed": "#1f77b4",
-    "fused": "#9467bd",
-    "static": "#ff7f0e",
-    "static_init": "#8c564b",
-    "base": "#2ca02c",
-    "oracle": "#d62728",
-    "random": "#7f7f7f",
-}
-FAMILY_NAMES: dict[str, str] = {
-    "routed": "routed (progressive experts)",
-    "fused": "fused G + expert",
-    "static": "static-from-base experts",
-    "static_init": "static-from-init experts",
-    "base": "offload to the base model",
-    "oracle": "oracle routing",
-    "random": "random offload",
-}
+# Colour-blind-friendly tab10 entries, one per policy family in the order the policies are registered (routed,
+# fused, static, static_init, base, oracle, random, then any policy added later).
+POLICY_PALETTE = ("#1f77b4", "#9467bd", "#ff7f0e", "#8c564b", "#2ca02c", "#d62728", "#7f7f7f", "#e377c2", "#bcbd22")
+POLICY_PALETTE += ("#17becf",)
 # Line style of the i-th k value (beyond the list they repeat; the paper sweeps four k values).
 K_LINESTYLES: tuple[Any, ...] = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 4)))
 AXIS_LABELS = {
@@ -77,18 +69,6 @@ STRATEGY_COLOURS = {
     "near_edge_only": "#ffbb78",
     "collaboration": "#aec7e8",
 }
-# Friendly axis names of the break-even maps' profile quantities (ask_the_expert.method.breakeven.profile_fields), with
-# units.
-FIELD_LABELS = {
-    "link.uplink_mbps": "uplink rate (Mbit/s)",
-    "link.downlink_mbps": "downlink rate (Mbit/s)",
-    "link.rtt_ms": "round-trip time (ms)",
-    "edge.power_active_w": "edge active power (W)",
-    "edge.power_idle_w": "edge idle power (W)",
-    "edge.power_radio_w": "edge radio power (W)",
-    "near_edge.power_active_w": "near-edge power (W)",
-}
-RELIABILITY_BINS = 10
 
 
 # ----------------------------------------------------------------------------------------------------- styling
@@ -103,8 +83,9 @@ class LineStyle:
 
 
 def family_colour(policy: str) -> str:
-    """The colour of a policy family (black for a policy this module does not know)."""
-    return FAMILY_COLOURS.get(policy, "#000000")
+    """The colour of a policy family: its registration position on POLICY_PALETTE (black for an unknown name)."""
+    names = list(POLICIES)
+    return POLICY_PALETTE[names.index(policy) % len(POLICY_PALETTE)] if policy in names else "#000000"
 
 
 def k_linestyle(k: int, k_values: Sequence[int]) -> Any:
@@ -119,7 +100,7 @@ def curve_style(key: tuple[str, int, str], k_values: Sequence[int]) -> LineStyle
     """The style of the curve ``(policy, k, measure)``; the learned-deferral variant keeps family colour and k
     style and adds markers."""
     policy, k, measure = key
-    name = FAMILY_NAMES.get(policy, policy) + (f", k={k}" if k else "")
+    name = (POLICIES[policy].legend if policy in POLICIES else policy) + (f", k={k}" if k else "")
     learned = measure == LEARNED
     if learned:
         name += ", learned deferral"
@@ -136,22 +117,22 @@ def best_k(report: Report, policy: str, measure: str) -> int | None:
 
 def shown_curves(report: Report) -> list[tuple[str, int, str]]:
     """The curves the accuracy charts draw: routed at every k and the other families at their best k (primary
-    measure), the learned variant of routed and fused at their best k, random at routed's best k."""
+    measure), the learned variant of a family at its best k, random offload at routed's best k."""
     primary = report.measures[0]
     keys: list[tuple[str, int, str]] = [("routed", k, primary) for k in report.k_values]
     routed_best = best_k(report, "routed", primary)
-    for policy in CURVE_POLICIES:
-        if policy == "random":
+    for policy in POLICIES.values():
+        if policy.random_offload:
             if routed_best is not None:
-                keys.append(("random", routed_best, "random"))
+                keys.append((policy.name, routed_best if policy.per_k else 0, RANDOM))
             continue
-        k = best_k(report, policy, primary)
+        k = best_k(report, policy.name, primary)
         if k is None:
             continue
-        if policy != "routed":
-            keys.append((policy, k, primary))
-        if policy in ("routed", "fused") and (policy, k, LEARNED) in report.curves:
-            keys.append((policy, k, LEARNED))
+        if policy.name != "routed":
+            keys.append((policy.name, k, primary))
+        if policy.learned:
+            keys.append((policy.name, k, LEARNED))
     return [key for key in keys if key in report.curves]
 
 
@@ -178,6 +159,14 @@ def _outside_legend(ax: Axes, **kwargs: Any) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0.0, **kwargs)
 
 
+def _finish(fig: Figure, ax: Axes, title: str, path: Path) -> Path:
+    """Title, grid and the legend outside the axes, then save."""
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _outside_legend(ax)
+    return _save(fig, path)
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -187,8 +176,8 @@ def reference_levels(report: Report) -> list[tuple[str, float, str]]:
     """(label, accuracy, colour) of the reference accuracies drawn as horizontal lines."""
     refs = report.references
     levels = [("generalist only", refs.get("generalist"), "#000000")]
-    levels.append(("base model on every sample", refs.get("base"), FAMILY_COLOURS["base"]))
-    levels.append(("oracle routing, all offloaded", refs.get("oracle"), FAMILY_COLOURS["oracle"]))
+    levels.append(("base model on every sample", refs.get("base"), family_colour("base")))
+    levels.append(("oracle routing, all offloaded", refs.get("oracle"), family_colour("oracle")))
     return [(f"{name}: {_pct(v)}", float(v), c) for name, v, c in levels if v is not None and math.isfinite(v)]
 
 
@@ -246,81 +235,43 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
         percent_axis(ax.xaxis)
         ax.set_xlim(0.0, 1.0)
     what = "offload ratio" if profile is None else f"{COST_NAMES[x]} ({profile.name})"
-    ax.set_title(
-        f"{report.split} ({report.num_samples} samples): accuracy vs {what}\n"
-        f"confidence {report.measures[0]}; routed at every k, other policies at their best k",
-        fontsize=10,
-    )
-    ax.grid(alpha=0.3)
-    _outside_legend(ax)
-    return _save(fig, path)
+    title = f"{report.split} ({report.num_samples} samples): accuracy vs {what}\n"
+    title += f"confidence {report.measures[0]}; routed at every k, other policies at their best k"
+    return _finish(fig, ax, title, path)
 
 
 # ------------------------------------------------------------------------------------------------ reliability
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = RELIABILITY_BINS) -> dict[str, Any]:
-    """Equal-width confidence bins over [0, 1] (a confidence of 1 falls in the last bin): per bin the number of
-    samples, their mean confidence and their accuracy (NaN for empty bins)."""
-    c = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
-    ok = np.asarray(correct, dtype=np.float64)
-    which = np.minimum((c * bins).astype(np.int64), bins - 1)
-    counts = np.bincount(which, minlength=bins).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(which, weights=c, minlength=bins) / counts
-        accuracy = np.bincount(which, weights=ok, minlength=bins) / counts
-    return {"edges": np.linspace(0.0, 1.0, bins + 1), "counts": counts, "confidence": mean_conf, "accuracy": accuracy}
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = RELIABILITY_BINS) -> float:
-    """ECE: sum over the bins of reliability_bins of (bin share) x |bin accuracy - bin mean confidence|."""
-    b = reliability_bins(confidence, correct, bins)
-    full = b["counts"] > 0
-    share = b["counts"][full] / b["counts"].sum()
-    return float(np.sum(share * np.abs(b["accuracy"][full] - b["confidence"][full])))
-
-
-def reliability_variants(report: Report, records: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, float]]:
-    """(name, G's top-1 probability, ECE) before temperature scaling (``g_max_prob_t1``, when recorded) and after
-    (``g_topk_probs[:, 0]``); correctness is G's top-1 == label."""
-    correct = records["g_topk_classes"][:, 0] == records["label"]
-    temperature = float(report.meta.get("temperature", math.nan))
-    t_text = f"T = {temperature:.3g}" if math.isfinite(temperature) else "T unknown"
-    variants = []
-    if "g_max_prob_t1" in records:
-        variants.append(("before scaling (T = 1)", records["g_max_prob_t1"]))
-    variants.append((f"after scaling ({t_text})", records["g_topk_probs"][:, 0]))
-    return [(name, conf, expected_calibration_error(conf, correct)) for name, conf in variants]
-
-
 def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
     """Reliability diagram of G before (softmax at T = 1) and after temperature scaling, with each ECE."""
     if "g_topk_classes" not in records or "label" not in records:
         return None
-    correct = records["g_topk_classes"][:, 0] == records["label"]
-    variants = reliability_variants(report, records)
-    colours = ["#7f7f7f", FAMILY_COLOURS["routed"]][-len(variants) :]
+    temperature = float(report.meta.get("temperature", math.nan))
+    t_text = f"T = {temperature:.3g}" if math.isfinite(temperature) else "T unknown"
+    names = {"before_scaling": "before scaling (T = 1)", "after_scaling": f"after scaling ({t_text})"}
+    variants = generalist_reliability(records)
+    colours = ["#7f7f7f", family_colour("routed")][-len(variants) :]
     fig = _figure(6.8, 6.4)
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="#000000", linestyle=":", linewidth=1.0, label="perfect calibration")
-    edges = np.linspace(0.0, 1.0, RELIABILITY_BINS + 1)
+    edges = variants["after_scaling"].bins["edges"]
     width = (edges[1] - edges[0]) / (len(variants) + 0.5)
-    for i, ((name, conf, ece), colour) in enumerate(zip(variants, colours, strict=True)):
-        b = reliability_bins(conf, correct)
+    for i, ((name, reliability), colour) in enumerate(zip(variants.items(), colours, strict=True)):
+        b = reliability.bins
         full = b["counts"] > 0
         ax.plot(
             b["confidence"][full], b["accuracy"][full], marker="o", color=colour, linewidth=1.5,
-            label=f"{name}: ECE {_pct(ece)}",
+            label=f"{names[name]}: ECE {_pct(reliability.ece)}",
         )  # fmt: skip
         hist.bar(edges[:-1] + (i + 0.25) * width, b["counts"], width=width, align="edge", color=colour, alpha=0.8)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("accuracy in the bin (%)")
     percent_axis(ax.yaxis)
-    hist.set_xlabel(f"generalist's top-1 probability ({RELIABILITY_BINS} equal-width bins, %)")
+    hist.set_xlabel(f"generalist's top-1 probability ({len(edges) - 1} equal-width bins, %)")
     hist.set_ylabel("samples")
     percent_axis(hist.xaxis)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
-    temperature = float(report.meta.get("temperature", math.nan))
     # report.meta does not say whether T was fitted (on val) or fixed by the user, so the title gives T only.
     t_text = f"temperature T = {temperature:.3g}" if math.isfinite(temperature) else "temperature unknown"
     ax.set_title(f"{report.split} ({report.num_samples} samples): reliability of the generalist, {t_text}", fontsize=10)
@@ -328,37 +279,6 @@ def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Pa
 
 
 # -------------------------------------------------------------------------------------------------- expert load
-def operating_tau(report: Report, policy: str, k: int, measure: str) -> dict[str, Any] | None:
-    """The val operating point of (policy, k, measure) on the report's first profile (or the profile-free one)."""
-    pname = report.profiles[0].name if report.profiles else ""
-    for p in report.operating_points:
-        if (p["policy"], p["k"], p["confidence"], p["profile"]) == (policy, k, measure, pname):
-            return p
-    return None
-
-
-def expert_load(report: Report, records: Mapping[str, np.ndarray]) -> dict[int, dict[str, Any]]:
-    """Per k: the share of offloaded samples each expert receives at the routed policy's val operating point
-    (first profile, primary measure), with that point's tau and offload ratio (shares are zeros when nothing is
-    offloaded)."""
-    primary = report.measures[0]
-    conf_key = f"conf_{primary}"
-    if conf_key not in records or "oracle_expert" not in records:
-        return {}
-    experts = [records[f"expert_k{k}"] for k in report.k_values if f"expert_k{k}" in records]
-    num_experts = int(max([records["oracle_expert"].max(), *(e.max() for e in experts)])) + 1
-    out: dict[int, dict[str, Any]] = {}
-    for k in report.k_values:
-        point = operating_tau(report, "routed", k, primary)
-        if point is None or f"expert_k{k}" not in records:
-            continue
-        offloaded = offload_mask(records[conf_key], point["tau"])
-        counts = np.bincount(records[f"expert_k{k}"][offloaded].astype(np.int64), minlength=num_experts)
-        shares = counts / max(int(offloaded.sum()), 1)
-        out[k] = {"shares": shares, "tau": float(point["tau"]), "offload_ratio": float(np.mean(offloaded))}
-    return out
-
-
 def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
     """Grouped bars: per expert, its share of the offloaded samples, one bar per k."""
     load = expert_load(report, records)
@@ -374,7 +294,7 @@ def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Pa
             np.arange(num_experts) + (i - (len(load) - 1) / 2) * width,
             entry["shares"],
             width=width,
-            color=FAMILY_COLOURS["routed"],
+            color=family_colour("routed"),
             alpha=float(shades[i]),
             edgecolor="#333333",
             linewidth=0.4,
@@ -407,18 +327,6 @@ def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Pa
 
 
 # ------------------------------------------------------------------------------------------- superclass confusion
-def superclass_confusion(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray | None:
-    """(20, 20) row-normalised confusion of CIFAR-100 superclasses (rows: true, columns: predicted; rows without
-    samples are zeros); None when a label or prediction is not a CIFAR-100 fine class."""
-    y, p = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
-    if y.size == 0 or min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= NUM_CLASSES:
-        return None
-    counts = np.zeros((NUM_SUPERCLASSES, NUM_SUPERCLASSES))
-    np.add.at(counts, (FINE_TO_COARSE[y], FINE_TO_COARSE[p]), 1.0)
-    rows = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-
-
 def plot_superclass_confusion(report: Report, records: Mapping[str, np.ndarray], path: Path) -> Path | None:
     """Heat map of G's superclass confusion (skipped when the labels are not CIFAR-100's 100 classes)."""
     if "g_topk_classes" not in records:
@@ -426,7 +334,7 @@ def plot_superclass_confusion(report: Report, records: Mapping[str, np.ndarray],
     matrix = superclass_confusion(records["label"], records["g_topk_classes"][:, 0])
     if matrix is None:
         return None
-    coarse_acc = float(np.mean(FINE_TO_COARSE[records["label"]] == FINE_TO_COARSE[records["g_topk_classes"][:, 0]]))
+    coarse_acc = superclass_accuracy(records["label"], records["g_topk_classes"][:, 0])
     fig = _figure(9.0, 8.0)
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
@@ -461,7 +369,7 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
         ax.plot(
             offload,
             rate,
-            color=FAMILY_COLOURS["routed"],
+            color=family_colour("routed"),
             linestyle=k_linestyle(k, report.k_values),
             linewidth=1.5,
             label=f"k={k} (all samples: {_pct(report.hit_rates.get(k, math.nan))})",
@@ -472,21 +380,15 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
     percent_axis(ax.yaxis)
     ax.set_xlabel(AXIS_LABELS["offload_ratio"])
     ax.set_ylabel("hit rate among the offloaded (%)")
-    ax.set_title(
-        f"{report.split} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
-        f"among the offloaded samples, confidence {primary}",
-        fontsize=10,
-    )
-    ax.grid(alpha=0.3)
-    _outside_legend(ax)
-    return _save(fig, path)
+    title = f"{report.split} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
+    return _finish(fig, ax, title + f"among the offloaded samples, confidence {primary}", path)
 
 
 # -------------------------------------------------------------------------------------------------- break-even
 def field_label(name: str) -> str:
     """Axis label (with unit) of a break-even map's profile quantity."""
-    if name in FIELD_LABELS:
-        return FIELD_LABELS[name]
+    if name in QUANTITIES:
+        return QUANTITIES[name].label
     parts = name.split(".")
     if len(parts) == 3 and parts[1] == "latency_ms":
         where = "the edge" if parts[0] == "edge" else "the near edge"

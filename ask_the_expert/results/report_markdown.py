@@ -17,11 +17,11 @@ from typing import Any
 
 from ask_the_expert.method.costs import BASELINE_NAMES, COST_NAMES
 from ask_the_expert.method.findings import across_seeds
+from ask_the_expert.method.policies import POLICIES
+from ask_the_expert.method.router import LEARNED, RANDOM
+from ask_the_expert.method.stages import EXPERT_VARIANTS
 from ask_the_expert.method.stats import mean_std
 
-EXPERT_KEYS = ("val/subset_acc", "val/subset_restricted_acc", "val/routed_in_acc", "val/acc")
-VARIANTS = {"progressive": "progressive", "static": "static-from-base", "static_init": "static-from-init"}
-POLICY_ORDER = ("routed", "fused", "static", "static_init", "base", "oracle", "random")
 CURVE_COLUMNS = ("acc_local_only", "acc_all_offloaded", "acc@10%", "acc@20%", "acc@30%", "acc@50%")
 VERDICT_MARK = {"holds": "holds", "fails": "**fails**", "not established": "not established"}
 
@@ -89,8 +89,9 @@ def _scalar(evaluation: Mapping[str, Any], policy: str, k: int, measure: str, ke
 def _curve_keys(evaluation: Mapping[str, Any]) -> list[tuple[str, int, str]]:
     keys = {(r["policy"], r["k"], r["confidence"]) for r in evaluation.get("scalars", [])}
     primary = evaluation["confidence_measures"][0]
-    keep = [key for key in keys if key[2] in (primary, "learned", "random")]
-    return sorted(keep, key=lambda k: (POLICY_ORDER.index(k[0]) if k[0] in POLICY_ORDER else 99, k[1], k[2]))
+    keep = [key for key in keys if key[2] in (primary, LEARNED, RANDOM)]
+    order = list(POLICIES)
+    return sorted(keep, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1], k[2]))
 
 
 def render_markdown(seed_results: Sequence[Mapping[str, Any]], header: Mapping[str, str], plots: Sequence[str]) -> str:
@@ -152,11 +153,11 @@ def _models(seed_results: Sequence[Mapping[str, Any]], split: str, n: int) -> li
 
 
 def _experts(seed_results: Sequence[Mapping[str, Any]], split: str, n: int) -> list[str]:
-    variants = [v for v in VARIANTS if any(r["experts"].get(v) for r in seed_results)]
+    variants = [v for v in EXPERT_VARIANTS if any(r["experts"].get(v) for r in seed_results)]
     if not variants:
         return []
     ids = sorted({j for r in seed_results for v in variants for j in r["experts"].get(v, {})}, key=int)
-    head = " | ".join(f"{VARIANTS[v]} {what}" for what in ("subset", "all") for v in variants)
+    head = " | ".join(f"{EXPERT_VARIANTS[v].title} {what}" for what in ("subset", "all") for v in variants)
     lines = ["", f"## Experts ({split}: accuracy on their own subset and on all images, %)", "", f"| expert | {head} |"]
     lines.append("| --- |" + " --- |" * (2 * len(variants)))
     for j in ids:

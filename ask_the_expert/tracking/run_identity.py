@@ -25,7 +25,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ask_the_expert.models.vit_factory import ARCH_SHAPES, resolved_architecture
+from ask_the_expert.models.vit_factory import ARCHS, resolved_architecture
 
 # W&B's own run-id alphabet and length (wandb.util.generate_id).
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -73,7 +73,8 @@ def architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     built = resolved_architecture({**hparams, "arch": arch, "preset": preset})
     shape = (built["embed_dim"], built["depth"], built["num_heads"])
     out = {k: built[k] for k in ("embed_dim", "depth", "num_heads", "patch_size", "tokenizer")}
-    return {**out, "preset": preset, "arch": arch if shape == ARCH_SHAPES.get(arch) else None}
+    own_shape = arch in ARCHS and shape == ARCHS[arch].shape
+    return {**out, "preset": preset, "arch": arch if own_shape else None}
 
 
 def architecture_tags(hparams: Mapping[str, Any]) -> list[str]:

@@ -2,9 +2,11 @@
 it depends on has changed (steps are "fresh by construction").
 
 A fingerprint hashes the step's resolved arguments (canonical JSON), the sha256 of every input file (checkpoints,
-data files, configs, profiles) and the code version: the sha256 of the suite's source files that the step's entry
-modules import, found by following their ``import`` statements (module level and inside functions) through the
-suite's packages, so an edit to the report writer does not retrain the models but an edit to the training code does.
+data files, configs, profiles) and the code version: the sha256 of the code of the suite's source files that the
+step's entry modules import, found by following their ``import`` statements (module level and inside functions)
+through the suite's packages, so an edit to the report writer does not retrain the models but an edit to the training
+code does. The code is hashed as its syntax tree without docstrings (comments are not in it), so that editing help
+text or a comment does not make trained steps stale.
 The sources are found where Python imports them from (a checkout, an editable or a regular install), never through a
 git checkout.
 """
@@ -105,12 +107,27 @@ def source_closure(roots: Iterable[str]) -> dict[str, Path]:
     return dict(sorted(seen.items()))
 
 
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def code_text(path: Path) -> str:
+    """The code of a source file as its syntax tree without docstrings (nor comments, which the tree never holds)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, _DOCUMENTED) and body and isinstance(body[0], ast.Expr):
+            value = body[0].value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def code_version(roots: Sequence[str]) -> str:
-    """sha256 over the module names and contents of ``source_closure(roots)``."""
+    """sha256 over the module names and code (``code_text``) of ``source_closure(roots)``."""
     digest = hashlib.sha256()
     for name, path in source_closure(roots).items():
         digest.update(name.encode())
-        digest.update(path.read_bytes())
+        digest.update(code_text(path).encode())
     return digest.hexdigest()
 
 
