@@ -184,6 +184,17 @@ def test_online_without_key_falls_back_to_offline(wandb_env: Path, capsys: pytes
     assert [path.name.split("-")[-1] for path in offline_runs(wandb_env)] == [logger.version]
 
 
+def test_an_offline_run_says_one_line_and_no_wandb_banner(wandb_env: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    logger = SuiteWandbLogger(save_dir=str(wandb_env), mode="offline")
+    fit(logger)
+    logger.experiment.finish()
+    out, err = capfd.readouterr()
+    # The logger's own line says where the run is and how to upload it; wandb's banner and summary would repeat it.
+    assert [line for line in err.splitlines() if line.startswith("W&B: logging offline")], err
+    assert not [line for line in (out + err).splitlines() if line.startswith("wandb: ") and "WARNING" not in line]
+    assert len(offline_runs(wandb_env)) == 1
+
+
 def test_require_online_is_a_suite_error_and_writes_nothing(
     wandb_env: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -208,7 +208,7 @@ class SuiteWandbLogger(WandbLogger):
             credentials.
         kwargs: passed to ``WandbLogger`` and on to ``wandb.init``.
 
-    An offline run is quiet (``quiet``: no wandb banner, no end-of-run summary): the logger says in one line where it
+    An offline run is quiet (``silent``: no wandb banner, no end-of-run summary): the logger says in one line where it
     is and how to upload it. The run is created lazily on rank zero by ``experiment`` (Lightning asks for it before
     ``setup``), which is where the fallback happens; everything else (hyperparameters, metrics, ``watch``, checkpoint
     artifacts, ``SaveConfigToRun``) goes through ``experiment`` and so uses the offline run after a fallback.
@@ -301,7 +301,7 @@ class SuiteWandbLogger(WandbLogger):
     def _offline_init(self) -> dict[str, Any]:
         """``wandb.init``'s arguments for an offline run: quiet (no banner, no end-of-run summary; the logger says
         in one line where the run is and how to upload it)."""
-        return {**self._wandb_init, "settings": {**self._wandb_init["settings"], "quiet": True}}
+        return {**self._wandb_init, "settings": {**self._wandb_init["settings"], "silent": True}}
 
     def _online_settings(self) -> dict[str, Any]:
         """The run's ``settings`` with our ``init_timeout``."""
