@@ -3,7 +3,9 @@ ask_the_expert.utils.cli.run_command, through which every command runs):
 
 - Lightning's one-time banners (accelerator availability, the LitLogger tip, "already configured with model
   summary callbacks", "Loading train_dataloader to estimate ...") are dropped: they say nothing about this run.
-- Known warnings of the installed libraries that ask nothing of the user are ignored (KNOWN_WARNINGS).
+- Known warnings of the installed libraries that ask nothing of the user are ignored (KNOWN_WARNINGS); every other
+  warning is one line, ``warning: <message>`` (Python's default adds the file, the line number and the source line,
+  which tell a user nothing).
 - Output that is not a terminal (a log file, a pipe, SLURM) gets tables ``LOG_COLUMNS`` wide: Rich draws
   ``COLUMNS`` columns there (80 by default, which cuts Lightning's result and model-summary tables), and
   ``log_console`` gives the suite's own tables the same width. Progress becomes plain lines in a file
@@ -40,6 +42,12 @@ KNOWN_WARNINGS = (
 )
 
 
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    return f"warning: {message}\n"
+
+
 class _DropBanners(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(LIGHTNING_BANNERS)
@@ -67,6 +75,7 @@ def quiet_known_noise() -> None:
         logging.getLogger(name).addFilter(_DropBanners())
     for pattern in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    warnings.formatwarning = _one_line_warning
     if not is_terminal():
         os.environ.setdefault("COLUMNS", str(LOG_COLUMNS))
 
