@@ -39,13 +39,12 @@ class Shape:
     model: dict[str, Any] = field(default_factory=dict)
 
 
-# The CPU preset's edge generalist and near-edge base/expert shapes (configs/experiments/cpu60*.yaml), and the
-# plain-ViT shapes of the older `mini` preset for comparison.
+# The `cpu` preset's edge generalist and near-edge base/expert shapes (configs/experiments/cpu.yaml), and the
+# plain-ViT shapes of the `mini` preset for comparison.
+CPU_PRESET_SHAPE = dict(tokenizer="conv", patch_size=8, depth=4, num_heads=2, mlp_ratio=2.0, drop_path_rate=0.0)
 DEFAULT_SHAPES = [
-    Shape("cpu60 generalist", dict(tokenizer="conv", patch_size=8, embed_dim=128, depth=4, num_heads=2, mlp_ratio=2.0)),
-    Shape(
-        "cpu60 base/expert", dict(tokenizer="conv", patch_size=8, embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0)
-    ),
+    Shape("cpu generalist", dict(CPU_PRESET_SHAPE, embed_dim=64)),
+    Shape("cpu base/expert", dict(CPU_PRESET_SHAPE, embed_dim=128)),
     Shape("mini generalist (plain)", dict(patch_size=8, embed_dim=64, depth=4, num_heads=2)),
     Shape("mini base/expert (plain)", dict(patch_size=8, embed_dim=96, depth=4, num_heads=3)),
 ]

@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from common import REPO, fake_data_dir, run_cli
 
 from ask_the_expert.commands import pipeline
@@ -80,6 +81,8 @@ def main(*, out: str, data: DataOptions = DataOptions(), fake: bool = False, for
     if folder.exists() and not force:
         raise SuiteError(f"{folder} already exists; choose another --out or pass --force true.")
     if fake:
+        # Tiny models: a second thread only adds synchronisation, and on a busy machine it makes every step wait.
+        torch.set_num_threads(1)
         data = DataOptions(data_dir=fake_data_dir(6), check_integrity=False, val_size=100, num_workers=0)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

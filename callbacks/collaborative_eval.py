@@ -12,10 +12,11 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from rich.console import Console
 
 from ask_the_expert.method.costs import Profile, load_profile
-from ask_the_expert.method.policies import Records, Report, check_operating_rule, evaluate_policies, merge_records
+from ask_the_expert.method.findings import PrimaryFamily
+from ask_the_expert.method.holdout import SelectionSplit
+from ask_the_expert.method.policies import Records, Report, assess, check_operating_rule, merge_records, select_on_val
 from ask_the_expert.method.stats import MIN_RESAMPLES
 from ask_the_expert.results.evaluation_outputs import (
     findings_table,
@@ -37,8 +38,11 @@ class CollaborativeInferenceCallback(Callback):
 
     The module's ``validation_step`` / ``test_step`` must return the records of
     ``CollaborativeSystem.evaluation_records``. Under DDP the records of all ranks are gathered and the
-    padding duplicates dropped; rank zero computes and writes. The operating point is chosen on val (``rule``)
-    and applied unchanged at test end (the val run must come first in the same callback instance).
+    padding duplicates dropped; rank zero computes and writes. Every choice (the operating point with ``rule``, the
+    fused weight, the deferral rule, "up to" and break-even points) is made on val's selection part
+    (ask_the_expert.method.policies.select_on_val) and applied unchanged to the assessed data: val's assessment part
+    at validation end (``assess_on_val``), else test at test end (the val run must come first in the same callback
+    instance). The system must split val with the same ``holdout`` (it fits T on the selection part).
 
     Args:
         out_dir: folder for ``<split>/{curves.csv, summary.json, records.csv, plots/*.png}``; None writes no
@@ -51,7 +55,10 @@ class CollaborativeInferenceCallback(Callback):
             default base when evaluated, else oracle).
         within_points: X of "the offload needed to come within X points of the reference".
         delta: "up to" reductions count thresholds whose accuracy is at least the baseline's minus delta.
-        bootstrap: paired-bootstrap resamples behind every finding's 95 % interval (>= 100).
+        bootstrap: paired-bootstrap resamples behind every finding's interval (>= 100).
+        family: the primary family, declared before the run (Holm-corrected verdicts); the rest is exploratory.
+        holdout: how val is split into deferral, selection and assessment parts.
+        assess_on_val: assess on val's assessment part (a val-only evaluation) or, false, on test.
         print_table: print the rich table on rank zero.
         wandb_max_points: thin each curve to about this many points in W&B (the CSV keeps every threshold).
     """
@@ -71,6 +78,9 @@ class CollaborativeInferenceCallback(Callback):
         within_points: float = 0.5,
         delta: float = 0.005,
         bootstrap: int = 1000,
+        family: PrimaryFamily = PrimaryFamily(),
+        holdout: SelectionSplit = SelectionSplit(),
+        assess_on_val: bool = True,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
@@ -90,6 +100,8 @@ class CollaborativeInferenceCallback(Callback):
                 f"{within_points}) and delta >= 0 (got {delta}); the defaults are 1000, 0.5 and 0.005."
             )
         self.bootstrap = bootstrap
+        self.family, self.holdout, self.assess_on_val = family, holdout, assess_on_val
+        self.selection: Report | None = None  # the choices made on val, applied at test end
         self.reports: dict[str, Report] = {}
         self._parts: list[Records] = []
         self._active = False
@@ -132,32 +144,37 @@ class CollaborativeInferenceCallback(Callback):
             return
         records = merge_records([g["records"] for g in gathered])
         forwards = sum((Counter(g["forwards"]) for g in gathered), Counter())
-        val = self.reports.get("val") if split == "test" else None
-        if split == "test" and val is None:
-            Console(stderr=True).print(
-                "[yellow]warning:[/] no val evaluation ran before test in this callback, so no operating "
-                "point is reported (thresholds are chosen on val only).",
-                highlight=False,
+        settings = {"random_seed": self.random_seed, "reference": self.reference, "within_points": self.within_points}
+        if split == "val":
+            self.selection = select_on_val(
+                records, self.profiles, split, assess_on_val=self.assess_on_val, holdout=self.holdout, rule=self.rule,
+                gap=self.gap, budget=self.budget, delta=self.delta, family=self.family, **settings,
+            )  # fmt: skip
+        elif self.selection is None:
+            raise SuiteError(
+                "No val evaluation ran before test in this callback, and every choice (T, the operating points, the "
+                "fused weight, the deferral rule) is made on val: run trainer.validate() before trainer.test()."
             )
-        report = evaluate_policies(
-            records,
-            self.profiles,
-            split=split,
-            random_seed=self.random_seed,
-            rule=self.rule,
-            gap=self.gap,
-            budget=self.budget,
-            val=val,
-            reference=self.reference,
-            within_points=self.within_points,
-            delta=self.delta,
-            resamples=self.bootstrap,
-        )
+        report = self.selection
+        if split == "test" or self.assess_on_val:
+            report = assess(records, self.selection, self.profiles, split, resamples=self.bootstrap, **settings)
         report.meta = {
             "temperature": float(getattr(pl_module, "temperature_value", float("nan"))),
+            "temperature_fit_on": report.protocol["temperature_fit_on"],
             "forwards": {k: int(v) for k, v in sorted(forwards.items())},
-            "operating_rule": {"rule": self.rule, "gap": self.gap, "budget": self.budget, "chosen_on": "val"},
-            "bootstrap": {"resamples": self.bootstrap, "level": 0.95, "paired_over": f"the {split} samples"},
+            "operating_rule": {
+                "rule": self.rule,
+                "gap": self.gap,
+                "budget": self.budget,
+                "chosen_on": report.protocol["chosen_on"],
+            },
+            "bootstrap": {
+                "resamples": self.bootstrap,
+                "level": 0.95,
+                "paired_over": f"the {report.reported_on} samples",
+                "primary_family": f"Holm's correction at a family-wise alpha of {self.family.alpha}",
+            },
+            "experts_routing_k": getattr(pl_module, "experts_routing_k", None),
             "epoch": trainer.current_epoch,
             "sources": _sources(pl_module),
         }
@@ -170,7 +187,8 @@ class CollaborativeInferenceCallback(Callback):
         if runs:
             with tempfile.TemporaryDirectory() as scratch:
                 # Without an output folder the plots are drawn for W&B only (wandb copies them when logged).
-                pngs = plot_files(folder) if folder is not None else write_plots(report, records, Path(scratch))
+                drawn = report.reported_records(records)
+                pngs = plot_files(folder) if folder is not None else write_plots(report, drawn, Path(scratch))
                 payload = wandb_payload(report, self.wandb_max_points, pngs)
                 for run in runs:
                     log_wandb(run, payload)

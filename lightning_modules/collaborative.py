@@ -13,10 +13,11 @@ Both paths route through ``ask_the_expert.method.policies.route_batch`` and offl
   candidate weight) that ask_the_expert.method.policies sweeps.
 
 Temperature ``"fit"``: before the first validation epoch the system runs G over the val loader, keeps those logits
-(N_val x classes, G only) to fit T with ``ask_the_expert.method.router.fit_temperature`` and reuses them in
-``validation_step`` instead of running G again, so an evaluation still costs one G forward per sample. Under DDP every
-rank fits on the logits of all ranks (shards of unequal length are gathered as objects). The fitted T is a buffer (saved
-with the module) and is reused unchanged on test.
+(N_val x classes, G only) to fit T with ``ask_the_expert.method.router.fit_temperature`` on val's selection part
+(``ask_the_expert.method.holdout``: the part that also chooses the operating points, never the part that is assessed or
+fits the learned deferral rule) and reuses them in ``validation_step`` instead of running G again, so an evaluation
+still costs one G forward per sample. Under DDP every rank fits on the logits of all ranks (shards of unequal length are
+gathered as objects). The fitted T is a buffer (saved with the module) and is reused unchanged on test.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ask_the_expert.method.deferral import DeferralRule
+from ask_the_expert.method.holdout import SELECTION, SelectionSplit, split_parts
 from ask_the_expert.method.policies import merge_records
 from ask_the_expert.method.routed_batch import (
     FUSE_WEIGHTS,
@@ -84,6 +86,9 @@ class CollaborativeSystem(LightningModule):
         tau: the offload threshold of ``predict_step`` (take it from an evaluation's operating point).
         route_k: the k of ``predict_step`` (default: the first of ``k_values``).
         num_classes: default ``generalist.hparams.num_classes``, else the size of the partition.
+        holdout: how val is split into parts (the evaluation callback must use the same); T is fitted on the
+            selection part.
+        assess_on_val: whether val also holds an assessment part (a val-only evaluation) or test is assessed.
     """
 
     def __init__(
@@ -93,12 +98,14 @@ class CollaborativeSystem(LightningModule):
         subsets: Sequence[Sequence[int]],
         baselines: Mapping[str, tuple[Sequence[nn.Module], Sequence[Sequence[int]]]] | None = None,
         base: nn.Module | None = None,
-        k_values: Sequence[int] = (1, 2, 3, 5),
+        k_values: Sequence[int] = (1, 3, 5),
         confidence_measures: Sequence[str] = ("max_prob",),
         temperature: str | float = FIT,
         tau: float = 0.5,
         route_k: int | None = None,
         num_classes: int | None = None,
+        holdout: SelectionSplit = SelectionSplit(),
+        assess_on_val: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["generalist", "experts", "baselines", "base"])
@@ -122,6 +129,7 @@ class CollaborativeSystem(LightningModule):
         self.route_k = check_k_values([route_k or self.k_values[0]], self.num_classes)[0]
         self.confidence_measures = check_measures(confidence_measures)
         self.tau = float(tau)
+        self.holdout, self.assess_on_val = holdout, assess_on_val
         temperature = check_temperature(temperature)
         self.temperature_mode = "fit" if temperature == FIT else "fixed"
         fixed = math.nan if temperature == FIT else float(temperature)
@@ -194,6 +202,11 @@ class CollaborativeSystem(LightningModule):
         for model in self._models():
             model.eval()
         return self
+
+    @property
+    def experts_routing_k(self) -> list[int]:
+        """The Top-k the progressive experts' routed-in sets R_j were built at (their ``--model.routing_k``)."""
+        return sorted({int(e.hparams["routing_k"]) for e in self.experts if "routing_k" in getattr(e, "hparams", {})})
 
     @property
     def temperature_value(self) -> float:
@@ -328,13 +341,16 @@ class CollaborativeSystem(LightningModule):
         return rec
 
     @torch.inference_mode()
-    def records_of(self, images: torch.Tensor, labels: np.ndarray, batch_size: int = 256) -> Records:
-        """Records of a whole labelled split held in memory (file index = position), outside a Trainer."""
+    def records_of(
+        self, images: torch.Tensor, labels: np.ndarray, indices: np.ndarray, batch_size: int = 256
+    ) -> Records:
+        """Records of a whole labelled split held in memory (``indices``: the samples' file indices), outside a
+        Trainer."""
         parts = []
         for start in range(0, len(labels), batch_size):
             y = labels[start : start + batch_size]
-            batch = (images[start : start + len(y)], torch.from_numpy(y), torch.arange(start, start + len(y)))
-            parts.append(self.evaluation_records(batch))
+            index = torch.from_numpy(np.asarray(indices[start : start + len(y)], dtype=np.int64))
+            parts.append(self.evaluation_records((images[start : start + len(y)], torch.from_numpy(y), index)))
         return merge_records(parts)
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Records:
@@ -388,7 +404,8 @@ class CollaborativeSystem(LightningModule):
                 "--data.val_size, or pass a fixed temperature such as 1.0."
             )
         _, first = np.unique(all_index, return_index=True)
-        self.set_temperature(fit_temperature(all_logits[first], all_labels[first]))
+        chosen = split_parts(all_index[first], all_labels[first], self.holdout, self.assess_on_val) == SELECTION
+        self.set_temperature(fit_temperature(all_logits[first][chosen], all_labels[first][chosen]))
         order = np.argsort(local_index, kind="stable")
         self._cached_index = local_index[order]
         self._cached_logits = local_logits.detach()[torch.from_numpy(order).to(local_logits.device)]

@@ -6,9 +6,12 @@ CIFAR-format folder (tests/fake_cifar100.py, seed 0) and tiny ViT checkpoints wh
 
     python tests/golden_evaluation.py      # rewrites tests/data/golden_evaluation.json.gz
 
-The committed file was recorded with the suite at commit 6e52915 (before the "one evaluation core" redesign);
-tests/test_golden_evaluation.py checks that today's code reproduces it. Regenerate it only for a change that is
-meant to change results, and say so in the commit.
+The committed file was re-recorded when selection and assessment became disjoint (docs/design.md §6): T is fitted on
+val's selection part (80 of the 100 val images; 20 fit the learned deferral rule), not on all of val, so every
+probability and confidence moved, while every decision that does not depend on T (G's Top-5 classes, the k = 1 and
+oracle experts and their answers, the base and static k = 1 answers) was checked identical to the previous recording
+(commit 6e52915). tests/test_golden_evaluation.py checks that today's code reproduces it. Regenerate it only for a
+change that is meant to change results, and say so in the commit.
 """
 
 from __future__ import annotations

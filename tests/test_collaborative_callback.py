@@ -1,5 +1,5 @@
 """CollaborativeInferenceCallback: W&B grid curves/tables/images/summary (read back from the offline run), files,
-val-chosen operating points applied on test, and the DDP merge of rank records."""
+operating points chosen on val's selection part applied on test, and the DDP merge of rank records."""
 
 from __future__ import annotations
 
@@ -67,8 +67,11 @@ def wandb_run_content(run_dir: Path) -> tuple[list, list[dict[str, object]], dic
 
 
 def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
-    system = tiny_system(static=True, base=True, temperature="fit", k_values=[1, 2])
-    callback = CollaborativeInferenceCallback(out_dir=tmp_path / "out", profiles=PROFILES, print_table=True)
+    # A test evaluation: val is split into a deferral part (12 of 64) and a selection part; test is assessed.
+    system = tiny_system(static=True, base=True, temperature="fit", k_values=[1, 3], assess_on_val=False)
+    callback = CollaborativeInferenceCallback(
+        out_dir=tmp_path / "out", profiles=PROFILES, print_table=True, assess_on_val=False
+    )
     logger = SuiteWandbLogger(save_dir=str(tmp_path), mode="offline", job_type="test")
     trainer = quiet_trainer(logger=logger, callbacks=[callback])
     trainer.validate(system, dataloaders=image_loader(64, seed=1), verbose=False)
@@ -76,20 +79,23 @@ def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
     logger.experiment.finish()
 
     # Files: curves.csv with the documented columns and every policy, summary.json, records.csv, PNGs.
-    for split, n in (("val", 64), ("test", 48)):
+    for split, n, part in (("val", 64, 1), ("test", 48, 2)):
         folder = tmp_path / "out" / split
         with (folder / "curves.csv").open() as f:
             rows = list(csv.DictReader(f))
         assert tuple(rows[0]) == CURVE_COLUMNS
         policies = {(r["policy"], r["k"]) for r in rows}
-        expected = {("routed", "1"), ("routed", "2"), ("static", "1"), ("static", "2"), ("base", "0")}
-        expected |= {("fused", "1"), ("fused", "2")}
-        expected |= {("oracle", "0"), ("random", "1"), ("random", "2"), ("generalist_only", "0")}
-        assert expected | {("all_offloaded", "1"), ("all_offloaded", "2")} == policies
+        expected = {("routed", "1"), ("routed", "3"), ("static", "1"), ("static", "3"), ("base", "0")}
+        expected |= {("fused", "1"), ("fused", "3")}
+        expected |= {("oracle", "0"), ("random", "1"), ("random", "3"), ("generalist_only", "0")}
+        assert expected | {("all_offloaded", "1"), ("all_offloaded", "3")} == policies
         assert {r["profile"] for r in rows} == {"edge_arm_wifi", "edge_jetson_ethernet"}
         with (folder / "records.csv").open() as f:
             records = list(csv.DictReader(f))
         assert len(records) == n
+        # The report is on val's selection part (part 1) and on test (part 2, every sample).
+        records = [r for r in records if int(r["part"]) == part]
+        assert {int(r["part"]) for r in records} == {part} and (len(records) == n) == (split == "test")
         # The routed curve starts at G's accuracy and ends at the routed experts' accuracy (records agree).
         routed = [r for r in rows if r["policy"] == "routed" and r["k"] == "1" and r["profile"] == "edge_arm_wifi"]
         g_acc = np.mean([int(r["g_correct"]) for r in records])
@@ -104,14 +110,19 @@ def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
         assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     val = json.loads((tmp_path / "out/val/summary.json").read_text())
     test = json.loads((tmp_path / "out/test/summary.json").read_text())
-    assert val["num_samples"] == 64 and test["num_samples"] == 48
+    assert val["num_samples"] == 52 and test["num_samples"] == 48
+    assert val["protocol"]["sizes"] == {"deferral": 12, "selection": 52, "assessment": 0}
+    assert test["protocol"]["sizes"] == {"deferral": 12, "selection": 52, "assessment": 48}
+    assert test["protocol"]["reported_on"] == "test" and val["reported_on"] == "val selection part"
+    assert test["findings"] and not val["findings"]  # findings only on assessed data
     assert val["forwards"]["generalist"] == 64 and test["forwards"]["generalist"] == 48
     assert test["temperature"] == val["temperature"] == system.temperature_value
-    # Operating points are chosen on val and applied unchanged on test.
+    # Operating points are chosen on val's selection part and applied unchanged on test.
     val_tau = {(p["policy"], p["k"], p["confidence"], p["profile"]): p["tau"] for p in val["operating_points"]}
     assert len(test["operating_points"]) == len(val_tau) > 0
     for p in test["operating_points"]:
-        assert p["chosen_on"] == "val" and p["tau"] == val_tau[p["policy"], p["k"], p["confidence"], p["profile"]]
+        assert p["chosen_on"] == "val selection part" and p["reported_on"] == "test"
+        assert p["tau"] == val_tau[p["policy"], p["k"], p["confidence"], p["profile"]]
         assert set(p["reductions"]) == {"edge_generalist", "edge_medium", "near_edge_only"}
 
     # W&B: the curves on a 1 % offload grid against a declared step metric, the exact table, the findings table,
@@ -125,13 +136,13 @@ def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
         named = {m.name: m for m in metrics if m.name}
         assert step in named and not named[step].step_metric
         assert any(m.glob_name == f"collab_{split}/curves/*" and m.step_metric == step for m in metrics)
-        accuracy = f"collab_{split}/curves/routed_k2_max_prob/accuracy"
+        accuracy = f"collab_{split}/curves/routed_k3_max_prob/accuracy"
         latency = f"collab_{split}/curves/base_k0_max_prob/latency_ms/edge_arm_wifi"
         assert named[accuracy].step_metric == named[latency].step_metric == step
         grid = {row[step]: row for row in rows if step in row}
         assert sorted(grid) == list(range(101))
         for pct in (0, 7, 30, 55, 100):
-            key = ("routed", 2, "max_prob")
+            key = ("routed", 3, "max_prob")
             expected = accuracy_at_offload(report.curves[key], pct / 100)
             assert grid[pct][accuracy] == pytest.approx(expected, abs=1e-12)
             # The cost is that of the same curve point: the largest offload ratio <= the grid level.
@@ -150,16 +161,21 @@ def test_callback_logs_to_wandb_and_writes_files(tmp_path: Path):
         curves_table = json.loads(next(p for p in tables if p.name.startswith("curves_")).read_text())
         assert curves_table["columns"] == list(CURVE_COLUMNS)
         findings = json.loads(next(p for p in tables if p.name.startswith("findings_")).read_text())
-        assert findings["columns"][:3] == ["group", "claim", "a_label"] and "verdict" in findings["columns"]
-        assert len(findings["data"]) == len(report.findings) > 0
+        assert findings["columns"][:4] == ["family", "member", "group", "claim"] and "verdict" in findings["columns"]
+        assert len(findings["data"]) == len(report.findings) and (split == "test") == bool(report.findings)
         claims = [row[findings["columns"].index("claim")] for row in findings["data"]]
         assert claims == [f.claim for f in report.findings]
+        families = {row[0] for row in findings["data"]}
+        assert families == ({"primary", "exploratory"} if split == "test" else set())
     for s in test["scalars"]:
         key = f"collab_test/{s['policy']}/k{s['k']}/{s['confidence']}/area_norm"
         assert summary[key] == s["area_norm"]
     assert not any(k.startswith(("collab_val/curves/routed_", "collab_test/curves/base_")) for k in summary)
     assert summary["collab_test/forwards/expert"] == test["forwards"]["expert"]
     assert summary["eval/generalist_forwards"] == 48
+    primary = [f for f in callback.reports["test"].findings if f.family == "primary"]
+    assert primary and all(summary[f"collab_test/primary/{f.member}/verdict"] == f.verdict for f in primary)
+    assert summary["collab_test/parts/selection"] == 52
 
 
 def _rank_records(system, loader: DataLoader, world: int) -> list[dict]:

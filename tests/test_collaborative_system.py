@@ -17,6 +17,7 @@ import torch
 from deploy_helpers import save_checkpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from ask_the_expert.method.holdout import SELECTION, SelectionSplit, split_parts
 from ask_the_expert.method.router import count_pairs, experts_needed, fit_temperature, select_experts, softmax, top_k
 from ask_the_expert.method.subsets import class_to_expert, superclass_partition
 from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
@@ -142,11 +143,16 @@ def test_evaluation_costs_exactly_the_floor_of_forwards_with_20_experts():
     trainer.validate(system, dataloaders=loader, verbose=False)
     seen = dict(counter.samples)  # before the checks below call G themselves
 
-    # T was fitted on G's val logits, and those logits were reused: G ran once per sample in total.
+    # T was fitted on G's logits of val's selection part, and those logits were reused: G ran once per sample in total.
     with torch.no_grad():
         logits = torch.cat([system.generalist(b[0]) for b in loader]).numpy()
     labels = np.concatenate([b[1].numpy() for b in loader])
-    assert system.temperature_value == pytest.approx(fit_temperature(logits, labels), rel=1e-6)
+    index = np.concatenate([b[2].numpy() for b in loader])
+    chosen_part = split_parts(index, labels, SelectionSplit(), assess_on_val=True) == SELECTION
+    assert chosen_part.sum() == 18  # 60 val images: 30 assessed, 12 fit the deferral rule, 18 choose
+    fitted = fit_temperature(logits[chosen_part], labels[chosen_part])
+    assert system.temperature_value == pytest.approx(fitted, rel=1e-6)
+    assert system.temperature_value != pytest.approx(fit_temperature(logits, labels), rel=1e-3)
     n = 60
     assert seen["G"] == n
     assert seen["base"] == n

@@ -1,6 +1,6 @@
 """ate-compare on evaluation folders written by ask_the_expert.results.evaluation_outputs.write_outputs from synthetic
-records (numpy only): paired intervals over shared samples, unpaired ones otherwise, a hand-checkable difference, and
-bad inputs."""
+records (numpy only): only the assessed samples compared, paired intervals over shared samples, unpaired ones
+otherwise, a hand-checkable difference, the declared family's Holm-corrected verdicts, and bad inputs."""
 
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ from ask_the_expert.results.evaluation_outputs import (
 from ask_the_expert.utils.errors import SuiteError
 
 N = 200
-FLIPPED = 20  # samples whose routed k=1 answer run "b" corrects: +10 points all offloaded, exactly
+FLIPPED = 20  # samples whose routed k=1 answer run "b" corrects (of them, those in the assessment part count)
 
 
 def _write(records: dict[str, np.ndarray], folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An evaluation folder as ate-evaluate writes it from val records (chosen on the selection part, assessed on
+    the assessment part, records.csv with each sample's part)."""
     monkeypatch.setattr(
         "ask_the_expert.results.evaluation_outputs.write_plots", lambda *args: []
     )  # compare never reads the plots
@@ -57,6 +59,12 @@ def _rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _assessed(folder: Path) -> dict[str, np.ndarray]:
+    """The records of the assessment part (part 2) of an evaluation folder, the samples compare reads."""
+    records = read_records_csv(folder / "records.csv")
+    return {key: value[records["part"] == 2] for key, value in records.items()}
+
+
 def _row(rows: list[dict[str, str]], run: str, statistic: str, policy: str = "routed", k: str = "1") -> dict:
     return next(
         r for r in rows
@@ -69,39 +77,49 @@ def test_same_samples_give_paired_intervals_and_the_hand_checked_difference(fold
     args = ["--runs", f"[{folders['a']}, {folders['b']}, {folders['copy']}]", "--out", str(out)]
     assert compare.main([*args, "--bootstrap", "300", "--policies", "[routed, fused, base]"]) == 0
     printed = capsys.readouterr().out
-    assert "Runs compared against a" in printed
+    assert "Primary family: runs against a, Holm-corrected" in printed and "Exploratory: runs compared" in printed
     rows = _rows(out)
     assert {r["policy"] for r in rows} == {"routed", "fused", "base", "routing"}  # routing: the hit rates
     assert {r["run"] for r in rows} == {"a", "b", "copy"}  # default labels: the path parts that differ
     diff = _row(rows, "b", "acc_all_offloaded")
-    assert diff["pairing"] == "paired" and diff["vs"] == "a"
-    assert float(diff["value"]) - float(_row(rows, "a", "acc_all_offloaded")["value"]) == pytest.approx(0.1)
-    assert float(diff["difference"]) == pytest.approx(FLIPPED / N, abs=1e-12)
-    # Paired: every resample counts the corrected samples for b only, so the difference is never below 0; the
-    # interval is the percentile interval of (corrected samples drawn) / N under the same counts.
-    low, high = float(diff["low"]), float(diff["high"])
-    a_rec = read_records_csv(folders["a"] / "records.csv")
-    b_rec = read_records_csv(folders["b"] / "records.csv")
+    assert diff["pairing"] == "paired" and diff["vs"] == "a" and diff["family"] == "exploratory"
+    # Only the assessment part is compared: the corrected samples that fall in it, over its size.
+    a_rec, b_rec = _assessed(folders["a"]), _assessed(folders["b"])
     corrected = (b_rec["pred_k1"] == b_rec["label"]) & (a_rec["pred_k1"] != a_rec["label"])
-    draws = resample_counts(N, 300, 0)[:, corrected].sum(axis=1) / N
+    n = len(a_rec["label"])
+    assert n == N // 2 and 0 < corrected.sum() < FLIPPED
+    assert float(diff["value"]) - float(_row(rows, "a", "acc_all_offloaded")["value"]) == pytest.approx(
+        corrected.sum() / n
+    )
+    assert float(diff["difference"]) == pytest.approx(corrected.sum() / n, abs=1e-12)
+    # Paired: every resample counts the corrected samples for b only, so the difference is never below 0; the
+    # interval is the percentile interval of (corrected samples drawn) / n under the same counts.
+    low, high = float(diff["low"]), float(diff["high"])
+    draws = resample_counts(n, 300, 0)[:, corrected].sum(axis=1) / n
     assert (low, high) == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])), abs=1e-12)
-    assert 0 < low < FLIPPED / N < high and diff["verdict"] == "holds"
+    assert 0 < low < corrected.sum() / n < high and diff["verdict"] == "holds"
     # Untouched policies and an identical copy: difference 0 with the degenerate interval [0, 0].
     for run, policy, k in (("b", "base", "0"), ("copy", "routed", "1")):
         same = _row(rows, run, "area_gain_pts", policy, k)
         assert float(same["difference"]) == float(same["low"]) == float(same["high"]) == 0.0
         assert same["verdict"] == "not established" and same["pairing"] == "paired"
     md = (out / "compare.md").read_text()
-    assert "## routed" in md and "| b - a [95 %] |" in md and "+10.00 pts [" in md
+    assert "### routed" in md and "| b - a [95 %] |" in md and f"{100 * corrected.sum() / n:+.2f} pts [" in md
+    assert md.index("## Primary family") < md.index("## Exploratory comparisons")
     meta = json.loads((out / "compare.json").read_text())
     assert [r["pairing"] for r in meta["runs"]] == ["reference", "paired", "paired"]
+    # The default family: the evaluations' declared primary k (3) and offload (30 %), for b and copy against a.
+    assert meta["primary_family"]["members"] == ["routed:k3:area_gain_pts", "routed:k3:acc@30%", "routing:k3:hit_rate"]
+    assert {r["family"] for r in rows if r["run"] != "a" and (r["policy"], r["k"]) == ("routing", "3")} == {"primary"}
     assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["base.png", "fused.png", "routed.png"]
     assert all(p.stat().st_size > 10_000 for p in (out / "plots").glob("*.png"))
 
 
 def test_routing_hit_rates_of_two_partitions_are_compared_paired(folders, tmp_path: Path, monkeypatch) -> None:
     a = read_records_csv(folders["a"] / "records.csv")
-    missed = np.flatnonzero(a["expert_k1"] != a["oracle_expert"])[:FLIPPED]
+    del a["part"]
+    assessed = _assessed(folders["a"])
+    missed = np.flatnonzero(a["expert_k1"] != a["oracle_expert"])[: 2 * FLIPPED]
     other = {**a, "expert_k1": a["expert_k1"].copy()}
     other["expert_k1"][missed] = a["oracle_expert"][missed]  # another partition's routing finds their experts
     out = tmp_path / "cmp"
@@ -111,11 +129,13 @@ def test_routing_hit_rates_of_two_partitions_are_compared_paired(folders, tmp_pa
     ks = sorted({int(r["k"]) for r in rows})
     assert ks == sorted(int(c[len("expert_k") :]) for c in a if c.startswith("expert_k"))
     first = next(r for r in rows if (r["run"], r["k"]) == ("a", "1"))
-    assert float(first["value"]) == pytest.approx(np.mean(a["expert_k1"] == a["oracle_expert"]), abs=1e-12)
+    hits = assessed["expert_k1"] == assessed["oracle_expert"]
+    assert float(first["value"]) == pytest.approx(np.mean(hits), abs=1e-12)
     diff = next(r for r in rows if (r["run"], r["k"]) == ("other", "1"))
-    assert diff["statistic"] == "hit_rate" and diff["pairing"] == "paired"
-    assert float(diff["difference"]) == pytest.approx(FLIPPED / N, abs=1e-12)
-    assert 0 < float(diff["low"]) < FLIPPED / N < float(diff["high"]) and diff["verdict"] == "holds"
+    fixed = np.isin(assessed["index"], a["index"][missed]).sum()
+    assert diff["statistic"] == "hit_rate" and diff["pairing"] == "paired" and fixed > 0
+    assert float(diff["difference"]) == pytest.approx(fixed / len(hits), abs=1e-12)
+    assert 0 < float(diff["low"]) < fixed / len(hits) < float(diff["high"]) and diff["verdict"] == "holds"
     same = next(r for r in rows if (r["run"], r["k"]) == ("other", str(ks[-1])))
     assert float(same["difference"]) == 0.0 and same["verdict"] == "not established"
     assert "## routing" in (out / "compare.md").read_text()
@@ -133,9 +153,36 @@ def test_different_samples_give_unpaired_wider_intervals(folders, tmp_path: Path
     width = {name: float(r["high"]) - float(r["low"]) for name, r in (("p", paired), ("u", unpaired))}
     assert width["u"] > 2 * width["p"]
     assert float(unpaired["low"]) < float(paired["low"]) < float(paired["high"]) < float(unpaired["high"])
-    # Unpaired sampling noise of two 200-sample accuracies (~4.8 points each) swamps most of the +10 points.
+    # Unpaired sampling noise of two 100-sample accuracies (~4.8 points each) swamps most of the difference.
     assert float(unpaired["low"]) < 0.03
     assert "| unpaired |" in (out / "compare.md").read_text()
+
+
+def test_a_declared_family_gets_holm_corrected_verdicts(folders, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cmp"
+    family = "[routed:k1:acc_all_offloaded, routed:k1:acc@50%, routed:k3:area_gain_pts]"
+    runs = f"[{folders['a']}, {folders['b']}]"
+    assert compare.main(["--runs", runs, "--out", str(out), "--family", family, "--bootstrap", "400"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    rows = [r for r in _rows(out) if r["family"] == "primary"]
+    assert [(r["policy"], r["k"], r["statistic"]) for r in rows] == [
+        ("routed", "1", "acc@50%"), ("routed", "1", "acc_all_offloaded"), ("routed", "3", "area_gain_pts"),
+    ]  # fmt: skip
+    assert all(r["run"] == "b" and r["confidence"] == "max_prob" for r in rows)
+    # Holm by hand from the raw p-values: sorted p_(j) against alpha / (3 - j + 1), adjusted = running max.
+    p = np.array([float(r["p_value"]) for r in rows])
+    order = np.argsort(p, kind="stable")
+    adjusted = np.maximum.accumulate(np.minimum(1.0, (3 - np.arange(3)) * p[order]))
+    assert [float(rows[i]["p_adjusted"]) for i in order] == pytest.approx(adjusted)
+    for r in rows:
+        corrected = float(r["p_adjusted"]) < 0.05
+        assert r["verdict"] == ("holds" if corrected and float(r["difference"]) > 0 else r["verdict"])
+        assert (r["verdict"] != "not established") == corrected
+    untouched = next(r for r in rows if r["k"] == "3")  # b changed only k = 1 answers
+    assert float(untouched["difference"]) == 0 and untouched["verdict"] == "not established"
+    assert float(untouched["p_adjusted"]) == 1.0
+    assert all(r["family"] == "exploratory" for r in _rows(out) if r["run"] == "b" and r not in rows)
+    assert "Primary family: runs against a, Holm-corrected at alpha 0.05" in printed and "b: acc@50%" in printed
 
 
 def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,6 +218,10 @@ def test_bad_inputs_exit_2_with_a_message_and_write_nothing(
         "bootstrap": ([f"[{a}, {b}]"], ["--bootstrap", "50"], "--bootstrap must be >= 100"),
         "policy": ([f"[{a}, {b}]"], ["--policies", "[routed, magic]"], "Unknown policies ['magic']"),
         "wandb offline": ([f"[{a}, {b}]"], ["--wandb_runs", "[me/proj/abc123]"], "no W&B credentials"),
+        "family form": ([f"[{a}, {b}]"], ["--family", "[routed:3:area_gain_pts]"], "is not <policy>:k<k>:<statistic>"),
+        "family name": ([f"[{a}, {b}]"], ["--family", "[routed:k3:magic]"], "unknown policy or statistic"),
+        "family absent": ([f"[{a}, {b}]"], ["--family", "[routed:k4:area_gain_pts]"], "are not in every run"),
+        "alpha": ([f"[{a}, {b}]"], ["--alpha", "1.5"], "--alpha must lie strictly between 0 and 1"),
     }
     for name, (runs, extra, match) in cases.items():
         out = tmp_path / f"out_{name.replace(' ', '_')}"

@@ -13,10 +13,8 @@ from ask_the_expert.method.deferral import (
     FEATURE_NAMES,
     DeferralError,
     DeferralRule,
-    cross_fitted_confidence,
     deferral_features,
     fit_deferral,
-    fold_assignment,
 )
 from ask_the_expert.method.stats import area_gain
 from ask_the_expert.method.sweep import sweep_thresholds
@@ -160,26 +158,8 @@ def test_bad_dicts_are_refused(change, match):
         DeferralRule.from_dict([1, 2])
 
 
-def test_cross_fitting_is_out_of_fold():
-    x, loc, off, _ = _synthetic(500, 6)
-    folds = fold_assignment(500, 5, seed=3)
-    assert sorted(np.bincount(folds).tolist()) == [100] * 5
-    conf = cross_fitted_confidence(x, loc, off, folds=5, seed=3)
-    held = folds == 2
-    flipped_loc, flipped_off = loc.copy(), off.copy()
-    flipped_loc[held] = ~loc[held]
-    flipped_off[held] = ~off[held]
-    again = cross_fitted_confidence(x, flipped_loc, flipped_off, folds=5, seed=3)
-    assert np.array_equal(again[held], conf[held])
-    assert not np.allclose(again[~held], conf[~held])
-    # Fold 2's scores are those of a rule fitted on the other folds only.
-    rule = fit_deferral(x[~held], loc[~held], off[~held])
-    assert np.allclose(conf[held], rule.confidence(x[held]), atol=1e-12)
-
-
 def test_determinism_and_argument_checks():
     x, loc, off, _ = _synthetic(200, 7)
-    assert np.array_equal(cross_fitted_confidence(x, loc, off, seed=1), cross_fitted_confidence(x, loc, off, seed=1))
     assert fit_deferral(x, loc, off) == fit_deferral(x, loc, off)
     with pytest.raises(DeferralError, match="features"):
         fit_deferral(x[:, :-1], loc, off)
@@ -187,8 +167,6 @@ def test_determinism_and_argument_checks():
         fit_deferral(x, loc[:-1], off)
     with pytest.raises(DeferralError, match="l2"):
         fit_deferral(x, loc, off, l2=0.0)
-    with pytest.raises(DeferralError, match="folds"):
-        cross_fitted_confidence(x, loc, off, folds=1)
 
 
 def test_degenerate_labels_still_fit():

@@ -52,6 +52,7 @@ def test_reliability_bins_and_eces_equal_a_direct_computation(evaluation) -> Non
 
 def test_expert_load_is_the_share_of_offloaded_samples_at_the_operating_point(evaluation) -> None:
     report, records = evaluation
+    records = report.reported_records(records)  # the assessed samples, where the operating points are applied
     load = diagnostics.expert_load(report, records)
     assert sorted(load) == list(K_VALUES)
     for k, entry in load.items():

@@ -14,10 +14,13 @@ from ask_the_expert.method.stats import (
     accuracy_at,
     area_gain,
     area_under,
+    bootstrap_p_value,
+    holm,
     interval,
     mean_std,
     offload_to_reach,
     resample_counts,
+    student_t_quantile,
     weighted_curves,
     weighted_mean,
 )
@@ -189,6 +192,44 @@ def test_paired_bootstrap_coverage_and_power():
     up = interval(float(a.mean() - b.mean()), weighted_mean(a, counts) - weighted_mean(b, counts))
     down = interval(float(b.mean() - a.mean()), weighted_mean(b, counts) - weighted_mean(a, counts))
     assert up.verdict == "holds" and down.verdict == "fails"
+
+
+def test_holm_against_a_hand_computed_family():
+    # p = (0.01, 0.04, 0.03, 0.005), alpha 0.05. Sorted: 0.005 < 0.05/4 (reject), 0.01 < 0.05/3 (reject),
+    # 0.03 >= 0.05/2 (stop: not rejected), 0.04 keeps the stopping level. Adjusted: 4 * 0.005 = 0.02, 3 * 0.01 = 0.03,
+    # 2 * 0.03 = 0.06, max(0.06, 1 * 0.04) = 0.06.
+    adjusted, levels = holm([0.01, 0.04, 0.03, 0.005], 0.05)
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert levels == pytest.approx([0.05 / 3, 0.05 / 2, 0.05 / 2, 0.05 / 4])
+    assert list(adjusted < 0.05) == [True, False, False, True]
+    # Without a stop every level is alpha / (m - j + 1); a NaN is not tested and does not count in m.
+    adjusted, levels = holm([0.01, np.nan, 0.02, 0.03], 0.05)
+    assert adjusted[[0, 2, 3]] == pytest.approx([0.03, 0.04, 0.04]) and math.isnan(adjusted[1])
+    assert levels[[0, 2, 3]] == pytest.approx([0.05 / 3, 0.05 / 2, 0.05]) and math.isnan(levels[1])
+    assert holm([], 0.05)[0].size == 0
+    with pytest.raises(RoutingError, match="alpha"):
+        holm([0.1], 1.0)
+
+
+def test_bootstrap_p_value_is_dual_to_the_percentile_interval():
+    r = np.arange(-20, 980, dtype=float)  # 1000 resamples, 21 of them <= 0
+    p, side = bootstrap_p_value(r)
+    assert p == pytest.approx(2 * 21 / 1000) and side == 1
+    assert interval(0.5, r, 1 - 0.05).low > 0 and interval(0.5, r, 1 - 0.04).low < 0  # excludes 0 iff alpha > p
+    p, side = bootstrap_p_value(-r)
+    assert p == pytest.approx(0.042) and side == -1
+    assert bootstrap_p_value(np.zeros(100)) == (1.0, -1)  # a difference of exactly nothing
+    assert math.isnan(bootstrap_p_value(np.array([np.nan]))[0])
+
+
+def test_student_t_quantiles_match_the_tables():
+    table = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 9: 2.2622, 30: 2.0423}
+    for df, value in table.items():
+        assert student_t_quantile(0.975, df) == pytest.approx(value, abs=1e-4), df
+    assert student_t_quantile(0.95, 5) == pytest.approx(2.0150, abs=1e-4)
+    assert student_t_quantile(0.5, 3) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(RoutingError, match="df"):
+        student_t_quantile(0.975, 0)
 
 
 def test_mean_std():

@@ -123,7 +123,8 @@ def test_operating_point_rules():
     p = choose_operating_point(curve, "within_gap", gap=0.005)
     assert p["offload_ratio"] == pytest.approx(0.6) and p["accuracy"] == 0.79
     assert p["latency_ms"] == pytest.approx(16.0) and p["system_energy_mj"] == pytest.approx(50 + 0.6 * 223)
-    assert p["tau"] == pytest.approx(0.65)
+    # tau in the middle of the point's confidence gap: it offloads conf < 0.65, i.e. the confidences up to 0.55.
+    assert p["tau"] == pytest.approx((0.55 + 0.65) / 2)
     # gap 0.03 -> accuracy >= 0.76 -> ratio 0.4
     assert choose_operating_point(curve, gap=0.03)["offload_ratio"] == pytest.approx(0.4)
     # latency <= 13.5 ms -> ratio <= 0.35 -> best accuracy at 0.3 (0.74)

@@ -25,11 +25,10 @@ from ask_the_expert.deploy.triton_repo import TRITON_FOLDER
 from ask_the_expert.deploy.verify import verify_bundle
 from ask_the_expert.deploy.wire import ExpertAnswer, OffloadRequest, RequestError
 from ask_the_expert.method.costs import load_profile
-from ask_the_expert.method.policies import deployable_tau
 from ask_the_expert.method.routed_batch import route_batch
 from ask_the_expert.method.router import RouterSpec, offload_mask
 from ask_the_expert.method.subsets import class_to_expert, superclass_partition
-from ask_the_expert.method.sweep import sweep_thresholds
+from ask_the_expert.method.sweep import choose_operating_point, sweep_thresholds
 from ask_the_expert.utils.errors import PartitionError, RoutingError, SuiteError
 from ask_the_expert.utils.hashing import file_sha256
 from datamodules.cifar100 import LabelledImages, eval_tensors
@@ -107,7 +106,9 @@ def test_export_writes_a_complete_self_contained_bundle(bundle_dir, checkpoints,
     )
     assert manifest["triton_repository"] == TRITON_FOLDER
     evaluation = manifest["evaluation"]
-    assert evaluation["num_samples"] == BUNDLE_VAL_SIZE and len(evaluation["experts"]) == 4
+    # Measured on val's assessment part (half of val); tau was given, so nothing else was chosen on val.
+    assert evaluation["num_samples"] == BUNDLE_VAL_SIZE // 2 and len(evaluation["experts"]) == 4
+    assert evaluation["reported_on"] == "val assessment part" and evaluation["on_selection"]["num_samples"] == 30
     assert evaluation["collaboration"]["tau"] == tau
     spec = RouterSpec(k=1, confidence="max_prob", temperature=BUNDLE_TEMPERATURE, tau=tau)
     assert manifest["routing"] == {**spec.to_dict(), "temperature_source": "given"}
@@ -138,14 +139,14 @@ def test_model_card_names_the_routing_and_the_assumed_profile(bundle_dir, tau):
     assert card.count("| expert |") == 1 and all(f"\n| {j} | 25: " in card for j in range(4))
 
 
-def test_deployable_tau_is_the_middle_of_the_chosen_confidence_gap():
+def test_the_chosen_tau_is_the_middle_of_the_chosen_confidence_gap():
     conf = np.array([0.1, 0.2, 0.2, 0.4, 0.9])
     # Offloading the two lowest-confidence samples (conf 0.1, 0.2...) fixes them; the rest are right locally.
     curve = sweep_thresholds(conf, np.array([0, 0, 0, 1, 1], dtype=bool), np.ones(5, dtype=bool))
-    assert deployable_tau(curve, gap=0.0) == pytest.approx((0.2 + 0.4) / 2)  # offload exactly conf < 0.4
-    assert deployable_tau(curve, gap=1.0) < 0.1  # offloading nothing is within a gap of 1
+    assert choose_operating_point(curve, gap=0.0)["tau"] == pytest.approx((0.2 + 0.4) / 2)  # offload conf < 0.4
+    assert choose_operating_point(curve, gap=1.0)["tau"] < 0.1  # offloading nothing is within a gap of 1
     all_fixed = sweep_thresholds(conf, np.zeros(5, dtype=bool), np.ones(5, dtype=bool))
-    assert deployable_tau(all_fixed, gap=0.0) > 0.9  # offload all
+    assert choose_operating_point(all_fixed, gap=0.0)["tau"] > 0.9  # offload all
 
 
 # ------------------------------------------------------------------------------------------- parity

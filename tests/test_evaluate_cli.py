@@ -19,7 +19,11 @@ from test_collaborative_system import Checkpoints, shared_checkpoints
 from test_pipeline_wandb import offline_run_list
 
 from ask_the_expert.commands import evaluate
+from ask_the_expert.deploy.export import evaluate_for_export, load_export_models
+from ask_the_expert.method.router import RouterSpec
 from ask_the_expert.results.evaluation_outputs import CURVE_COLUMNS
+from ask_the_expert.utils.options import DataOptions
+from datamodules.cifar100 import labelled_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +36,7 @@ def collab_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
 def base_args(ck: Checkpoints, data: Path, out: Path) -> list[str]:
     return [
         "--generalist", str(ck.generalist), "--experts", f"[{ck.experts}]", "--data.data_dir", str(data),
-        "--data.check_integrity", "false", "--data.val_size", "100", "--k", "[1, 2]", "--out", str(out),
+        "--data.check_integrity", "false", "--data.val_size", "100", "--k", "[1, 3]", "--out", str(out),
         "--data.num_workers", "0", "--data.batch_size", "64", "--accelerator", "cpu", "--wandb.mode", "offline",
     ]  # fmt: skip
 
@@ -77,13 +81,32 @@ def test_evaluate_val_in_process_then_refuses_to_overwrite(
                                            "all_offloaded"}  # fmt: skip
     with (out / "val" / "records.csv").open() as f:
         header = next(csv.reader(f))
-    for column in ("index", "label", "g_pred", "g_top2_prob", "conf_margin", "expert_k2", "pred_k2", "correct_k2",
-                   "oracle_expert", "pred_oracle", "static_pred_k1", "pred_base", "correct_base"):  # fmt: skip
+    for column in ("index", "label", "g_pred", "g_top2_prob", "conf_margin", "expert_k3", "pred_k3", "correct_k3",
+                   "part", "oracle_expert", "pred_oracle", "static_pred_k1", "pred_base", "correct_base"):  # fmt: skip
         assert column in header
     assert json.loads((out / "val" / "complete.json").read_text())["files"]
     assert not list(out.glob(".*.partial"))
     summary = json.loads((out / "val" / "summary.json").read_text())
-    assert summary["num_samples"] == 100 and summary["k_values"] == [1, 2]
+    assert summary["num_samples"] == 50 and summary["k_values"] == [1, 3]
+    # A val-only evaluation: 20 val images fit the deferral rule, 30 choose, 50 are assessed (the defaults).
+    assert summary["protocol"]["sizes"] == {"deferral": 20, "selection": 30, "assessment": 50}
+    assert summary["reported_on"] == "val assessment part" and summary["temperature_fit_on"] == "val selection part"
+    members = {f["member"] for f in summary["findings"] if f["family"] == "primary"}
+    assert members == {"progressive_vs_static", "routed_vs_base", "routed_vs_generalist", "learned_vs_confidence"}
+    assert summary["primary_family"] == {"k": 3, "offload": 0.3, "members": None, "alpha": 0.05}
+    # One operating-point chooser: an export of the same models on the same val picks the evaluation's tau (and T).
+    data = labelled_images(DataOptions(str(fake_cifar_root), False, 100, num_workers=0), "val")
+    for k in (1, 3):
+        spec = RouterSpec(k=k)
+        models = load_export_models(collab_checkpoints.generalist, [collab_checkpoints.experts], spec)
+        chosen, _, metrics = evaluate_for_export(models, data, spec, 0.005, "expert")
+        point = next(
+            p for p in summary["operating_points"]
+            if (p["policy"], p["k"], p["confidence"], p["profile"]) == ("routed", k, "max_prob", "edge_arm_wifi")
+        )  # fmt: skip
+        assert chosen.temperature == pytest.approx(summary["temperature"], rel=1e-5)
+        assert chosen.tau == pytest.approx(point["tau"], abs=1e-6)
+        assert metrics["collaboration"]["accuracy"] == point["accuracy"] and metrics["num_samples"] == 50
     assert summary["operating_points"] and summary["scalars"] and summary["profiles"]["edge_arm_wifi"]["baselines"]
     assert list((out / "wandb").glob("offline-run-*"))
     assert not (out / "test").exists()
@@ -155,6 +178,13 @@ def test_bad_inputs_exit_2_with_a_message(
         "batch size 0": (["--data.batch_size", "0"], "--data.batch_size is 0"),
         "workers -2": (["--data.num_workers", "-2"], "--data.num_workers is -2"),
         "truncated generalist": (["--generalist", str(truncated)], "not a readable Lightning checkpoint"),
+        "primary k": (["--primary.k", "5"], "--primary.k 5 is not among the evaluated k values [1, 3]"),
+        "member without model": (
+            ["--primary.members", "[progressive_vs_static_init]"],
+            "needs what this evaluation lacks: progressive_vs_static_init (--static_init_experts)",
+        ),
+        "bad shares": (["--selection.assessment", "0.9", "--selection.deferral", "0.2"], "with a sum below 1"),
+        "val too small": (["--data.val_size", "1"], "1 images leave the assessment part empty"),
         "missing generalist": (["--generalist", str(tmp_path / "nope.ckpt")], "does not exist"),
     }
     for name, (extra, match) in cases.items():
@@ -178,5 +208,7 @@ def test_evaluate_test_split_in_a_subprocess(collab_checkpoints: Checkpoints, fa
         for name in ("curves.csv", "summary.json", "records.csv", "plots/acc_vs_offload.png"):
             assert (out / split / name).is_file(), (split, name)
     test = json.loads((out / "test" / "summary.json").read_text())
-    assert test["num_samples"] == 200 and all(p["chosen_on"] == "val" for p in test["operating_points"])
+    assert test["num_samples"] == 200 and all(p["chosen_on"] == "val selection part" for p in test["operating_points"])
+    val = json.loads((out / "val" / "summary.json").read_text())
+    assert val["protocol"]["sizes"] == {"deferral": 20, "selection": 80, "assessment": 0}
     assert "Collaborative inference on test" in proc.stdout

@@ -41,6 +41,12 @@ def test_learns_balanced_groups_and_reports_hit_rates(tiny_generalist_run, fake_
         assert gain["difference"] == pytest.approx(learned_b - superclass_b, abs=1e-12)
         assert gain["low"] <= gain["difference"] <= gain["high"]
         assert gain["verdict"] in ("holds", "fails", "not established")
+    # The two k values are one family, Holm-corrected: the smaller p-value is tested at 0.05 / 2.
+    gains = meta["held_out_gain_over_superclass"].values()
+    first = min(gains, key=lambda g: g["p_value"])
+    assert first["level"] == pytest.approx(1 - 0.05 / 2)
+    assert first["p_adjusted"] == pytest.approx(min(1.0, 2 * first["p_value"]))
+    assert meta["temperature_half_a"] > 0
     assert meta["temperature"] > 0 and meta["num_val_images"] == 100
     # The in-sample hit rate is computed on the very images the groups were learned from: never below the
     # superclass groups' on them (the learned groups maximise within-group confusion).

@@ -37,13 +37,14 @@ def toy_policy() -> Iterator[Policy]:
 def test_a_registered_policy_flows_to_curves_findings_plots_files_and_report(toy_policy, tmp_path: Path) -> None:
     records = synthetic_records()
     report = synthetic_report(records)
+    assessed = report.reported_records(records)  # the curves are on val's assessment part
     # Curves: one per k and measure, answered as declared (at every offload it is at least the routed curve).
     for k in K_VALUES:
         for measure in ("max_prob", "margin"):
             toy, routed = report.curves[TOY, k, measure], report.curves["routed", k, measure]
             assert np.all(toy["accuracy"] >= routed["accuracy"] - 1e-12)
-        label = records["label"]
-        right = (records[f"pred_k{k}"] == label) | (records["pred_base"] == label)
+        label = assessed["label"]
+        right = (assessed[f"pred_k{k}"] == label) | (assessed["pred_base"] == label)
         assert report.curves[TOY, k, "max_prob"]["accuracy"][-1] == pytest.approx(right.mean())
     assert (TOY, 1, "learned") not in report.curves  # not declared learned
     assert {s["policy"] for s in report.scalars} >= {TOY}
@@ -51,7 +52,7 @@ def test_a_registered_policy_flows_to_curves_findings_plots_files_and_report(toy
     # Findings: progressive vs the toy policy, with its label.
     group = [f for f in report.findings if f.group == "progressive vs either"]
     assert group and all(f.b_label == "either" for f in group)
-    # Plots: drawn at its best k, in a colour of its own, with its legend.
+    # Plots: drawn at the primary k, in a colour of its own, with its legend.
     shown = [key for key in shown_curves(report) if key[0] == TOY]
     assert len(shown) == 1 and curve_style(shown[0], report.k_values).label.startswith("routed expert or base model")
     assert family_colour(TOY) not in {family_colour(p) for p in POLICIES if p != TOY}
@@ -61,7 +62,7 @@ def test_a_registered_policy_flows_to_curves_findings_plots_files_and_report(toy
     summary = read_summary(folder)
     seed = {"seed": 0, "generalist": {}, "base": {}, "experts": {}, "evaluation": summary}
     markdown = render_markdown([seed], {"preset": "toy"}, [])
-    assert f"| {TOY} | " in markdown and "| **progressive vs either** |" in markdown
+    assert f"| {TOY} | " in markdown and "| **progressive vs either** (exploratory) |" in markdown
 
 
 def test_a_policy_name_is_registered_once(toy_policy) -> None:

@@ -1,23 +1,32 @@
-"""Compare finished evaluations (ate-evaluate's ``OUT/<split>/`` folders) curve by curve, with 95 % intervals.
+"""Compare finished evaluations (ate-evaluate's ``OUT/<split>/`` folders) curve by curve, with bootstrap intervals and
+corrected verdicts for a declared family.
 
     ate-compare --runs '[results/a/seed_0/eval/val, results/b/seed_0/eval/val]' [--labels '[a, b]'] \\
-        --out compare/ [--policies '[routed, fused, base]'] [--bootstrap 1000] [--wandb_runs '[entity/project/id]']
+        --out compare/ [--family '[routed:k3:area_gain_pts, routing:k3:hit_rate]'] [--policies '[routed, fused, base]']
+        [--bootstrap 1000] [--wandb_runs '[entity/project/id]']
 
 Each folder's ``records.csv`` and ``summary.json`` are read and every curve is recomputed with
-ask_the_expert.method.policies (``policy_inputs``, with the fitted fused weights and deferral rules of ``summary.json``;
-see ``load_run``). For each policy, k and confidence measure present in every run, and each statistic (area gain,
-accuracy at 10/20/30/50 % offload, all offloaded), and for the routing hit rate at each k (policy ``routing``: the share
-of samples whose chosen expert owns the true class, which compares partitions), the outputs give each run's value and
-the difference of every run against the first with a 95 % bootstrap interval: PAIRED (the same resample counts applied
-to both runs) when the two runs' records hold the same samples (identical ``index`` and ``label`` arrays), otherwise
-UNPAIRED (independent resamples of each run), marked "unpaired". The verdict is ask_the_expert.method.findings': "holds"
-when the interval lies above 0 (the run is above the first), "fails" when below, else "not established".
+ask_the_expert.method.policies on the samples the evaluation reported on (its assessment part, ``part`` column), with
+the fused weights and deferral rules of ``summary.json`` applied unchanged (they were fitted on other parts of val). For
+each policy, k and confidence measure present in every run, and each statistic (area gain, accuracy at 10/20/30/50 %
+and at the family's offload, all offloaded), and for the routing hit rate at each k (policy ``routing``: the share of
+samples whose chosen expert owns the true class, which compares partitions), the outputs give each run's value and the
+difference of every run against the first with a bootstrap interval from ask_the_expert.method.findings (the suite's
+one bootstrap engine): PAIRED (the same resample counts applied to both runs) when the two runs' records hold the same
+samples (identical ``index`` and ``label`` arrays), otherwise UNPAIRED (independent resamples of each run), marked
+"unpaired".
+
+The comparisons of ``--family`` (default: the routed policy's area gain and accuracy at the evaluations' primary
+offload and the routing hit rate, at their primary k, for every run against the first) form the primary family: their
+verdicts use Holm's correction at ``--alpha``. Every other comparison is exploratory: an uncorrected 95 % interval,
+labelled so. A verdict "holds" when the run is above the first, "fails" when below, else "not established".
 
 Outputs (written under a temporary name, renamed when complete): ``OUT/compare.csv`` (one row per curve, statistic
-and run), ``OUT/compare.md``, ``OUT/compare.json`` (the inputs and their pairing) and ``OUT/plots/<policy>.png`` (one
-line per run and k, the primary confidence measure); the table is also printed. Bad input (a folder that is not a
-finished evaluation, fewer than two runs, labels of the wrong length, fewer than 100 resamples, an unknown policy,
-an existing --out without --force) ends with a one-paragraph message and exit code 2; nothing is written.
+and run), ``OUT/compare.md`` (the primary family first), ``OUT/compare.json`` (the inputs, their pairing and the
+family) and ``OUT/plots/<policy>.png`` (one line per run and k, the primary confidence measure); the tables are also
+printed. Bad input (a folder that is not a finished evaluation, fewer than two runs, labels of the wrong length, fewer
+than 100 resamples, an unknown policy or family member, an existing --out without --force) ends with a one-paragraph
+message and exit code 2; nothing is written.
 """
 
 from __future__ import annotations
@@ -25,9 +34,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +45,17 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from ask_the_expert.method.findings import points_text, value_text
+from ask_the_expert.method.findings import (
+    RATIOS,
+    Bootstrap,
+    Comparison,
+    Finding,
+    points_text,
+    statistic_unit,
+    value_text,
+    verdicts,
+)
+from ask_the_expert.method.holdout import PART_NAMES
 from ask_the_expert.method.policies import (
     LEARNED,
     POLICIES,
@@ -43,16 +63,11 @@ from ask_the_expert.method.policies import (
     policy_inputs,
     record_layout,
     routing_hits,
+    take,
 )
 from ask_the_expert.method.router import RANDOM
-from ask_the_expert.method.stats import (
-    MIN_RESAMPLES,
-    accuracy_at,
-    area_gain,
-    interval,
-    resample_counts,
-    weighted_curves,
-)
+from ask_the_expert.method.stats import MIN_RESAMPLES, resample_counts
+from ask_the_expert.method.sweep import accuracy_name
 from ask_the_expert.results.evaluation_outputs import (
     EvaluationResults,
     curve_metric,
@@ -69,20 +84,15 @@ from ask_the_expert.utils.hashing import file_sha256
 from ask_the_expert.utils.log_output import log_console
 
 Key = tuple[str, int, str]
-# (name, unit, function of the (B, M) resampled curves x, y -> (B,)); names as in summary.json's scalars.
-STATISTICS: tuple[tuple[str, str, Any], ...] = (
-    ("area_gain_pts", "points", lambda x, y: 100.0 * area_gain(x, y)),
-    ("acc@10%", "accuracy", lambda x, y: accuracy_at(x, y, 0.1)),
-    ("acc@20%", "accuracy", lambda x, y: accuracy_at(x, y, 0.2)),
-    ("acc@30%", "accuracy", lambda x, y: accuracy_at(x, y, 0.3)),
-    ("acc@50%", "accuracy", lambda x, y: accuracy_at(x, y, 0.5)),
-    ("acc_all_offloaded", "accuracy", lambda x, y: y[:, -1]),
-)
 CSV_COLUMNS = ("policy", "k", "confidence", "statistic", "unit", "run", "value", "vs", "difference", "low", "high")
-CSV_COLUMNS += ("pairing", "verdict")
-# Resample rows processed at once: weighted_curves holds a few (rows, N) arrays, so memory stays bounded.
-CHUNK = 250
+CSV_COLUMNS += ("level", "pairing", "family", "p_value", "p_adjusted", "verdict")
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+HIT_RATE = "hit_rate"
+
+
+def statistic_names(ratios: Sequence[float]) -> list[str]:
+    """The curve statistics compared (names as in summary.json's scalars), in output order."""
+    return ["area_gain_pts", *(accuracy_name(r) for r in ratios), "acc_all_offloaded"]
 
 
 @dataclass
@@ -158,20 +168,25 @@ def check_arguments(
 
 
 def load_run(folder: Path, label: str, random_seed: int = 0) -> Run:
-    """Read one evaluation folder and recompute its sweep inputs.
-
-    A test folder applies the fitted weights and rules of its summary.json unchanged (they were fitted on val). A
-    val folder's were fitted on these very samples, where the evaluation scored the learned deferral out of fold;
-    applying the saved rule would score it in sample, so they are refitted here exactly as evaluate_policies does
-    (deterministic: the same fused weights, the same cross-fitted confidences), and checked against summary.json.
-    """
+    """Read one evaluation folder and recompute its sweep inputs on the samples its summary reports on (its
+    ``protocol.reported_part``: the assessment part, or the selection part of a test evaluation's val folder), with
+    the fused weights and deferral rules of summary.json applied unchanged (fitted on other parts of val)."""
     results = read_evaluation(folder)
-    saved = results.fitted
-    on_own_samples = results.split == "val"
-    inputs, fitted = policy_inputs(results.records, random_seed, None if on_own_samples or saved is None else saved)
-    if on_own_samples and saved is not None and saved.fuse_weight and fitted.fuse_weight != saved.fuse_weight:
-        _warn(f"{folder}: refitted fused weights {fitted.fuse_weight} differ from summary.json's {saved.fuse_weight}.")
-    run = Run(label, results, {p.key: p for p in inputs})
+    fitted = results.fitted
+    if fitted is None:
+        raise SuiteError(f"{folder}: summary.json has no 'fitted' section; compare evaluations ate-evaluate wrote.")
+    records = dict(results.records)
+    part = (results.summary.get("protocol") or {}).get("reported_part")
+    if "part" in records and part is not None:
+        code = {name: c for c, name in PART_NAMES.items()}[part]
+        records = take(records, records.pop("part") == code)
+    if part != "assessment":
+        _warn(
+            f"{folder}: these samples are not an assessment part ({part or 'an evaluation without one'}): choices of "
+            "the evaluation were made on them, so its differences are in-sample."
+        )
+    inputs = policy_inputs(records, fitted, random_seed)
+    run = Run(label, replace(results, records=records), {p.key: p for p in inputs})
     _check_against_summary(run)
     return run
 
@@ -184,15 +199,15 @@ def _check_against_summary(run: Run) -> None:
     """Warn when the recomputed curves disagree with the folder's own summary.json (records edited, or another
     --random_seed than the evaluation's)."""
     reported = {(s["policy"], s["k"], s["confidence"]): s for s in run.summary.get("scalars", [])}
+    full = Bootstrap(np.empty((0, len(run.records["label"])), dtype=np.int32), RATIOS)  # the samples as they are
     off = []
     for key, p in run.inputs.items():
         s = reported.get(key)
         if s is None:
             continue
-        full = np.ones((1, len(p.confidence)), dtype=np.int32)
-        x, y = weighted_curves(p.confidence, p.correct_local, p.correct_offload, full)
-        for name, _, stat in STATISTICS:
-            if name in s and s[name] is not None and not math.isclose(float(stat(x, y)[0]), s[name], abs_tol=1e-9):
+        values = full.curve_statistics(key, p.confidence, p.correct_local, p.correct_offload)
+        for name, v in values.items():
+            if s.get(name) is not None and not math.isclose(float(v[0]), s[name], abs_tol=1e-9):
                 off.append(f"{key[0]} k={key[1]} {key[2]} {name}")
     if off:
         _warn(f"{run.folder}: records.csv does not reproduce summary.json for {', '.join(off[:5])}.")
@@ -202,18 +217,6 @@ def _check_against_summary(run: Run) -> None:
 def same_samples(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
     """True when two record sets hold the same samples in the same order (identical index and label arrays)."""
     return np.array_equal(a["index"], b["index"]) and np.array_equal(a["label"], b["label"])
-
-
-def resampled_statistics(p: PolicyData, counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Each statistic on the full sample (entry 0) and on every resample of ``counts`` (entries 1..B)."""
-    n = len(p.confidence)
-    out: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in STATISTICS}
-    rows = np.concatenate([np.ones((1, n), dtype=counts.dtype), counts])
-    for start in range(0, rows.shape[0], CHUNK):
-        x, y = weighted_curves(p.confidence, p.correct_local, p.correct_offload, rows[start : start + CHUNK])
-        for name, _, stat in STATISTICS:
-            out[name].append(stat(x, y))
-    return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
 def compared_keys(runs: Sequence[Run], policies: Sequence[str] | None) -> list[Key]:
@@ -238,17 +241,72 @@ def compared_keys(runs: Sequence[Run], policies: Sequence[str] | None) -> list[K
     return keys
 
 
-def hit_rate_statistics(run: Run, k: int, counts: np.ndarray) -> np.ndarray:
-    """The routing hit rate at Top-k (ask_the_expert.method.policies.routing_hits) on the full sample and every
-    resample."""
-    hit = routing_hits(run.records, k).astype(np.float64)
-    return np.concatenate([[hit.mean()], counts @ hit / len(hit)])
+@dataclass(frozen=True)
+class Member:
+    """One comparison of the primary family: ``statistic`` of ``policy`` at ``k`` (primary confidence measure), every
+    run against the first. ``routing`` with ``hit_rate`` is the routing hit rate."""
+
+    policy: str
+    k: int
+    statistic: str
+
+    @classmethod
+    def parse(cls, text: str) -> Member:
+        parts = str(text).split(":")
+        if len(parts) != 3 or not re.fullmatch(r"k\d+", parts[1]):
+            raise SuiteError(
+                f"--family entry {text!r} is not <policy>:k<k>:<statistic>, e.g. routed:k3:area_gain_pts, "
+                "routed:k3:acc@30% or routing:k3:hit_rate."
+            )
+        return cls(parts[0], int(parts[1][1:]), parts[2])
+
+    def text(self) -> str:
+        return f"{self.policy}:k{self.k}:{self.statistic}"
 
 
-def compare_rows(runs: Sequence[Run], keys: Sequence[Key], bootstrap: int, seed: int) -> list[dict[str, Any]]:
+def declared_family(runs: Sequence[Run], family: Sequence[str] | None) -> tuple[list[Member], list[float]]:
+    """The family's members (``--family``, or the default from the runs' declared primary family) and the offload
+    ratios whose accuracy is compared (RATIOS and any a member names)."""
+    if family is None:
+        declared = {json.dumps(run.summary.get("primary_family"), sort_keys=True) for run in runs}
+        first = runs[0].summary.get("primary_family")
+        if len(declared) != 1 or not first:
+            raise SuiteError(
+                "The evaluations do not declare one common primary family (summary.json 'primary_family'), so compare "
+                "cannot take its family from them; declare it with --family, e.g. '[routed:k3:area_gain_pts]'."
+            )
+        k, offload = int(first["k"]), float(first["offload"])
+        members = [Member("routed", k, "area_gain_pts"), Member("routed", k, accuracy_name(offload))]
+        members.append(Member("routing", k, HIT_RATE))
+    else:
+        members = [Member.parse(t) for t in family]
+    ratios = list(RATIOS)
+    for m in members:
+        found = re.fullmatch(r"acc@([0-9.]+)%", m.statistic)
+        if found and 0 < float(found.group(1)) <= 100:
+            ratios.append(float(found.group(1)) / 100)
+        valid = [HIT_RATE] if m.policy == "routing" else statistic_names(ratios)
+        if m.policy not in (*POLICIES, "routing") or m.statistic not in valid:
+            raise SuiteError(
+                f"--family entry {m.text()!r} names an unknown policy or statistic; policies: {list(POLICIES)} "
+                "or "
+                f"routing (statistic hit_rate); statistics: area_gain_pts, acc@<percent>%, acc_all_offloaded."
+            )
+    return members, list(dict.fromkeys(ratios))
+
+
+def compare_rows(
+    runs: Sequence[Run],
+    keys: Sequence[Key],
+    members: Sequence[Member],
+    ratios: Sequence[float],
+    bootstrap: int,
+    seed: int,
+    alpha: float = 0.05,
+) -> list[dict[str, Any]]:
     """The compare.csv rows: every run's value of every statistic (and the routing hit rate per k, policy
-    ``routing``), and each later run minus the first with its 95 % interval (paired over shared samples, else
-    unpaired) and verdict."""
+    ``routing``), and each later run minus the first with its interval (paired over shared samples, else unpaired),
+    family and verdict (ask_the_expert.method.findings.verdicts: Holm for the family's members)."""  # fmt: skip
     first = runs[0]
     counts = [resample_counts(len(first.records["label"]), bootstrap, seed)]
     pairing = ["reference"]
@@ -257,33 +315,56 @@ def compare_rows(runs: Sequence[Run], keys: Sequence[Key], bootstrap: int, seed:
         pairing.append("paired" if paired else "unpaired")
         # Unpaired: independent resamples of each run (another seed); paired: the very same counts.
         counts.append(counts[0] if paired else resample_counts(len(run.records["label"]), bootstrap, seed + i))
-    measured: list[tuple[tuple[str, int, str, str, str], list[np.ndarray]]] = []
+    engines = [Bootstrap(c, ratios) for c in counts]
+    primary_measure = first.primary
+    wanted = {(m.policy, m.k, m.statistic) for m in members}
+    measured: list[tuple[tuple[str, int, str, str], list[np.ndarray]]] = []
     for key in keys:
-        stats = [resampled_statistics(run.inputs[key], c) for run, c in zip(runs, counts, strict=True)]
-        measured += [((*key, name, unit), [s[name] for s in stats]) for name, unit, _ in STATISTICS]
+        stats = [e.curve_statistics(key, *_sweep_inputs(run.inputs[key])) for run, e in zip(runs, engines, strict=True)]
+        measured += [((*key, name), [s[name] for s in stats]) for name in statistic_names(ratios)]
     for k in sorted(set.intersection(*(set(record_layout(run.records)[0]) for run in runs))):
-        hits = [hit_rate_statistics(run, k, c) for run, c in zip(runs, counts, strict=True)]
-        measured.append((("routing", k, "", "hit_rate", "accuracy"), hits))
+        hits = [e.mean(routing_hits(run.records, k).astype(np.float64)) for run, e in zip(runs, engines, strict=True)]
+        measured.append((("routing", k, "", HIT_RATE), hits))
+    missing = wanted - {(p, k, name) for (p, k, m, name), _ in measured if m in (primary_measure, "")}
+    if missing:
+        raise SuiteError(
+            f"The family members {sorted(':'.join(map(str, m)) for m in missing)} are not in every run (or not at the "
+            "primary confidence measure); declare members the runs share with --family."
+        )
+    comparisons = []
+    for (policy, k, measure, name), values in measured:
+        member = f"{policy}:k{k}:{name}" if (policy, k, name) in wanted and measure in (primary_measure, "") else ""
+        for i, run in enumerate(runs[1:], start=1):
+            claim = f"{run.label} above {first.label}: {name}, {policy} k={k} {measure}".rstrip()
+            comparisons.append(Comparison(policy, claim, run.label, first.label, values[i], values[0],
+                                          statistic_unit(name), member, {"run": i}))  # fmt: skip
+    found = iter(verdicts(comparisons, alpha))
     rows: list[dict[str, Any]] = []
-    for (policy, k, measure, name, unit), values in measured:
+    for (policy, k, measure, name), values in measured:
         for i, run in enumerate(runs):
-            row = {"policy": policy, "k": k, "confidence": measure, "statistic": name, "unit": unit}
+            row = {"policy": policy, "k": k, "confidence": measure, "statistic": name, "unit": statistic_unit(name)}
             row.update(run=run.label, value=float(values[i][0]), pairing=pairing[i])
             if i == 0:
-                row.update(vs="", difference=math.nan, low=math.nan, high=math.nan, verdict="")
+                row.update(vs="", difference=math.nan, low=math.nan, high=math.nan, level=math.nan, family="",
+                           p_value=math.nan, p_adjusted=math.nan, verdict="")  # fmt: skip
             else:
-                diff = values[i] - values[0]
-                iv = interval(float(diff[0]), diff[1:])
-                row.update(vs=first.label, difference=iv.value, low=iv.low, high=iv.high, verdict=iv.verdict)
+                f: Finding = next(found)
+                row.update(vs=first.label, difference=f.difference, low=f.low, high=f.high, level=f.level,
+                           family=f.family, p_value=f.p_value, p_adjusted=f.p_adjusted, verdict=f.verdict)  # fmt: skip
             rows.append(row)
     return rows
 
 
+def _sweep_inputs(p: PolicyData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return p.confidence, p.correct_local, p.correct_offload
+
+
 # ---------------------------------------------------------------------------------------------------- outputs
 def difference_text(row: Mapping[str, Any]) -> str:
-    """``+1.20 pts [+0.40, +2.10]`` (accuracy differences in points)."""
+    """``+1.20 pts [+0.40, +2.10]`` (accuracy differences in points), with the interval's level when it is not 95 %."""
     low, high = (points_text(row[end], row["unit"]) for end in ("low", "high"))
-    return f"{points_text(row['difference'], row['unit'])} pts [{low}, {high}]"
+    level = f" at {100 * row['level']:.1f} %" if not math.isclose(row["level"], 0.95) else ""
+    return f"{points_text(row['difference'], row['unit'])} pts [{low}, {high}]{level}"
 
 
 def grouped(rows: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
@@ -302,8 +383,16 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
             writer.writerow({c: "" if isinstance(r[c], float) and math.isnan(r[c]) else r[c] for c in CSV_COLUMNS})
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run], bootstrap: int) -> str:
-    """compare.md: the runs, then one table per policy (every k, measure and statistic)."""
+def family_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of the primary family's comparisons (every run against the first)."""
+    return [r for r in rows if r["family"] == "primary"]
+
+
+def markdown(
+    rows: Sequence[Mapping[str, Any]], runs: Sequence[Run], bootstrap: int, members: Sequence[Member], alpha: float
+) -> str:
+    """compare.md: the runs, the primary family with its corrected verdicts, then one table per policy (every k,
+    measure and statistic), exploratory."""
     first = runs[0].label
     lines = ["# Comparison of evaluations", "", "| run | folder | split | samples | pairing vs first |"]
     lines.append("| --- | --- | --- | ---: | --- |")
@@ -313,45 +402,76 @@ def markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run], bootstrap: 
         lines.append(f"| {run.label} | `{run.folder}` | {run.split} | {n} | {pairing[run.label]} |")
     lines += [
         "",
-        f"Differences are each run minus **{first}**, with 95 % bootstrap intervals over {bootstrap} resamples: "
-        "paired (the same resamples of the shared samples) or unpaired (independent resamples of each run). "
-        "Accuracies in %, differences in points; verdict: holds = the interval lies above 0, fails = below 0.",
+        f"Differences are each run minus **{first}**, with bootstrap intervals over {bootstrap} resamples: paired (the "
+        "same resamples of the shared samples) or unpaired (independent resamples of each run). Accuracies in %, "
+        "differences in points; verdict: holds = the run is above the first, fails = below.",
+        "",
+        f"## Primary family ({len(family_rows(rows))} comparisons, Holm-corrected at alpha {alpha})",
+        "",
+        f"Declared: {', '.join(f'`{m.text()}`' for m in members)}, every run against {first}. Verdicts by Holm's "
+        "correction of two-sided bootstrap p-values; each interval at the level Holm tests it at.",
+        "",
+        "| comparison | value | difference [interval] | p | Holm p | pairing | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    for r in family_rows(rows):
+        lines.append(
+            f"| {r['run']} vs {first}: {r['statistic']}, {r['policy']} k={r['k']} "
+            f"| {value_text(r['value'], r['unit'])} "
+            f"| {difference_text(r)} | {r['p_value']:.3f} | {r['p_adjusted']:.3f} | {r['pairing']} | {r['verdict']} |"
+        )
+    lines += ["", "## Exploratory comparisons (uncorrected 95 % intervals)"]
     others = [run.label for run in runs[1:]]
     header = ["k", "confidence", "statistic", *(run.label for run in runs)]
     header += [h for label in others for h in (f"{label} - {first} [95 %]", "pairing", "verdict")]
     for policy in dict.fromkeys(r["policy"] for r in rows):
-        lines += ["", f"## {policy}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["", f"### {policy}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for group in grouped([r for r in rows if r["policy"] == policy]):
             head = group[0]
             cells = [str(head["k"]), head["confidence"], head["statistic"]]
             cells += [value_text(r["value"], r["unit"]) for r in group]
             for r in group[1:]:
-                cells += [difference_text(r), r["pairing"], r["verdict"]]
+                label = " (primary, see above)" if r["family"] == "primary" else ""
+                cells += [difference_text(r), r["pairing"], r["verdict"] + label]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def rich_comparison(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run]) -> Table:
-    """The printed table: the primary measure (and random) of every policy; compare.md has every measure."""
+def rich_comparison(rows: Sequence[Mapping[str, Any]], runs: Sequence[Run], alpha: float) -> list[Table]:
+    """The printed tables: the primary family with its Holm-corrected verdicts, then the exploratory comparisons of
+    the primary measure (and random) of every policy; compare.md has every measure."""
     first = runs[0].label
-    table = Table(title=f"Runs compared against {first} (95 % bootstrap intervals)")
+    colours = {"holds": "green", "fails": "red"}
+
+    def verdict(r: Mapping[str, Any]) -> str:
+        return f"[{colours.get(r['verdict'], 'yellow')}]{r['verdict']}[/]"
+
+    family = Table(title=f"Primary family: runs against {first}, Holm-corrected at alpha {alpha}")
+    family.caption = "each interval at the level Holm tests it at; p: two-sided bootstrap p-value, Holm p: adjusted"
+    for c in ("comparison", "value", "difference [interval]", "p", "Holm p", "verdict"):
+        family.add_column(c, justify="right" if c in ("value", "p", "Holm p") else "left", no_wrap=True)
+    for r in family_rows(rows):
+        mark = " (unpaired)" if r["pairing"] == "unpaired" else ""
+        family.add_row(
+            f"{r['run']}: {r['statistic']}, {r['policy']} k={r['k']}", value_text(r["value"], r["unit"]),
+            difference_text(r) + mark, f"{r['p_value']:.3f}", f"{r['p_adjusted']:.3f}", verdict(r),
+        )  # fmt: skip
+    table = Table(title=f"Exploratory: runs compared against {first} (uncorrected 95 % bootstrap intervals)")
     table.caption = "primary confidence measure only; every measure is in compare.md / compare.csv"
     for c in ("policy", "k", "conf", "statistic", *(run.label for run in runs)):
         table.add_column(c, justify="left" if c in ("policy", "conf", "statistic") else "right", no_wrap=True)
     for run in runs[1:]:
         table.add_column(f"{run.label} - {first}", justify="right", no_wrap=True)
         table.add_column("verdict", no_wrap=True)
-    colours = {"holds": "green", "fails": "red"}
     for group in grouped([r for r in rows if r["confidence"] in (runs[0].primary, RANDOM, "")]):
         head = group[0]
         cells = [head["policy"], str(head["k"]), head["confidence"], head["statistic"]]
         cells += [value_text(r["value"], r["unit"]) for r in group]
         for r in group[1:]:
             mark = " (unpaired)" if r["pairing"] == "unpaired" else ""
-            cells += [difference_text(r) + mark, f"[{colours.get(r['verdict'], 'yellow')}]{r['verdict']}[/]"]
+            cells += [difference_text(r) + mark, verdict(r) + (" (primary)" if r["family"] == "primary" else "")]
         table.add_row(*cells)
-    return table
+    return [family, table]
 
 
 def run_curve(run: Run, key: Key) -> tuple[np.ndarray, np.ndarray]:
@@ -481,9 +601,12 @@ def compare(
     seed: int = 0,
     random_seed: int = 0,
     wandb_runs: list[str] | None = None,
+    family: list[str] | None = None,
+    alpha: float = 0.05,
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Compare two or more evaluation folders curve by curve: overlay plots and a table of the differences.
+    """Compare two or more evaluation folders curve by curve: overlay plots, the declared family's Holm-corrected
+    verdicts and a table of every difference.
 
     Args:
         runs: evaluation split folders (ate-evaluate's OUT/val or OUT/test), at least 2; the first is the reference.
@@ -496,21 +619,30 @@ def compare(
         random_seed: seed of the random-offload policy (ate-evaluate's --random_seed; default 0 as there).
         wandb_runs: W&B runs (entity/project/run_id) whose logged grid curves are overlaid on the plots; needs the
             network and W&B credentials (not reachable offline: the command then stops with a clear error).
+        family: the primary family, declared before looking: comparisons <policy>:k<k>:<statistic> (e.g.
+            routed:k3:area_gain_pts, routed:k3:acc@30%, routing:k3:hit_rate), every run against the first; default:
+            those three at the evaluations' declared primary k and offload. Every other comparison is exploratory.
+        alpha: family-wise error rate of Holm's correction of the family.
         force: replace an existing --out folder.
 
     Returns the compare.csv rows.
     """
     out_dir = Path(out)
     names = check_arguments(runs, labels, bootstrap, policies, out_dir)
+    if not 0 < alpha < 1:
+        raise SuiteError(f"--alpha must lie strictly between 0 and 1, got {alpha!r}; 0.05 is the usual family level.")
+    if family is not None:
+        [Member.parse(t) for t in family]  # a malformed entry fails before any folder is read
     if out_dir.exists() and not force:
         raise SuiteError(f"The output folder {str(out_dir)!r} already exists; choose another --out or pass --force.")
     loaded = [load_run(Path(folder), label, random_seed) for folder, label in zip(runs, names, strict=True)]
     keys = compared_keys(loaded, policies)
+    members, ratios = declared_family(loaded, family)
     remote = wandb_curves(wandb_runs, loaded[0].split, keys) if wandb_runs else {}
-    rows = compare_rows(loaded, keys, bootstrap, seed)
+    rows = compare_rows(loaded, keys, members, ratios, bootstrap, seed, alpha)
     with atomic_folder(out_dir) as tmp:
         write_csv(rows, tmp / "compare.csv")
-        (tmp / "compare.md").write_text(markdown(rows, loaded, bootstrap))
+        (tmp / "compare.md").write_text(markdown(rows, loaded, bootstrap, members, alpha))
         plots = plot_policies(loaded, keys, tmp / "plots", remote)
         pairing = {r["run"]: r["pairing"] for r in rows}
         meta = {
@@ -526,12 +658,15 @@ def compare(
                 for r in loaded
             ],
             "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95},
+            "primary_family": {"members": [m.text() for m in members], "alpha": alpha, "correction": "Holm"},
             "random_seed": random_seed,
             "wandb_runs": list(wandb_runs or []),
             "files": ["compare.csv", "compare.md", *(f"plots/{p.name}" for p in plots)],
         }
         (tmp / "compare.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log_console().print(rich_comparison(rows, loaded))
+    console = log_console()
+    for table in rich_comparison(rows, loaded, alpha):
+        console.print(table)
     Console(stderr=True).print(f"Comparison written to {out_dir}", highlight=False)
     return rows
 

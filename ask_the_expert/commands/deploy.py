@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ask_the_expert.method.holdout import SelectionSplit
 from ask_the_expert.method.router import RouterSpec
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
@@ -44,6 +45,7 @@ def export(
     gap: float = 0.005,
     answer: Literal["expert", "fused"] = "expert",
     evaluate_on: Literal["val", "test", "none"] = "val",
+    selection: SelectionSplit = SelectionSplit(),
     data: DataOptions = DataOptions(),
     profile: str | None = None,
     force: bool = False,
@@ -61,14 +63,17 @@ def export(
         out: bundle folder to create (must not exist unless --force).
         experts: expert checkpoints (files, folders or quoted globs) partitioning the classes; none: a
             generalist-only bundle.
-        routing: k, confidence measure (max_prob, margin, entropy, or learned: a deferral rule fitted on the
-            evaluation split and carried in router.json), temperature (fit: on the evaluation split) and tau (null:
-            the operating point on that split) of the deployed router.
+        routing: k, confidence measure (max_prob, margin, entropy, or learned: a deferral rule fitted on val's
+            deferral part and carried in router.json), temperature (fit: on val's selection part) and tau (null: the
+            operating point on that part, as ate-evaluate chooses it) of the deployed router.
         gap: operating point: the smallest offload within this accuracy of all-offloaded (0.005 = 0.5 points).
         answer: expert (an offloaded image gets the expert's answer) or fused (the weighted geometric mean of G's
-            and the expert's probabilities, its weight fitted on the evaluation split; no extra forwards).
-        evaluate_on: split that fits the temperature, chooses tau and measures the recorded accuracies; none uses
+            and the expert's probabilities, its weight chosen on val's selection part; no extra forwards).
+        evaluate_on: where the recorded accuracies are measured, on data nothing was chosen or fitted on: val (its
+            assessment part) or test; every choice is made on val either way. none uses
             --routing.temperature/--routing.tau as given and records no accuracy.
+        selection: how val is split, as ate-evaluate's --selection (the same defaults, so that an export and an
+            evaluation of the same models choose the same tau).
         data: the CIFAR-100 folder and split settings, as in training.
         profile: the cost profile YAML the deployment is planned with (the model card says measured or assumed).
         force: replace an existing bundle at --out.
@@ -84,10 +89,12 @@ def export(
     from datamodules.cifar100 import labelled_images
 
     plan = load_profile(profile) if profile else None
-    images = None if evaluate_on == "none" else labelled_images(data, evaluate_on)
+    images = None if evaluate_on == "none" else labelled_images(data, "val")
+    test = labelled_images(data, "test") if evaluate_on == "test" else None
     manifest = export_bundle(
         generalist, experts or [], out, routing=routing, data=images, gap=gap, profile=plan, answer=answer,
-        force=force, torch_export=torch_export, triton=triton, batch_size=data.batch_size,
+        force=force, torch_export=torch_export, triton=triton, batch_size=data.batch_size, holdout=selection,
+        assessment=test,
     )  # fmt: skip
     log_export_run(wandb, out, manifest)
     size = sum(f["bytes"] for f in manifest["files"].values())

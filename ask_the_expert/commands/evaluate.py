@@ -2,16 +2,20 @@
 (``ate-evaluate``, or ``python evaluate.py`` in a checkout).
 
     ate-evaluate --generalist G.ckpt --experts '[runs/experts/]' --data.data_dir data --split test \\
-        --profiles '[configs/profiles/edge_arm_wifi.yaml]' --k '[1, 2, 3, 5]' --out runs/eval/exp1
+        --profiles '[configs/profiles/edge_arm_wifi.yaml]' --k '[1, 3, 5]' --primary.k 3 --out runs/eval/exp1
 
 The evaluation runs through a Lightning Trainer (``trainer.validate`` / ``trainer.test`` on a ``CollaborativeSystem``
 with the ``CollaborativeInferenceCallback``), the same code path as during training; ask_the_expert.method.policies
-computes every number. With ``--split test`` the val split is evaluated first: the temperature is fitted and the
-operating point chosen there, then applied unchanged on test. Outputs: ``OUT/<split>/curves.csv``, ``summary.json``,
-``records.csv`` and ``plots/*.png`` for each evaluated split (each folder written under a temporary name and renamed
-when complete, ``complete.json`` inside it last), plus the W&B run under ``OUT/wandb`` (``--wandb.dir`` or ``WANDB_DIR``
-elsewhere), named and grouped by the split, the number of experts and a hash of the checkpoints and options
-(ask_the_expert.tracking.run_identity). Bad input ends with a one-paragraph message and exit code 2.
+computes every number. Selection and assessment are disjoint (docs/design.md §6): val is split, stratified and seeded
+(``--selection.*``), into a part that fits the learned deferral rule, a part that fits the temperature and makes every
+other choice (operating points, the fused weight, "up to" and break-even points) and, with ``--split val``, a part
+that is assessed; with ``--split test`` test is assessed. The findings open with the primary family declared by
+``--primary.*`` (Holm-corrected); every other comparison is exploratory. Outputs: ``OUT/<split>/curves.csv``,
+``summary.json``, ``records.csv`` (every sample, with its ``part``) and ``plots/*.png`` for each evaluated split (each
+folder written under a temporary name and renamed when complete, ``complete.json`` inside it last), plus the W&B run
+under ``OUT/wandb`` (``--wandb.dir`` or ``WANDB_DIR`` elsewhere), named and grouped by the split, the number of experts
+and a hash of the checkpoints and options (ask_the_expert.tracking.run_identity). Bad input ends with a one-paragraph
+message and exit code 2.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from rich.console import Console
 
 from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.costs import Profile, load_profile
+from ask_the_expert.method.findings import PrimaryFamily
+from ask_the_expert.method.holdout import SelectionSplit, split_parts
 from ask_the_expert.method.policies import Report, check_operating_rule
 from ask_the_expert.method.router import FIT, check_k_values, check_measures, check_temperature
 from ask_the_expert.method.stats import MIN_RESAMPLES
@@ -44,6 +50,14 @@ from lightning_modules.collaborative import CollaborativeSystem
 from lightning_modules.precision import resolve_precision
 
 DEFAULT_PROFILE = "configs/profiles/edge_arm_wifi.yaml"  # the suite's own when not in the working directory
+# k = 2 is left out: it always picks the expert k = 1 picks (docs/design.md §3).
+DEFAULT_K = [1, 3, 5]
+# The members of the primary family that need a model beyond G and the progressive experts, and the option giving it.
+MEMBER_NEEDS = {
+    "progressive_vs_static": "static_experts",
+    "progressive_vs_static_init": "static_init_experts",
+    "routed_vs_base": "base",
+}
 
 
 def check_output_folder(out: Path, splits: Sequence[str], force: bool) -> None:
@@ -67,13 +81,19 @@ def check_arguments(
     within_points: float = 0.5,
     delta: float = 0.005,
     bootstrap: int = 1000,
+    primary: PrimaryFamily = PrimaryFamily(),
 ) -> tuple[list[int], list[str], list[Profile]]:
     """The routing and reporting options, checked (k values, measures, profiles loaded) before any work."""
     if bootstrap < MIN_RESAMPLES:
         raise SuiteError(f"--bootstrap must be >= {MIN_RESAMPLES} resamples for a 95 % interval, got {bootstrap}.")
     if not (within_points >= 0 and delta >= 0):
         raise SuiteError(f"--within_points and --delta must be >= 0, got {within_points} and {delta}.")
-    k_values = check_k_values(k or [1, 2, 3, 5], NUM_CLASSES)
+    k_values = check_k_values(k or DEFAULT_K, NUM_CLASSES)
+    if primary.k not in k_values:
+        raise SuiteError(
+            f"--primary.k {primary.k} is not among the evaluated k values {k_values}; add it to --k (the primary "
+            "family is assessed at it)."
+        )
     measures = check_measures(confidence or ["max_prob"])
     check_temperature(temperature)
     check_operating_rule(rule, gap, budget)
@@ -102,6 +122,8 @@ def evaluate(
     within_points: float = 0.5,
     delta: float = 0.005,
     bootstrap: int = 1000,
+    primary: PrimaryFamily = PrimaryFamily(),
+    selection: SelectionSplit = SelectionSplit(),
     force: bool = False,
     wandb: WandbOptions = WandbOptions(),
     accelerator: str = "auto",
@@ -120,13 +142,14 @@ def evaluate(
             per-expert budget (stage 0's steps plus the progressive stages').
         base: checkpoint of the stage-0 base model (role base), the "medium model" policy.
         data: the CIFAR-100 folder and split settings, as in training.
-        split: split to report; test evaluates val first (temperature and operating point chosen there).
+        split: split to assess: val (its assessment part; every choice on its other parts) or test (every choice
+            on val).
         profiles: cost profile YAMLs (default: configs/profiles/edge_arm_wifi.yaml).
-        k: Top-k values (default [1, 2, 3, 5]).
+        k: Top-k values (default [1, 3, 5]; k = 2 always routes as k = 1 does).
         confidence: confidence measures (max_prob, margin, entropy; default [max_prob]); the first drives the
             charts.
-        temperature: fit (temperature scaling on val) or a number > 0 (1.0 turns scaling off).
-        rule: operating-point rule chosen on val.
+        temperature: fit (temperature scaling on val's selection part) or a number > 0 (1.0 turns scaling off).
+        rule: operating-point rule, applied on val's selection part.
         gap: within_gap: accuracy gap to all-offloaded (0.005 = 0.5 points).
         budget: latency (ms) or energy (mJ) budget of the budget rules.
         random_seed: seed of the random-offload policy.
@@ -135,7 +158,11 @@ def evaluate(
         within_points: X of "the offload needed to come within X accuracy points of the reference".
         delta: "up to" cost reductions count thresholds whose accuracy is at least the baseline's minus delta
             (accuracy units; 0.005 = 0.5 points).
-        bootstrap: paired-bootstrap resamples behind every finding's 95 % interval (at least 100).
+        bootstrap: paired-bootstrap resamples behind every finding's interval (at least 100).
+        primary: the primary family, declared before the run: its k (the experts' routing_k), its offload, its
+            members and the family-wise alpha of Holm's correction; every other finding is exploratory.
+        selection: how val is split, stratified by fine class: the assessment share (val-only evaluations), the
+            share that fits the learned deferral rule, the seed; the rest of val chooses.
         force: replace the results already in --out.
         wandb: the W&B run (mode, project, name, group, tags, require_online, preset, dir).
         accelerator: Lightning accelerator: auto, cpu, gpu, ...
@@ -147,12 +174,23 @@ def evaluate(
     out_dir = Path(out)
     splits = ["val"] if split == "val" else ["val", "test"]
     k_values, measures, loaded_profiles = check_arguments(
-        k, confidence, temperature, rule, gap, budget, profiles, within_points, delta, bootstrap
+        k, confidence, temperature, rule, gap, budget, profiles, within_points, delta, bootstrap, primary
     )
     check_output_folder(out_dir, splits, force)
+    given = {"static_experts": static_experts, "static_init_experts": static_init_experts, "base": base}
+    missing = [f"{m} (--{need})" for m in primary.members or () if (need := MEMBER_NEEDS.get(m)) and not given[need]]
+    if "learned_vs_confidence" in (primary.members or ()) and not selection.deferral:
+        missing.append("learned_vs_confidence (--selection.deferral > 0)")
+    if missing:
+        raise SuiteError(
+            f"The declared primary family needs what this evaluation lacks: {', '.join(missing)}. Give it, or leave "
+            "those members out of --primary.members."
+        )
     datamodule = evaluation_datamodule(data)
     for name in splits:  # every split on disk and non-empty before any model runs
         datamodule.dataset(name)
+    val = datamodule.dataset("val")
+    split_parts(val.indices, val.labels[val.indices].numpy(), selection, split == "val")  # no part left empty
     if reference == "base" and base is None:
         raise SuiteError("--reference base needs the base model: pass --base BASE.ckpt, or choose oracle.")
     system = CollaborativeSystem.from_checkpoints(
@@ -163,7 +201,15 @@ def evaluate(
         k_values=k_values,
         confidence_measures=measures,
         temperature=temperature,
+        holdout=selection,
+        assess_on_val=split == "val",
     )
+    if system.experts_routing_k and system.experts_routing_k != [primary.k]:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] the experts' routed-in sets R_j were built at routing_k {system.experts_routing_k}, "
+            f"but the primary family is assessed at k={primary.k} (--primary.k); the report says so.",
+            highlight=False,
+        )
     callback = CollaborativeInferenceCallback(
         out_dir=out_dir,
         profiles=loaded_profiles,
@@ -175,6 +221,9 @@ def evaluate(
         within_points=within_points,
         delta=delta,
         bootstrap=bootstrap,
+        family=primary,
+        holdout=selection,
+        assess_on_val=split == "val",
     )
     run_id = new_run_id()
     options = {
@@ -225,22 +274,41 @@ def record_what_was_used(
     measures: list[str],
     profiles: list[Profile],
 ) -> None:
-    """The run's config holds the values the evaluation used (not the defaults): the fitted temperature, the
-    operating points chosen on val, the fitted fuse weights, the checkpoints with their sha256; and the run declares
-    the checkpoints as its input artifacts (lineage)."""
-    val = reports["val"]
-    primary = [p for p in val.operating_points if p["confidence"] == measures[0] and p["policy"] in ("routed", "fused")]
+    """The run's config holds the values the evaluation used (not the defaults): the fitted temperature, how val was
+    split and where each choice was made (with the part sizes), the primary family, the operating points chosen on
+    val's selection part, the fitted fuse weights, the checkpoints with their sha256; and the run declares the
+    checkpoints as its input artifacts (lineage)."""
+    assessed = reports.get("test", reports["val"])
+    primary = [
+        p for p in assessed.operating_points if p["confidence"] == measures[0] and p["policy"] in ("routed", "fused")
+    ]
     used = {
         "temperature": system.temperature_value,
         "k_values": k_values,
         "confidence_measures": measures,
         "profiles": [p.name for p in profiles],
+        "protocol": assessed.protocol,
+        "primary_family": assessed.family.to_dict(),
+        "experts_routing_k": system.experts_routing_k,
         "operating_points": [
-            {key: p[key] for key in ("policy", "k", "confidence", "profile", "tau", "offload_ratio", "accuracy")}
+            {
+                key: p[key]
+                for key in (
+                    "policy",
+                    "k",
+                    "confidence",
+                    "profile",
+                    "tau",
+                    "chosen_on",
+                    "offload_ratio",
+                    "accuracy",
+                    "reported_on",
+                )
+            }
             for p in primary
         ],
-        "fuse_weight": val.fitted.fuse_weight,
-        "checkpoints": val.meta.get("sources", {}),
+        "fuse_weight": assessed.fitted.fuse_weight,
+        "checkpoints": assessed.meta.get("sources", {}),
     }
     run.config.update({"used": used}, allow_val_change=True)
     use_checkpoints(run, system.sources)

@@ -7,8 +7,9 @@ groups the classes into ``num_experts`` balanced groups of whole classes so that
 expert. The file (read by ``--partition FILE`` of ate-train-experts and ``--model.partition`` of an expert) also records
 the routing hit rate (the chosen expert owns the true class) at each k for the learned groups and for the superclass
 groups with the same number of experts: on all of val (in-sample for the learned groups) and, to be honest about that,
-with groups learned on one half of val and measured on the other half, where the gain over the superclass groups gets a
-95 % paired bootstrap interval (``held_out_gain_over_superclass``).
+with groups (and the temperature) learned on one half of val and measured on the other half, where the gain over the
+superclass groups gets a paired bootstrap interval (``held_out_gain_over_superclass``). The gains at the k values asked
+form one family: their verdicts use Holm's correction (ask_the_expert.method.findings, the suite's bootstrap engine).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from ask_the_expert.method.confusion_partition import (
     soft_confusion,
     within_group_mass,
 )
+from ask_the_expert.method.findings import Bootstrap, Comparison, verdicts
 from ask_the_expert.method.router import check_k_values, fit_temperature, softmax, top_k
-from ask_the_expert.method.stats import interval, resample_counts
+from ask_the_expert.method.stats import resample_counts
 from ask_the_expert.method.subsets import class_to_expert, save_partition, superclass_partition
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
@@ -51,15 +53,16 @@ def hit_rates(probs: np.ndarray, labels: np.ndarray, subsets: list[list[int]], k
 
 
 def held_out_gain(learned: dict, superclass: dict, seed: int) -> dict:
-    """Per k, learned minus superclass hit rate on the same held-out images with its 95 % paired bootstrap interval
-    (the same resamples for both partitions) and verdict."""
-    counts = resample_counts(len(next(iter(learned.values()))), 1000, seed)
-    out = {}
-    for k, hit in learned.items():
-        diff = hit.astype(np.float64) - superclass[k]
-        iv = interval(float(diff.mean()), counts @ diff / len(diff))
-        out[k] = {"difference": iv.value, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
-    return out
+    """Per k, learned minus superclass hit rate on the same held-out images with its paired bootstrap interval (the
+    same resamples for both partitions) and verdict, Holm-corrected over the k values (one family)."""
+    boot = Bootstrap(resample_counts(len(next(iter(learned.values()))), 1000, seed))
+    comparisons = [
+        Comparison("routing hit rate", f"learned above superclass groups, k={k}", "learned", "superclass",
+                   boot.mean(hit.astype(np.float64)), boot.mean(superclass[k].astype(np.float64)), member=f"k{k}")
+        for k, hit in learned.items()
+    ]  # fmt: skip
+    keys = ("difference", "low", "high", "level", "p_value", "p_adjusted", "verdict")
+    return {k: {key: getattr(f, key) for key in keys} for k, f in zip(learned, verdicts(comparisons), strict=True)}
 
 
 def learn_partition(
@@ -111,13 +114,17 @@ def learn_partition(
     }
     halves = np.random.default_rng(seed).permutation(len(labels)) % 2
     a, b = halves == 0, halves == 1
-    on_a = confusion_partition(soft_confusion(probs[a], labels[a], probs.shape[1]), num_experts, seed)
-    learned_b = hit_masks(probs[b], labels[b], on_a, k_values)
+    # Half A fits the temperature and learns the groups; half B, which chose nothing, measures them.
+    t_a = fit_temperature(logits[a], labels[a])
+    probs_a, probs_b = softmax(logits[a].astype(np.float64), t_a), softmax(logits[b].astype(np.float64), t_a)
+    on_a = confusion_partition(soft_confusion(probs_a, labels[a], probs.shape[1]), num_experts, seed)
+    learned_b = hit_masks(probs_b, labels[b], on_a, k_values)
     meta["hit_rates"]["learned on half A, measured on half B"] = {k: float(h.mean()) for k, h in learned_b.items()}
+    meta["temperature_half_a"] = t_a
     if NUM_SUPERCLASSES % num_experts == 0:
         groups = superclass_partition(NUM_SUPERCLASSES // num_experts)
         meta["hit_rates"]["superclass groups (all of val)"] = hit_rates(probs, labels, groups, k_values)
-        superclass_b = hit_masks(probs[b], labels[b], groups, k_values)
+        superclass_b = hit_masks(probs_b, labels[b], groups, k_values)
         meta["hit_rates"]["superclass groups (half B)"] = {k: float(h.mean()) for k, h in superclass_b.items()}
         meta["held_out_gain_over_superclass"] = held_out_gain(learned_b, superclass_b, seed)
     save_partition(out, learned, meta)
@@ -126,9 +133,9 @@ def learn_partition(
     if "held_out_gain_over_superclass" in meta:
         gains = meta["held_out_gain_over_superclass"].items()
         print(
-            "held-out gain over superclass groups (half B, 95 % paired bootstrap): "
+            "held-out gain over superclass groups (half B, paired bootstrap, Holm-corrected over the k values): "
             + ", ".join(f"k={k} {100 * g['difference']:+.2f} pts [{100 * g['low']:+.2f}, {100 * g['high']:+.2f}] "
-                        f"{g['verdict']}" for k, g in gains),
+                        f"({100 * g['level']:.1f} %) {g['verdict']}" for k, g in gains),
             flush=True,
         )  # fmt: skip
     print(f"Wrote {out} ({num_experts} groups of {sorted({len(s) for s in learned})} classes)", flush=True)

@@ -77,7 +77,8 @@ Step = Literal[STEP_NAMES]
 # Arguments of evaluate.evaluate / deploy export that the pipeline sets itself, per seed.
 EVALUATE_OWN = {"generalist", "experts", "out", "base", "data", "split", "force"}
 EVALUATE_OWN |= {f"{v}_experts" for v in BASELINE_VARIANTS}
-EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on"}
+# The export splits val as the evaluation does (--evaluate.selection), so both choose tau on the same images.
+EXPORT_OWN = {"generalist", "experts", "out", "force", "data", "evaluate_on", "selection"}
 # What a W&B sweep agent puts in the environment of its trial (wandb_agent.py). The first wandb.init of the process
 # would take the trial's run id, so the steps' runs run without them and the pipeline's summary run takes them back.
 SWEEP_VARIABLES = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
@@ -197,10 +198,11 @@ def log_summary_run(
     if summary["findings"]:
         import wandb  # only when a run is logged
 
-        columns = ["group", "claim", "seeds", "a_mean", "b_mean", "difference_mean", "intervals", "verdict"]
+        columns = ["family", "member", "group", "claim", "seeds", "a_mean", "b_mean", "difference_mean", "intervals"]
+        columns += ["seed_interval", "verdict"]
         rows = [
-            [f["group"], f["claim"], f["seeds"], f["a"][0], f["b"][0], f["difference"][0], json.dumps(f["intervals"]),
-             f["verdict"]]
+            [f["family"], f["member"], f["group"], f["claim"], f["seeds"], f["a"][0], f["b"][0], f["difference"][0],
+             json.dumps(f["intervals"]), json.dumps(f["seed_interval"]), f["verdict"]]
             for f in summary["findings"]
         ]  # fmt: skip
         run.log({"findings": wandb.Table(columns=columns, data=rows)})
@@ -287,7 +289,17 @@ def check_options(opts: Namespace) -> None:
         run.check_training_arguments()
     e = opts.evaluate
     evaluate.check_arguments(
-        e.k, e.confidence, e.temperature, e.rule, e.gap, e.budget, e.profiles, e.within_points, e.delta, e.bootstrap
+        e.k,
+        e.confidence,
+        e.temperature,
+        e.rule,
+        e.gap,
+        e.budget,
+        e.profiles,
+        e.within_points,
+        e.delta,
+        e.bootstrap,
+        e.primary,
     )
     if not opts.export.gap >= 0:
         raise SuiteError(f"--export.gap must be >= 0 (accuracy units), got {opts.export.gap!r}.")

@@ -381,7 +381,8 @@ class EvaluateStep(PipelineStep):
 
 
 class ExportStep(PipelineStep):
-    """Export the deployment bundle (ate-deploy export, tau chosen on val); its marker sits beside the bundle."""
+    """Export the deployment bundle (ate-deploy export, tau chosen on val's selection part, split as the evaluation
+    splits it); its marker sits beside the bundle."""
 
     name = "export"
     code = (
@@ -403,7 +404,7 @@ class ExportStep(PipelineStep):
 
     def arguments(self) -> dict[str, Any]:
         kwargs = {k: v for k, v in self.seed.command_kwargs("export").items() if k != "wandb"}
-        return {"export": kwargs, "data": asdict(self.seed.data)}
+        return {"export": kwargs, "data": asdict(self.seed.data), "selection": self.seed.opts.evaluate.selection}
 
     def outputs_present(self) -> bool:
         return (self.seed.bundle / "manifest.json").is_file()
@@ -416,7 +417,8 @@ class ExportStep(PipelineStep):
         seed = self.seed
         export_command(
             generalist=str(seed.generalist), experts=[str(seed.experts["progressive"])], out=str(seed.bundle),
-            force=True, data=seed.data, evaluate_on="val", **seed.command_kwargs("export"),
+            force=True, data=seed.data, evaluate_on="val", selection=seed.opts.evaluate.selection,
+            **seed.command_kwargs("export"),
         )  # fmt: skip
 
 

@@ -4,10 +4,13 @@
 exported with ``torch.onnx.export(dynamo=True)``), ``router.json``, ``manifest.json``
 (ask_the_expert.deploy.bundle_format), ``MODEL_CARD.md`` (with each model's parameter count and batch-1 onnxruntime
 latency on the exporting machine) and, optionally, a Triton model repository of the experts (``triton/``,
-ask_the_expert.deploy.triton_repo). With a labelled split (val by default) it fits the temperature, picks tau at the
-operating point of docs/design.md §6 (the smallest offload whose accuracy is within ``gap`` of all-offloaded) and
-records the val accuracies of every model and of the collaboration at tau, all through
-ask_the_expert.method.policies."""
+ask_the_expert.deploy.triton_repo). With labelled val data it makes every choice as the evaluation does
+(docs/design.md §6, through ask_the_expert.method.policies and the same operating-point chooser): the temperature,
+the fused weight and tau (the smallest offload whose accuracy is within ``gap`` of all-offloaded) on val's selection
+part, a learned deferral rule on its deferral part; and it records the expected accuracies on data none of them was
+chosen or fitted on (val's assessment part, or a given test split), besides their in-sample values on the selection
+part, each labelled.
+"""
 
 from __future__ import annotations
 
@@ -45,15 +48,16 @@ from ask_the_expert.deploy.triton_repo import TRITON_FOLDER, write_triton_reposi
 from ask_the_expert.method.cifar100_classes import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from ask_the_expert.method.costs import Profile
 from ask_the_expert.method.deferral import DeferralRule
+from ask_the_expert.method.holdout import ASSESSMENT, DEFERRAL, SELECTION, SelectionSplit, part_sizes, split_parts
 from ask_the_expert.method.policies import (
     at_threshold,
-    deployable_tau,
     deployed_policy,
     expert_subset_accuracies,
-    policy_inputs,
+    fit_choices,
+    take,
 )
 from ask_the_expert.method.router import FIT, LEARNED, RouterSpec, fit_temperature
-from ask_the_expert.method.sweep import sweep_thresholds
+from ask_the_expert.method.sweep import choose_operating_point, sweep_thresholds
 from ask_the_expert.models.vit_factory import PRESETS
 from ask_the_expert.utils.atomic import atomic_folder
 from ask_the_expert.utils.errors import SuiteError
@@ -109,37 +113,86 @@ def torch_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).float().numpy()
 
 
+def _accuracies(records: dict[str, np.ndarray], policy_of: Any, tau: float, num_experts: int) -> dict[str, Any]:
+    """The generalist's, the experts' (on their subsets), every-image-offloaded and the collaboration's accuracy at
+    tau on ``records``."""
+    policy = policy_of(records)
+    return {
+        "num_samples": len(records["label"]),
+        "generalist_accuracy": float(np.mean(policy.correct_local)),
+        "experts": expert_subset_accuracies(records, num_experts),
+        "all_offloaded_accuracy": float(np.mean(policy.correct_offload)),
+        "collaboration": at_threshold(policy, tau),
+    }
+
+
 def evaluate_for_export(
-    models: ExportModels, data: LabelledImages, spec: RouterSpec, gap: float, answer: str, batch_size: int = 256
+    models: ExportModels,
+    data: LabelledImages,
+    spec: RouterSpec,
+    gap: float,
+    answer: str,
+    batch_size: int = 256,
+    holdout: SelectionSplit = SelectionSplit(),
+    assessment: LabelledImages | None = None,
 ) -> tuple[RouterSpec, DeferralRule | None, dict[str, Any]]:
     """(the spec with temperature, tau and fuse weight filled in, the deferral rule of a ``learned`` confidence,
-    metrics) on a labelled split: T fitted unless given, the fused weight and the deferral rule fitted as the evaluation
-    fits them (ask_the_expert.method.policies.policy_inputs), tau chosen at the operating point unless given."""
+    metrics), choosing as the evaluation does: val ``data`` is split (``holdout``); T (unless given), the fused weight
+    and tau (unless given; ask_the_expert.method.sweep.choose_operating_point, the evaluation's chooser) on its
+    selection part, the deferral rule on its deferral part (ask_the_expert.method.policies.fit_choices). The metrics
+    are on the assessed data (``reported_on``: val's assessment part, or ``assessment``) with the selection part's
+    in-sample values under ``on_selection``."""
+    assess_on_val = assessment is None
+    parts = split_parts(data.indices, data.labels, holdout, assess_on_val)
+    chosen = parts == SELECTION
     x = data.tensors()
     g_logits = torch_logits(models.generalist, x, batch_size)
     labels = data.labels
-    temperature = fit_temperature(g_logits, labels) if spec.temperature == FIT else float(spec.temperature)
+    if spec.temperature == FIT:
+        temperature = fit_temperature(g_logits[chosen], labels[chosen])
+    else:
+        temperature = float(spec.temperature)
+    reported_on = f"{data.split} assessment part" if assess_on_val else assessment.split
     metrics: dict[str, Any] = {
-        "split": data.split,
-        "num_samples": len(labels),
-        "generalist_accuracy": float(np.mean(np.argmax(g_logits, axis=1) == labels)),
+        "split": data.split if assess_on_val else assessment.split,
+        "chosen_on": f"{data.split} selection part",
+        "reported_on": reported_on,
+        "parts": {**part_sizes(parts), "seed": holdout.seed},
     }
     if models.system is None:
+        if assess_on_val:
+            right = (np.argmax(g_logits, axis=1) == labels)[parts == ASSESSMENT]
+        else:
+            logits = torch_logits(models.generalist, assessment.tensors(), batch_size)
+            right = np.argmax(logits, axis=1) == assessment.labels
+        metrics.update(num_samples=len(right), generalist_accuracy=float(np.mean(right)))
         return spec.resolved(temperature=temperature), None, metrics
     system = models.system
     system.set_temperature(temperature)
-    records = system.records_of(x, labels, batch_size)
-    _, fitted = policy_inputs(records)
+    records = system.records_of(x, labels, data.indices, batch_size)
+    fitted = fit_choices(take(records, parts == DEFERRAL), take(records, chosen))
     policy_name = "fused" if answer == "fused" else "routed"
     spec = spec.resolved(temperature=temperature, fuse_weight=fitted.fuse_weight[spec.k] if answer == "fused" else None)
-    rule = DeferralRule.from_dict(fitted.deferral[f"{policy_name}@k{spec.k}"]) if spec.confidence == LEARNED else None
-    policy = deployed_policy(records, spec, rule)
+    rule = None
+    if spec.confidence == LEARNED:
+        if f"{policy_name}@k{spec.k}" not in fitted.deferral:
+            raise ExportError("The learned confidence needs a deferral part of val: set --selection.deferral > 0.")
+        rule = DeferralRule.from_dict(fitted.deferral[f"{policy_name}@k{spec.k}"])
+
+    def policy_of(part_records: dict[str, np.ndarray]) -> Any:
+        return deployed_policy(part_records, spec, rule)
+
+    selection = take(records, chosen)
     if spec.tau is None:
-        curve = sweep_thresholds(policy.confidence, policy.correct_local, policy.correct_offload)
-        spec = spec.resolved(tau=deployable_tau(curve, gap))
-    metrics["experts"] = expert_subset_accuracies(records, len(models.experts))
-    metrics["all_offloaded_accuracy"] = float(np.mean(policy.correct_offload))
-    metrics["collaboration"] = at_threshold(policy, spec.tau)
+        p = policy_of(selection)
+        curve = sweep_thresholds(p.confidence, p.correct_local, p.correct_offload)
+        spec = spec.resolved(tau=choose_operating_point(curve, "within_gap", gap)["tau"])
+    if assess_on_val:
+        assessed = take(records, parts == ASSESSMENT)
+    else:
+        assessed = system.records_of(assessment.tensors(), assessment.labels, assessment.indices, batch_size)
+    metrics.update(_accuracies(assessed, policy_of, spec.tau, len(models.experts)))
+    metrics["on_selection"] = _accuracies(selection, policy_of, spec.tau, len(models.experts))
     return spec, rule, metrics
 
 
@@ -223,21 +276,27 @@ def export_bundle(
     triton: bool = False,
     batch_size: int = 256,
     opset: int = OPSET,
+    holdout: SelectionSplit = SelectionSplit(),
+    assessment: LabelledImages | None = None,
 ) -> dict[str, Any]:
     """Write a bundle to ``out_dir`` (under a temporary name, renamed when complete) and return its manifest.
 
     Args:
         generalist: the generalist checkpoint; experts: expert checkpoints (files, folders or globs) whose subsets
             partition the classes; none gives a generalist-only bundle (never offloads).
-        routing: k, confidence measure, temperature (``fit``: fitted on ``data``, 1.0 without data) and tau (None:
-            chosen on ``data``, which a bundle with experts then needs).
-        data: labelled split for temperature, tau and the recorded accuracies.
+        routing: k, confidence measure, temperature (``fit``: fitted on ``data``'s selection part, 1.0 without data)
+            and tau (None: chosen on that part, which a bundle with experts then needs).
+        data: labelled val images: split by ``holdout`` into the parts that fit the deferral rule, make the choices
+            and (without ``assessment``) measure the recorded accuracies.
         gap: the operating point's allowed accuracy loss against all-offloaded (0.005 = 0.5 points).
         profile: the cost profile the deployment is planned with; the model card says whether it was measured.
         answer: ``expert`` (an offloaded sample gets the expert's answer) or ``fused`` (the weighted geometric mean
             of G's and the expert's probabilities, its weight fitted on ``data``).
         force: replace an existing bundle at ``out_dir``.
         torch_export: also save ``torch.export`` programs (``*.pt2``) next to the ONNX files.
+        holdout: how ``data`` is split (ate-evaluate's ``--selection``).
+        assessment: labelled images of another split (test) to measure the recorded accuracies on, instead of
+            ``data``'s assessment part.
         triton: also write a Triton model repository of the experts to ``triton/`` (ask_the_expert.deploy.triton_repo).
     """
     start = time.perf_counter()
@@ -263,10 +322,10 @@ def export_bundle(
             "classes (router.json carries their names). Export models trained on all CIFAR-100 classes."
         )
     metrics, rule = None, None
-    temperature_source = "given" if spec.temperature != FIT else "val" if data is not None else "default"
+    temperature_source = "given" if spec.temperature != FIT else "val selection part" if data is not None else "default"
     if data is not None:
-        _progress(f"export: evaluating on {data.split} ({len(data.labels)} images) for temperature and tau")
-        spec, rule, metrics = evaluate_for_export(models, data, spec, gap, answer, batch_size)
+        _progress(f"export: choosing on {data.split} ({len(data.labels)} images) the temperature and tau")
+        spec, rule, metrics = evaluate_for_export(models, data, spec, gap, answer, batch_size, holdout, assessment)
     elif spec.temperature == FIT:
         spec = spec.resolved(temperature=1.0)
     router = RouterConfig(

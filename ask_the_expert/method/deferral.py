@@ -275,39 +275,3 @@ def fit_deferral(
         bias_offload=b_offload,
         l2=float(l2),
     )
-
-
-def fold_assignment(n: int, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """(n,) int64 fold id per sample from a seeded permutation; fold sizes differ by at most 1."""
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
-        raise DeferralError(
-            f"folds must be an integer in 2..{n} (the number of samples), got {folds!r}; 5 is the default."
-        )
-    out = np.empty(n, dtype=np.int64)
-    out[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
-    return out
-
-
-def cross_fitted_confidence(
-    features: np.ndarray,
-    correct_local: np.ndarray,
-    correct_offload: np.ndarray,
-    folds: int = 5,
-    seed: int = 0,
-    l2: float = 1.0,
-) -> np.ndarray:
-    """(N,) out-of-fold confidence: each fold scored by a rule fitted on the other folds (fold_assignment).
-
-    So that curves of the learned measure on the data that fits it are not in-sample.
-    """
-    x = _check_features(features)
-    n = x.shape[0]
-    y_local = _check_flags(correct_local, n, "correct_local")
-    y_offload = _check_flags(correct_offload, n, "correct_offload")
-    fold = fold_assignment(n, folds, seed)
-    out = np.empty(n, dtype=np.float64)
-    for f in range(int(folds)):
-        held = fold == f
-        rule = fit_deferral(x[~held], y_local[~held], y_offload[~held], l2=l2)
-        out[held] = rule.confidence(x[held])
-    return out

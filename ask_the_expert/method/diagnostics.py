@@ -65,7 +65,8 @@ def generalist_reliability(records: Mapping[str, np.ndarray]) -> dict[str, Relia
 
 # ------------------------------------------------------------------------------------------------- expert load
 def operating_point(report: Report, policy: str, k: int, measure: str) -> dict[str, Any] | None:
-    """The val operating point of (policy, k, measure) on the report's first profile (or the profile-free one)."""
+    """The operating point (chosen on val's selection part) of (policy, k, measure) on the report's first profile (or
+    the profile-free one)."""
     pname = report.profiles[0].name if report.profiles else ""
     for p in report.operating_points:
         if (p["policy"], p["k"], p["confidence"], p["profile"]) == (policy, k, measure, pname):
@@ -74,7 +75,7 @@ def operating_point(report: Report, policy: str, k: int, measure: str) -> dict[s
 
 
 def expert_load(report: Report, records: Mapping[str, np.ndarray]) -> dict[int, dict[str, Any]]:
-    """Per k: the share of offloaded samples each expert receives at the routed policy's val operating point
+    """Per k: the share of offloaded samples each expert receives at the routed policy's operating point
     (first profile, primary measure), with that point's tau and offload ratio (shares are zeros when nothing is
     offloaded)."""
     primary = report.measures[0]

@@ -14,7 +14,7 @@ Policies (``k = 0`` where a policy does not depend on Top-k):
 
 - ``routed``: offload to the expert chosen from G's Top-k (the progressive experts), one curve per k.
 - ``fused``: the same offloads, answered by a weighted geometric mean of G's and the chosen expert's probabilities
-  (its weight chosen on val from ``FUSE_WEIGHTS``); no extra forwards.
+  (its weight chosen on the selection part of val from ``FUSE_WEIGHTS``); no extra forwards.
 - ``static`` / ``static_init``: the same routing to the static-from-base / static-from-init experts (when given).
 - ``base``: offload to the all-class base ("medium") model (when given).
 - ``oracle``: offload to the expert that owns the true class.
@@ -22,8 +22,13 @@ Policies (``k = 0`` where a policy does not depend on Top-k):
 - ``generalist_only`` / ``all_offloaded``: the two end points of the routed curves.
 
 Confidence measures: ``max_prob``, ``margin``, ``entropy`` (ask_the_expert.method.router), and ``learned`` for routed
-and fused policies: a post-hoc deferral rule on G's outputs (ask_the_expert.method.deferral), cross-fitted on val,
-fitted on all of val for test and deployment.
+and fused policies: a post-hoc deferral rule on G's outputs (ask_the_expert.method.deferral), fitted on the deferral
+part of val.
+
+Selection and assessment are disjoint (docs/design.md §6; ask_the_expert.method.holdout): every choice (the fused
+weight, the deferral rule, operating points, "up to" points, the break-even target and offload) is made on val's
+selection part (the rule on its deferral part) and applied unchanged to the assessed data, val's assessment part or
+test, where the curves, scalars and findings are reported.
 """
 
 from __future__ import annotations
@@ -38,14 +43,24 @@ import numpy as np
 
 from ask_the_expert.method.breakeven import break_even_map, get_field
 from ask_the_expert.method.costs import COST_KEYS, Profile, baseline_costs
-from ask_the_expert.method.deferral import DeferralRule, cross_fitted_confidence, fit_deferral
-from ask_the_expert.method.findings import compute_findings
+from ask_the_expert.method.deferral import DeferralRule, fit_deferral
+from ask_the_expert.method.findings import PrimaryFamily, compute_findings
+from ask_the_expert.method.holdout import (
+    ASSESSMENT,
+    DEFERRAL,
+    PART_NAMES,
+    SELECTION,
+    SelectionSplit,
+    part_sizes,
+    split_parts,
+)
 from ask_the_expert.method.routed_batch import FUSE_WEIGHTS, Records
 from ask_the_expert.method.router import LEARNED, RANDOM, RouterSpec, random_confidence
 from ask_the_expert.method.stages import BASELINE_VARIANTS
 from ask_the_expert.method.stats import resample_counts
 from ask_the_expert.method.sweep import (
     OPERATING_RULES,
+    TOLERANCE,
     add_costs,
     apply_threshold,
     area_under_curve,
@@ -53,12 +68,10 @@ from ask_the_expert.method.sweep import (
     reductions,
     summarise_curve,
     sweep_thresholds,
+    threshold_at,
     up_to_reductions,
 )
 from ask_the_expert.utils.errors import SuiteError
-
-# Half-width of the band put below the lowest / above the highest val confidence when a deployed tau sits at an end.
-_END_MARGIN = 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------- records
@@ -112,8 +125,9 @@ class PolicyData:
 
 @dataclass
 class Fitted:
-    """What an evaluation fits on val and applies unchanged on test and in deployment: the fused answer's weight per
-    k, and the learned deferral rule per policy and k (``"routed@k1"`` -> DeferralRule.to_dict())."""
+    """What an evaluation fits on val and applies unchanged to the assessed data and in deployment: the fused answer's
+    weight per k (chosen on the selection part) and the learned deferral rule per policy and k (fitted on the
+    deferral part; ``"routed@k1"`` -> DeferralRule.to_dict())."""
 
     fuse_weight: dict[int, float] = field(default_factory=dict)
     deferral: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -128,6 +142,11 @@ class Fitted:
         return cls(fuse_weight=weights, deferral=dict(d.get("deferral") or {}))
 
 
+def take(records: Mapping[str, np.ndarray], mask: np.ndarray) -> Records:
+    """The records of the samples where ``mask`` is True (every column)."""
+    return {key: value[mask] for key, value in records.items()}
+
+
 def _best_fuse_weight(conf: np.ndarray, local: np.ndarray, fused: np.ndarray, label: np.ndarray) -> float:
     """The weight of FUSE_WEIGHTS whose fused policy has the largest area under the accuracy-vs-offload curve."""
     areas = [area_under_curve(sweep_thresholds(conf, local, fused[:, i] == label)) for i in range(fused.shape[1])]
@@ -138,7 +157,7 @@ def _best_fuse_weight(conf: np.ndarray, local: np.ndarray, fused: np.ndarray, la
 @dataclass
 class AnswerContext:
     """What a policy's answer function sees: the records, their labels, G's correctness and primary confidence, and
-    what is fitted on val (``fitting``: fit it now, else apply ``fitted``)."""
+    what is fitted on val's selection part (``fitting``: fit it now on these records, else apply ``fitted``)."""
 
     records: Mapping[str, np.ndarray]
     label: np.ndarray
@@ -149,7 +168,7 @@ class AnswerContext:
 
 
 # (context, k) -> per sample, whether the policy's answer to an offloaded sample is right; None when the records
-# do not hold that policy (e.g. no base model was evaluated).
+# do not hold that policy (e.g. no base model was evaluated) or nothing was fitted for it.
 AnswerFn = Callable[[AnswerContext, int], "np.ndarray | None"]
 
 
@@ -166,7 +185,7 @@ class Policy:
         per_k: one curve per Top-k value (k = 0 otherwise).
         learned: also evaluated with the learned deferral confidence (a rule fitted per policy and k).
         random_offload: offloads a seeded random subset at every rate instead of the least confident samples (its
-            confidence measure is ``random``; plots show it at routed's best k).
+            confidence measure is ``random``; plots show it at the primary k).
         near_edge_model: the near-edge latency role an offload costs (``medium``: the base model, timed as an
             ``expert`` when the profile has no ``medium``).
         versus_progressive: the findings compare the progressive experts' answers with this policy's.
@@ -205,12 +224,14 @@ def _column_answers(column: str) -> AnswerFn:
 
 
 def _fused_answers(ctx: AnswerContext, k: int) -> np.ndarray | None:
-    """The weighted geometric mean of G's and the chosen expert's probabilities, its weight fitted on val."""
+    """The weighted geometric mean of G's and the chosen expert's probabilities, its weight chosen on selection data."""
     fused = ctx.records.get(f"fused_k{k}")
     if fused is None:
         return None
     if ctx.fitting:
         ctx.fitted.fuse_weight[k] = _best_fuse_weight(ctx.primary, ctx.local, fused, ctx.label)
+    if k not in ctx.fitted.fuse_weight:
+        return None
     return fused[:, FUSE_WEIGHTS.index(ctx.fitted.fuse_weight[k])] == ctx.label
 
 
@@ -230,44 +251,58 @@ register_policy(Policy("oracle", "oracle", "oracle routing", _column_answers("pr
 register_policy(Policy("random", "random", "random offload", _routed_answers, random_offload=True))
 
 
-def policy_inputs(
-    records: Mapping[str, np.ndarray], random_seed: int = 0, fitted: Fitted | None = None
-) -> tuple[list[PolicyData], Fitted]:
-    """The sweep inputs of every registered policy the records support, and what was fitted for them.
-
-    Without ``fitted`` (val) the fused weights and deferral rules are fitted here and the learned confidences are
-    cross-fitted (out of fold); with it (test) they are applied unchanged.
-    """
-    ks, measures = record_layout(records)
+def _context(records: Mapping[str, np.ndarray], fitted: Fitted, fitting: bool) -> AnswerContext:
+    _, measures = record_layout(records)
     label = records["label"]
-    local = records["g_topk_classes"][:, 0] == label
-    ctx = AnswerContext(records, label, local, records[f"conf_{measures[0]}"], fitted or Fitted(), fitted is None)
+    return AnswerContext(records, label, records["g_topk_classes"][:, 0] == label, records[f"conf_{measures[0]}"],
+                         fitted, fitting)  # fmt: skip
+
+
+def _offload_answers(ctx: AnswerContext) -> dict[tuple[str, int], np.ndarray]:
+    """Per registered policy (random offload aside) and k: whether each sample's offloaded answer is right."""
+    ks, _ = record_layout(ctx.records)
     # Per-k policies first (k by k), then the others: the order of every curve list.
     plan = [(p, k) for k in ks for p in POLICIES.values() if p.per_k and not p.random_offload]
     plan += [(p, 0) for p in POLICIES.values() if not p.per_k and not p.random_offload]
-    offload = {(p.name, k): correct for p, k in plan if (correct := p.answers(ctx, k)) is not None}
-    out: list[PolicyData] = []
-    for m in measures:
-        out += [PolicyData(p, k, m, records[f"conf_{m}"], local, correct) for (p, k), correct in offload.items()]
+    return {(p.name, k): correct for p, k in plan if (correct := p.answers(ctx, k)) is not None}
+
+
+def fit_choices(deferral: Mapping[str, np.ndarray], selection: Mapping[str, np.ndarray]) -> Fitted:
+    """What the policies fit (the fused weight per k), chosen on ``selection`` by area under the curve of the primary
+    confidence measure, and the learned deferral rule of each ``learned`` policy and k, fitted on ``deferral`` (a part
+    disjoint from the one that fits T and picks the operating point, docs/design.md §7; none when it is empty)."""
+    fitted = Fitted()
+    _offload_answers(_context(selection, fitted, fitting=True))
+    if "g_features" in deferral and len(deferral["label"]):
+        ctx = _context(deferral, fitted, fitting=False)
+        features = deferral["g_features"].astype(np.float64)
+        for (p, k), correct in _offload_answers(ctx).items():
+            if POLICIES[p].learned:
+                fitted.deferral[f"{p}@k{k}"] = fit_deferral(features, ctx.local, correct).to_dict()
+    return fitted
+
+
+def policy_inputs(records: Mapping[str, np.ndarray], fitted: Fitted, random_seed: int = 0) -> list[PolicyData]:
+    """The sweep inputs of every registered policy the records support, with what was fitted applied unchanged (fused
+    policies at their fitted weight, ``learned`` scored by the fitted rules)."""
+    ks, measures = record_layout(records)
+    ctx = _context(records, fitted, fitting=False)
+    offload = _offload_answers(ctx)
+    local = ctx.local
+    out = [PolicyData(p, k, m, records[f"conf_{m}"], local, c) for m in measures for (p, k), c in offload.items()]
     if "g_features" in records:
         features = records["g_features"].astype(np.float64)
         for (p, k), correct in offload.items():
-            if not POLICIES[p].learned:
-                continue
-            key = f"{p}@k{k}"
-            if ctx.fitting:
-                conf = cross_fitted_confidence(features, local, correct)
-                ctx.fitted.deferral[key] = fit_deferral(features, local, correct).to_dict()
-            else:
-                conf = DeferralRule.from_dict(ctx.fitted.deferral[key]).confidence(features)
-            out.append(PolicyData(p, k, LEARNED, conf, local, correct))
-    rand = random_confidence(len(label), random_seed)
+            rule = fitted.deferral.get(f"{p}@k{k}")
+            if rule is not None:
+                out.append(PolicyData(p, k, LEARNED, DeferralRule.from_dict(rule).confidence(features), local, correct))
+    rand = random_confidence(len(ctx.label), random_seed)
     for policy in (p for p in POLICIES.values() if p.random_offload):
         for k in ks if policy.per_k else [0]:
             correct = policy.answers(ctx, k)
             if correct is not None:
                 out.append(PolicyData(policy.name, k, RANDOM, rand, local, correct))
-    return out, ctx.fitted
+    return out
 
 
 def routing_hits(records: Mapping[str, np.ndarray], k: int) -> np.ndarray:
@@ -309,7 +344,9 @@ def routed_policy(records: Mapping[str, np.ndarray], k: int, measure: str) -> Po
 # ----------------------------------------------------------------------------------------------------- report
 @dataclass
 class Report:
-    """Everything one evaluation computes; ``curves[key]`` is a ask_the_expert.method.sweep curve (profile-free)."""
+    """Everything one evaluation computes on the data it reports (``reported_on``: val's selection or assessment
+    part, or test); ``curves[key]`` is a ask_the_expert.method.sweep curve (profile-free). ``protocol`` says where each
+    choice was made and the part sizes; ``parts`` is the part (ask_the_expert.method.holdout) of each record given."""
 
     split: str
     num_samples: int
@@ -327,10 +364,21 @@ class Report:
     references: dict[str, float] = field(default_factory=dict)
     break_even: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    reported_on: str = ""
+    family: PrimaryFamily = field(default_factory=PrimaryFamily)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    parts: np.ndarray | None = None
 
     def curve_with_costs(self, key: tuple[str, int, str], profile: Profile | None) -> dict[str, np.ndarray]:
         """The curve of ``key`` with its mean costs per sample under ``profile`` (none without a profile)."""
         return add_costs(self.curves[key], profile, near_role(profile, key[0]))
+
+    def reported_records(self, records: Mapping[str, np.ndarray]) -> Records:
+        """The records (of every part, as given to evaluate_policies) of the samples this report is on."""
+        if self.parts is None:
+            return dict(records)
+        code = {name: c for c, name in PART_NAMES.items()}[self.protocol["reported_part"]]
+        return take(records, self.parts == code)
 
 
 def near_role(profile: Profile | None, policy: str) -> str:
@@ -373,6 +421,10 @@ def reference_accuracies(records: Mapping[str, np.ndarray]) -> dict[str, float]:
     return refs
 
 
+def _baseline_accuracies(refs: Mapping[str, float]) -> dict[str, float | None]:
+    return {"edge_generalist": refs["generalist"], "edge_medium": refs.get("base"), "near_edge_only": refs.get("base")}
+
+
 def evaluate_policies(
     records: Mapping[str, np.ndarray],
     profiles: Sequence[Profile] = (),
@@ -381,28 +433,136 @@ def evaluate_policies(
     rule: str = "within_gap",
     gap: float = 0.005,
     budget: float | None = None,
-    val: Report | None = None,
+    selection: Report | None = None,
     reference: str | None = None,
     within_points: float = 0.5,
     delta: float = 0.005,
     resamples: int = 1000,
     bootstrap_seed: int = 0,
+    family: PrimaryFamily = PrimaryFamily(),
+    holdout: SelectionSplit = SelectionSplit(),
 ) -> Report:
-    """Sweep every policy exactly and compute what docs/design.md §6 asks of an evaluation.
+    """Sweep every policy exactly and compute what docs/design.md §6 asks of an evaluation, choosing and assessing on
+    disjoint data: ``select_on_val`` then ``assess``.
 
-    Operating points are chosen with ``rule`` or, given ``val`` (the val report), its thresholds are applied
-    unchanged, as are its fused weights and deferral rules (the test protocol). Scalars share one scale across
-    policies; ``reference`` (default: the base model when evaluated, else the oracle) names the accuracy that
-    ``offload_within_<within_points>pt_of_<reference>`` is measured against. "Up to" reductions allow ``delta``
-    (accuracy units) below each baseline's accuracy. Findings carry paired-bootstrap intervals over ``resamples``
-    resamples of the samples.
+    Without ``selection`` the records are val: the choices are made on its selection part (``holdout``) and the report
+    is on its assessment part. Given ``selection`` (the report of select_on_val on val) the records are test: its
+    choices are applied unchanged and the report is on test.
     """
-    n = len(records.get("label", ()))
-    if n == 0:
+    if selection is None:
+        selection = select_on_val(
+            records, profiles, split, holdout=holdout, random_seed=random_seed, rule=rule, gap=gap, budget=budget,
+            reference=reference, within_points=within_points, delta=delta, family=family,
+        )  # fmt: skip
+    return assess(records, selection, profiles, split, random_seed=random_seed, reference=reference,
+                  within_points=within_points, resamples=resamples, bootstrap_seed=bootstrap_seed)  # fmt: skip
+
+
+def _check_records(records: Mapping[str, np.ndarray], split: str, family: PrimaryFamily, within_points: float) -> None:
+    if len(records.get("label", ())) == 0:
         raise SuiteError(
             f"The {split} split produced no samples, so there is nothing to evaluate. Check the data folder, the "
             "split and the class selection."
         )
+    ks, _ = record_layout(records)
+    if family.k not in ks:
+        raise SuiteError(
+            f"The primary family's k={family.k} (--primary.k) is not among the evaluated k values {ks}; add it to --k."
+        )
+    if not within_points >= 0:
+        raise SuiteError(f"within_points must be >= 0 (accuracy points), got {within_points!r}.")
+
+
+def select_on_val(
+    records: Mapping[str, np.ndarray],
+    profiles: Sequence[Profile] = (),
+    split: str = "val",
+    *,
+    assess_on_val: bool = True,
+    holdout: SelectionSplit = SelectionSplit(),
+    random_seed: int = 0,
+    rule: str = "within_gap",
+    gap: float = 0.005,
+    budget: float | None = None,
+    reference: str | None = None,
+    within_points: float = 0.5,
+    delta: float = 0.005,
+    family: PrimaryFamily = PrimaryFamily(),
+) -> Report:
+    """Split the val records (``holdout``: a deferral part, a selection part and, with ``assess_on_val``, an
+    assessment part) and make every choice: the learned deferral rule on the deferral part; the fused weight, the
+    operating points (``rule``), the "up to" points and the break-even target and offload (at the family's k) on the
+    selection part. The report is on the selection part; its ``parts`` and ``protocol`` say which sample is where."""
+    _check_records(records, split, family, within_points)
+    parts = split_parts(records["index"], records["label"], holdout, assess_on_val)
+    sizes = part_sizes(parts)
+    chosen_on = f"{split} selection part"
+    fitted = fit_choices(take(records, parts == DEFERRAL), take(records, parts == SELECTION))
+    report = _choose(take(records, parts == SELECTION), fitted, profiles, split, chosen_on, random_seed, rule, gap,
+                     budget, reference, within_points, delta, family)  # fmt: skip
+    report.parts = parts
+    report.protocol = {
+        "method": "held-out parts of val, stratified by fine class (docs/design.md §6)",
+        "deferral_fit_on": f"{split} deferral part" if sizes["deferral"] else None,
+        "chosen_on": chosen_on,
+        "temperature_fit_on": chosen_on,
+        "assessment": f"{split} assessment part" if assess_on_val else None,
+        "shares": {"assessment": holdout.assessment if assess_on_val else 0.0, "deferral": holdout.deferral},
+        "seed": holdout.seed,
+        "sizes": sizes,
+        "reported_on": chosen_on,
+        "reported_part": "selection",
+    }
+    return report
+
+
+def assess(
+    records: Mapping[str, np.ndarray],
+    selection: Report,
+    profiles: Sequence[Profile] = (),
+    split: str = "test",
+    *,
+    random_seed: int = 0,
+    reference: str | None = None,
+    within_points: float = 0.5,
+    resamples: int = 1000,
+    bootstrap_seed: int = 0,
+) -> Report:
+    """The report of the assessed data: the assessment part of the same val records ``selection`` was chosen on
+    (``split`` is its split), or every record of another split (test). Its curves, scalars and findings are on that
+    data, and every choice of ``selection`` is applied unchanged, with its value here and where it was chosen."""
+    family = selection.family
+    _check_records(records, split, family, within_points)
+    n = len(records["label"])
+    protocol = {**selection.protocol}
+    if split == selection.split:
+        if protocol["assessment"] is None or selection.parts is None or len(selection.parts) != n:
+            raise SuiteError(
+                f"The {split} records were split without an assessment part (a test evaluation chooses on all of "
+                "val); assess the test split, or choose with assess_on_val."
+            )
+        parts = selection.parts
+        records = take(records, parts == ASSESSMENT)
+    else:
+        parts = np.full(n, ASSESSMENT, dtype=np.int8)
+        protocol.update(assessment=split, sizes={**protocol["sizes"], "assessment": n})
+    protocol.update(reported_on=protocol["assessment"], reported_part="assessment")
+    return _assess(records, selection, parts, protocol, profiles, split, random_seed, reference, within_points,
+                   resamples, bootstrap_seed, family)  # fmt: skip
+
+
+def _describe(
+    records: Mapping[str, np.ndarray],
+    fitted: Fitted,
+    profiles: Sequence[Profile],
+    split: str,
+    reported_on: str,
+    random_seed: int,
+    reference: str | None,
+    within_points: float,
+    family: PrimaryFamily,
+) -> tuple[Report, dict[tuple[str, int, str], PolicyData]]:
+    """The curves, scalars, reference points, references and hit rates of ``records`` (no choice is made here)."""
     ks, measures = record_layout(records)
     refs = reference_accuracies(records)
     reference = reference or ("base" if "base" in refs else "oracle")
@@ -411,11 +571,8 @@ def evaluate_policies(
             f"The reference {reference!r} was not evaluated; this evaluation has {sorted(refs)}. Pass one of them, "
             "or evaluate the base model (--base) to compare against it."
         )
-    if not within_points >= 0:
-        raise SuiteError(f"within_points must be >= 0 (accuracy points), got {within_points!r}.")
-    counts = resample_counts(n, resamples, bootstrap_seed)  # checks the resample count before any sweep
-    inputs, fitted = policy_inputs(records, random_seed, val.fitted if val else None)
-    curves = {p.key: sweep_thresholds(p.confidence, p.correct_local, p.correct_offload) for p in inputs}
+    inputs = {p.key: p for p in policy_inputs(records, fitted, random_seed)}
+    curves = {key: sweep_thresholds(p.confidence, p.correct_local, p.correct_offload) for key, p in inputs.items()}
     shared = (refs["generalist"], refs["oracle"])
     scalars = [
         {
@@ -426,54 +583,128 @@ def evaluate_policies(
         }
         for (p, k, m), c in curves.items()
     ]
-    by_key = {p.key: p for p in inputs}
-    chosen = {(v["policy"], v["k"], v["confidence"], v["profile"]): v for v in (val.operating_points if val else [])}
-    baseline_acc = {"edge_generalist": refs["generalist"], "edge_medium": refs.get("base")}
-    baseline_acc["near_edge_only"] = refs.get("base")
-    points: list[dict[str, Any]] = []
-    refs_points: list[dict[str, Any]] = []
-    up_to: list[dict[str, Any]] = []
+    end_points: list[dict[str, Any]] = []
     for profile in profiles or [None]:
         pname = profile.name if profile else ""
-        baselines = baseline_costs(profile) if profile else {}
-        for key, curve in curves.items():
-            costed = add_costs(curve, profile, near_role(profile, key[0]))
-            tag = {"policy": key[0], "k": key[1], "confidence": key[2], "profile": pname}
-            if val is None:
-                point = {**tag, "chosen_on": split, **choose_operating_point(costed, rule, gap, budget)}
-            elif (*key, pname) in chosen:
-                p = by_key[key]
-                tau = chosen[(*key, pname)]["tau"]
-                applied = apply_threshold(
-                    p.confidence, p.correct_local, p.correct_offload, tau, profile, near_role(profile, key[0])
-                )
-                point = {**tag, "chosen_on": "val", **applied}
-            else:
-                point = None
-            if point is not None:
-                point["reductions"] = reductions(point, baselines)
-                point["baseline_accuracy"] = baseline_acc
-                points.append(point)
-            if profile is not None and not POLICIES[key[0]].random_offload:
-                up_to.append(
-                    {**tag, "delta": delta, "reductions": up_to_reductions(costed, baselines, baseline_acc, delta)}
-                )
         for m in measures:
             for k in ks:
                 curve = add_costs(curves["routed", k, m], profile, "expert")
                 if k == ks[0]:
-                    refs_points.append(_end_point(curve, 0, "generalist_only", 0, m, pname))
-                refs_points.append(_end_point(curve, -1, "all_offloaded", k, m, pname))
-    versus = [(p.name, p.label) for p in POLICIES.values() if p.versus_progressive]
-    findings = compute_findings(by_key, records, counts, measures[0], ks, split, versus)
-    best_k = max(ks, key=lambda k: next(s["area_gain_pts"] for s in scalars if s["policy"] == "routed" and s["k"] == k))
-    maps = [break_even_for(profile, curves["routed", best_k, measures[0]], refs, delta) for profile in profiles]
-    for entry in maps:
-        entry.update(policy="routed", k=best_k, confidence=measures[0])
-    return Report(
-        split, n, ks, measures, list(profiles), curves, scalars, points, refs_points, fitted, findings, up_to,
-        hit_rates(records), refs, maps,
+                    end_points.append(_end_point(curve, 0, "generalist_only", 0, m, pname))
+                end_points.append(_end_point(curve, -1, "all_offloaded", k, m, pname))
+    report = Report(
+        split, len(records["label"]), ks, measures, list(profiles), curves, scalars, [], end_points, fitted,
+        hit_rates=hit_rates(records), references=refs, reported_on=reported_on, family=family,
     )  # fmt: skip
+    return report, inputs
+
+
+def _choose(
+    records: Mapping[str, np.ndarray],
+    fitted: Fitted,
+    profiles: Sequence[Profile],
+    split: str,
+    chosen_on: str,
+    random_seed: int,
+    rule: str,
+    gap: float,
+    budget: float | None,
+    reference: str | None,
+    within_points: float,
+    delta: float,
+    family: PrimaryFamily,
+) -> Report:
+    """The report of the selection part: its curves and every choice made on it (operating points, "up to" points,
+    break-even target and offload), each labelled ``chosen_on``."""
+    report, _ = _describe(records, fitted, profiles, split, chosen_on, random_seed, reference, within_points, family)
+    baseline_acc = _baseline_accuracies(report.references)
+    for profile in profiles or [None]:
+        tag_profile = profile.name if profile else ""
+        baselines = baseline_costs(profile) if profile else {}
+        for key, curve in report.curves.items():
+            costed = add_costs(curve, profile, near_role(profile, key[0]))
+            tag = {"policy": key[0], "k": key[1], "confidence": key[2], "profile": tag_profile, "chosen_on": chosen_on}
+            point = {**tag, "reported_on": chosen_on, **choose_operating_point(costed, rule, gap, budget)}
+            point["reductions"] = reductions(point, baselines)
+            point["baseline_accuracy"] = baseline_acc
+            report.operating_points.append(point)
+            if profile is not None and not POLICIES[key[0]].random_offload:
+                best = up_to_reductions(costed, baselines, baseline_acc, delta)
+                report.up_to.append({**tag, "delta": delta, "reductions": best})
+    primary_curve = report.curves["routed", family.k, report.measures[0]]
+    for profile in profiles:
+        entry = break_even_for(profile, primary_curve, report.references, delta)
+        entry.update(policy="routed", k=family.k, confidence=report.measures[0], chosen_on=chosen_on)
+        report.break_even.append(entry)
+    return report
+
+
+def _assess(
+    records: Mapping[str, np.ndarray],
+    chosen: Report,
+    parts: np.ndarray,
+    protocol: dict[str, Any],
+    profiles: Sequence[Profile],
+    split: str,
+    random_seed: int,
+    reference: str | None,
+    within_points: float,
+    resamples: int,
+    bootstrap_seed: int,
+    family: PrimaryFamily,
+) -> Report:
+    """The report of the assessed data: its curves and findings, and every choice of ``chosen`` applied unchanged,
+    with its value here and (``on_selection`` / the chosen entry) where it was chosen."""
+    counts = resample_counts(len(records["label"]), resamples, bootstrap_seed)  # checks the count before any sweep
+    reported_on = protocol["reported_on"]
+    report, inputs = _describe(records, chosen.fitted, profiles, split, reported_on, random_seed, reference,
+                               within_points, family)  # fmt: skip
+    report.parts, report.protocol = parts, protocol
+    by_profile = {p.name: p for p in profiles}
+    baseline_acc = _baseline_accuracies(report.references)
+    for point in chosen.operating_points:
+        p = inputs.get((point["policy"], point["k"], point["confidence"]))
+        if p is None:
+            continue
+        profile = by_profile.get(point["profile"])
+        applied = apply_threshold(p.confidence, p.correct_local, p.correct_offload, point["tau"], profile,
+                                  near_role(profile, p.policy))  # fmt: skip
+        tag = {key: point[key] for key in ("policy", "k", "confidence", "profile", "chosen_on")}
+        on_selection = {key: point[key] for key in ("offload_ratio", "accuracy", *COST_KEYS)}
+        entry = {**tag, "reported_on": reported_on, **applied, "on_selection": on_selection}
+        entry["reductions"] = reductions(applied, baseline_costs(profile) if profile else {})
+        entry["baseline_accuracy"] = baseline_acc
+        report.operating_points.append(entry)
+    for entry in chosen.up_to:
+        p, profile = inputs[entry["policy"], entry["k"], entry["confidence"]], by_profile[entry["profile"]]
+        baselines = baseline_costs(profile)
+        reductions_here: dict[str, dict[str, Any]] = {}
+        for base, per_cost in entry["reductions"].items():
+            reductions_here[base] = {}
+            for cost, best in per_cost.items():
+                if best is None:
+                    reductions_here[base][cost] = None
+                    continue
+                applied = apply_threshold(p.confidence, p.correct_local, p.correct_offload, best["tau"], profile,
+                                          near_role(profile, p.policy))  # fmt: skip
+                assessed = {key: applied[key] for key in ("offload_ratio", "accuracy")}
+                assessed["reduction"] = 1.0 - applied[cost] / baselines[base][cost]
+                assessed["baseline_accuracy"] = baseline_acc.get(base)
+                reductions_here[base][cost] = {**best, "assessed": assessed}
+        report.up_to.append({**entry, "reported_on": reported_on, "reductions": reductions_here})
+    primary = inputs["routed", family.k, report.measures[0]]
+    for entry in chosen.break_even:
+        tau = entry.get("tau")
+        assessed = None
+        if tau is not None:
+            applied = apply_threshold(primary.confidence, primary.correct_local, primary.correct_offload, tau)
+            assessed = {key: applied[key] for key in ("offload_ratio", "accuracy")}
+            assessed["reaches_target"] = bool(applied["accuracy"] >= entry["target_accuracy"] - TOLERANCE)
+        report.break_even.append({**entry, "reported_on": reported_on, "assessed": assessed})
+    versus = [(p.name, p.label) for p in POLICIES.values() if p.versus_progressive]
+    report.findings = compute_findings(inputs, records, counts, report.measures[0], report.k_values, reported_on,
+                                       family, versus)  # fmt: skip
+    return report
 
 
 # Where collaboration wins: the two profile quantities a break-even map varies, and their ranges (multiples of the
@@ -487,7 +718,7 @@ def break_even_for(
 ) -> dict[str, Any]:
     """ask_the_expert.method.breakeven.break_even_map over BREAK_EVEN_AXES around the profile's own point, at the
     accuracy of the medium (base) model minus ``delta`` when it was evaluated, else of the collaboration's all-offloaded
-    point."""
+    point; ``tau`` reproduces the collaboration's offload (None when it never reaches the target)."""
     axes = []
     for name, lo, hi in BREAK_EVEN_AXES:
         value = get_field(profile, name)
@@ -498,26 +729,12 @@ def break_even_for(
         profile, axes[0][0], axes[0][1], axes[1][0], axes[1][1], curve["offload_ratio"], curve["accuracy"],
         references["generalist"], medium if medium is not None else math.nan, target,
     )  # fmt: skip
-    return {"profile": profile.name, "target_accuracy": target, **result}
+    ratio = result["collaboration_offload_ratio"]
+    tau = None if ratio is None else threshold_at(curve, int(np.searchsorted(curve["offload_ratio"], ratio)))
+    return {"profile": profile.name, "target_accuracy": target, "tau": tau, **result}
 
 
 # ------------------------------------------------------------------------------------------- deployment summaries
-def deployable_tau(curve: Mapping[str, np.ndarray], gap: float) -> float:
-    """tau of the val operating point (docs/design.md §6), moved to the middle of its confidence gap.
-
-    Every tau between the last offloaded and the first kept val confidence splits val the same way; the midpoint
-    keeps float noise between PyTorch and onnxruntime (~1e-6) from flipping samples next to it.
-    """
-    point = choose_operating_point(curve, "within_gap", gap)
-    values = curve["tau"][:-1]  # the distinct val confidences, ascending
-    idx = int(np.searchsorted(curve["tau"], point["tau"]))
-    if idx == 0:
-        return float(values[0] - _END_MARGIN)
-    if idx == len(values):
-        return float(values[-1] + _END_MARGIN)
-    return float((values[idx - 1] + values[idx]) / 2.0)
-
-
 def deployed_policy(records: Mapping[str, np.ndarray], spec: RouterSpec, deferral: DeferralRule | None) -> PolicyData:
     """The sweep inputs of what a router deploys: routed or (with a fuse weight) fused answers at spec.k, with the
     spec's confidence; ``learned`` scores the records' features with the given rule."""

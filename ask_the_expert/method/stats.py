@@ -9,6 +9,7 @@ its confidence < tau, one threshold per distinct confidence plus "offload all".
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,81 @@ def interval(value: float, resampled: np.ndarray, level: float = 0.95) -> Interv
     return Interval(float(value), float(low), float(high))
 
 
+def bootstrap_p_value(resampled: np.ndarray) -> tuple[float, int]:
+    """Two-sided bootstrap p-value of "the difference is 0" and the side the resamples lie on (+1 above 0, -1 below).
+
+    p = 2 min(share of resamples <= 0, share >= 0), at most 1: the smallest alpha at which the percentile interval
+    at level 1 - alpha excludes 0 (up to one resample of interpolation). Non-finite resamples are ignored; NaN when
+    none is left.
+    """
+    r = np.asarray(resampled, dtype=np.float64).ravel()
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return math.nan, 0
+    at_or_below, at_or_above = float(np.mean(r <= 0)), float(np.mean(r >= 0))
+    return min(1.0, 2.0 * min(at_or_below, at_or_above)), (1 if at_or_below < at_or_above else -1)
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Holm's step-down correction of a family of p-values: (adjusted p-values, the level each hypothesis is tested at).
+
+    Sorted ascending, the j-th p-value (j = 1..m) is compared with alpha / (m - j + 1); the procedure stops at the first
+    that is not below its level, and every later hypothesis keeps that stopping level. A hypothesis is rejected exactly
+    when its adjusted p-value max_{i <= j} min(1, (m - i + 1) p_(i)) is < alpha. NaN p-values (nothing to test) are
+    never rejected and do not count in m.
+    """
+    if not 0 < alpha < 1:
+        raise RoutingError(f"alpha must lie strictly between 0 and 1, got {alpha!r}; 0.05 is the usual family level.")
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, math.nan)
+    levels = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    m = tested.size
+    order = tested[np.argsort(p[tested], kind="stable")]
+    running, level = 0.0, math.nan
+    stopped = False
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p[i]))
+        adjusted[i] = running
+        if not stopped:
+            level = alpha / (m - j)
+            stopped = not p[i] < level
+        levels[i] = level
+    return adjusted, levels
+
+
+def student_t_quantile(probability: float, df: int) -> float:
+    """The quantile of Student's t distribution with an integer df >= 1 (e.g. 0.975 for a two-sided 95 % interval).
+
+    P(|T| <= t) has a closed form for integer df (Abramowitz and Stegun 26.7.3-4); bisection inverts it to ~1e-12.
+    """
+    if not 0.5 <= probability < 1 or not _is_int(df) or df < 1:
+        raise RoutingError(f"Need 0.5 <= probability < 1 and an integer df >= 1, got {probability!r} and {df!r}.")
+
+    def central(t: float) -> float:  # P(|T| <= t)
+        theta = math.atan(t / math.sqrt(df))
+        c2, s = math.cos(theta) ** 2, math.sin(theta)
+        if df % 2:
+            term, total = math.cos(theta), 0.0
+            for i in range(1, (df - 1) // 2 + 1):
+                total += term
+                term *= c2 * (2 * i) / (2 * i + 1)
+            return (2 / math.pi) * (theta + s * total) if df > 1 else 2 * theta / math.pi
+        term, total = 1.0, 0.0
+        for i in range(1, df // 2 + 1):
+            total += term
+            term *= c2 * (2 * i - 1) / (2 * i)
+        return s * total
+
+    target, low, high = 2 * probability - 1, 0.0, 1.0
+    while central(high) < target:
+        high *= 2
+    while high - low > 1e-12 * max(1.0, high):
+        mid = (low + high) / 2
+        low, high = (mid, high) if central(mid) < target else (low, mid)
+    return (low + high) / 2
+
+
 def weighted_curves(
     confidence: np.ndarray, correct_local: np.ndarray, correct_offload: np.ndarray, counts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -128,10 +204,13 @@ def weighted_curves(
     starts = np.flatnonzero(np.concatenate(([True], cs[1:] != cs[:-1])))
     ws = w[:, order].astype(np.int64)
 
+    ends = np.append(starts, n)  # threshold m offloads the sorted samples before position ends[m]
+
     def cumulative(weights: np.ndarray) -> np.ndarray:
-        # Weight of each tie block, then prefix sums: column m = weight strictly below threshold m.
-        blocks = np.add.reduceat(weights, starts, axis=1)
-        return np.concatenate((np.zeros((w.shape[0], 1), np.int64), np.cumsum(blocks, axis=1)), axis=1)
+        # Prefix sums over the sorted samples, read at the tie blocks' starts: column m = weight strictly below
+        # threshold m.
+        prefix = np.concatenate((np.zeros((w.shape[0], 1), np.int64), np.cumsum(weights, axis=1)), axis=1)
+        return prefix[:, ends]
 
     cum_w = cumulative(ws)
     cum_loc = cumulative(ws * loc[order])

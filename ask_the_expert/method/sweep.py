@@ -20,6 +20,8 @@ OPERATING_RULES = ("within_gap", "latency_budget", "energy_budget")
 # Absolute slack for comparisons of derived floats (accuracies are k/N, costs are affine in k/N);
 # far below any meaningful difference, it only absorbs rounding in e.g. 0.99 * acc.
 TOLERANCE = 1e-12
+# How far below the lowest / above the highest confidence a tau that offloads none / all is put (threshold_at).
+END_MARGIN = 1e-3
 
 
 def check_sweep_inputs(
@@ -137,8 +139,9 @@ def offload_to_reach(curve: Mapping[str, np.ndarray], target: float) -> float:
     return float(x[ok[0]]) if ok.size else math.nan
 
 
-def _pct(value: float) -> str:
-    return f"{round(value * 100.0, 6):g}%"
+def accuracy_name(ratio: float) -> str:
+    """The name of the accuracy at an offload ratio in scalars and findings: ``acc@30%`` for 0.3."""
+    return f"acc@{round(ratio * 100.0, 6):g}%"
 
 
 def summarise_curve(
@@ -160,7 +163,7 @@ def summarise_curve(
     _, y = _curve_arrays(curve)
     area = area_under_curve(curve)
     lo, hi = shared_scale
-    out = {f"acc@{_pct(r)}": accuracy_at_offload(curve, r) for r in ratios}
+    out = {accuracy_name(r): accuracy_at_offload(curve, r) for r in ratios}
     out["acc_local_only"] = float(y[0])
     out["acc_all_offloaded"] = float(y[-1])
     out["area_gain_pts"] = 100.0 * (area - float(y[0]))
@@ -170,8 +173,23 @@ def summarise_curve(
     return out
 
 
+def threshold_at(curve: Mapping[str, np.ndarray], idx: int) -> float:
+    """The tau that reproduces point ``idx`` of a sweep_thresholds curve, in the middle of its confidence gap.
+
+    Every tau between the last offloaded and the first kept confidence splits the curve's samples the same way; the
+    midpoint keeps float noise (PyTorch vs onnxruntime, ~1e-6) from flipping samples next to it, and is what the
+    evaluation applies to other data and what an export deploys. Offloading none or all: END_MARGIN beyond the ends.
+    """
+    values = np.asarray(curve["tau"], dtype=np.float64)[:-1]  # the distinct confidences, ascending
+    if idx == 0:
+        return float(values[0] - END_MARGIN)
+    if idx >= len(values):
+        return float(values[-1] + END_MARGIN)
+    return float((values[idx - 1] + values[idx]) / 2.0)
+
+
 def _point(curve: Mapping[str, np.ndarray], idx: int) -> dict[str, float]:
-    out = {"tau": float(curve["tau"][idx]) if "tau" in curve else math.nan}
+    out = {"tau": threshold_at(curve, idx) if "tau" in curve else math.nan}
     for key in ("offload_ratio", "accuracy", *COST_KEYS):
         out[key] = float(curve[key][idx]) if key in curve else math.nan
     return out
@@ -180,14 +198,16 @@ def _point(curve: Mapping[str, np.ndarray], idx: int) -> dict[str, float]:
 def choose_operating_point(
     curve: Mapping[str, np.ndarray], rule: str = "within_gap", gap: float = 0.005, budget: float | None = None
 ) -> dict[str, float]:
-    """Pick one threshold on a (val) curve.
+    """Pick one threshold on a curve of the selection data: the suite's one operating-point chooser (the evaluation
+    and the export both call it).
 
     - "within_gap": the smallest offload ratio whose accuracy >= all-offloaded accuracy - gap
       (gap in accuracy units, 0.005 = 0.5 points).
     - "latency_budget": the best accuracy with mean latency_ms <= budget (ms).
     - "energy_budget": the best accuracy with mean system_energy_mj <= budget (mJ).
-    Accuracy ties go to the smaller offload ratio (the cheaper point). Returns tau, offload_ratio,
-    accuracy, latency_ms, edge_energy_mj, system_energy_mj (costs NaN when the curve has none).
+    Accuracy ties go to the smaller offload ratio (the cheaper point). Returns tau (threshold_at: the middle of the
+    point's confidence gap), offload_ratio, accuracy, latency_ms, edge_energy_mj, system_energy_mj (costs NaN when
+    the curve has none).
     """
     _, y = _curve_arrays(curve)
     if rule == "within_gap":
@@ -225,7 +245,7 @@ def apply_threshold(
     near_model: str = "expert",
     edge_model: str = "generalist",
 ) -> dict[str, float]:
-    """Apply a fixed tau (chosen on val) unchanged to other data; same keys as choose_operating_point()."""
+    """Apply a fixed tau (chosen on the selection data) unchanged to other data; keys as choose_operating_point()."""
     c, loc, off = check_sweep_inputs(confidence, correct_local, correct_offload)
     offloaded = offload_mask(c, tau)
     ratio = float(np.mean(offloaded))

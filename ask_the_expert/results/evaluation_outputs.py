@@ -86,10 +86,13 @@ def summary_dict(report: Report) -> dict[str, Any]:
     return _json_safe(
         {
             "split": report.split,
+            "reported_on": report.reported_on,
             "num_samples": report.num_samples,
             "k_values": report.k_values,
             "confidence_measures": report.measures,
             **report.meta,
+            "protocol": report.protocol,
+            "primary_family": report.family.to_dict(),
             "profiles": {
                 p.name: {"description": p.description, "baselines": baseline_costs(p)} for p in report.profiles
             },
@@ -190,7 +193,8 @@ def write_curves_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Path) -> Path:
-    """Write curves.csv, summary.json, records.csv, plots/*.png and, last, complete.json into ``folder``.
+    """Write curves.csv, summary.json, records.csv (every record given, with its ``part`` of the split), plots/*.png
+    (of the records the report is on) and, last, complete.json into ``folder``.
 
     Everything is written into a temporary sibling folder that replaces ``folder`` only when complete, so a killed
     run leaves either the previous results or none, never a mix (``complete.json`` says the folder is whole).
@@ -200,8 +204,8 @@ def write_outputs(report: Report, records: Mapping[str, np.ndarray], folder: Pat
     tmp.mkdir(parents=True)
     write_curves_csv(curve_rows(report), tmp / CURVES_FILE)
     (tmp / SUMMARY_FILE).write_text(json.dumps(summary_dict(report), indent=2))
-    write_records_csv(records, tmp / RECORDS_FILE)
-    plots = write_plots(report, records, tmp / PLOTS_FOLDER)
+    write_records_csv(records if report.parts is None else {**records, "part": report.parts}, tmp / RECORDS_FILE)
+    plots = write_plots(report, report.reported_records(records), tmp / PLOTS_FOLDER)
     files = [*RESULT_FILES, *(f"{PLOTS_FOLDER}/{p.name}" for p in plots)]
     marker = {"split": report.split, "num_samples": report.num_samples, "files": files}
     (tmp / COMPLETE_FILE).write_text(json.dumps(marker, indent=2))
@@ -347,7 +351,8 @@ def operating_point_metric(split: str, point: Mapping[str, Any], column: str) ->
 
 # W&B curves: every curve resampled on offload levels 0, 1, ..., 100 % (history rows against this step metric).
 OFFLOAD_GRID_PCT = np.arange(101)
-FINDING_COLUMNS = ("group", "claim", "a_label", "b_label", "a", "b", "difference", "low", "high", "verdict", "unit")
+FINDING_COLUMNS = ("family", "member", "group", "claim", "a_label", "b_label", "a", "b", "difference", "low", "high")
+FINDING_COLUMNS += ("level", "p_value", "p_adjusted", "verdict", "unit")
 SCALAR_KEY = ("policy", "k", "confidence")  # the columns of a scalars row that name its curve
 
 
@@ -397,7 +402,9 @@ def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] =
     - ``curves``: the curves.csv rows as a wandb.Table, thinned to about ``max_points`` points per curve;
     - ``findings``: the findings as a wandb.Table; ``plots/<name>``: each PNG of ``plots`` as a wandb.Image;
     - summary scalars ``<policy>/k<k>/<measure>/<scalar>``, the operating points and their reductions, the
-      reference accuracies, the hit rates and the numeric metadata (forwards, temperature, ...).
+      reference accuracies, the hit rates, the sizes of val's parts (``parts/<part>``), the primary family's
+      difference and Holm-corrected verdict per member (``primary/<member>/...``) and the numeric metadata
+      (forwards, temperature, ...).
     """
     import wandb
 
@@ -424,6 +431,10 @@ def wandb_payload(report: Report, max_points: int = 200, plots: Sequence[Path] =
             summary[f"{prefix}/{key}"] = value
         elif isinstance(value, dict):
             summary.update({f"{prefix}/{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
+    summary.update({f"{prefix}/parts/{name}": v for name, v in report.protocol.get("sizes", {}).items()})
+    for f in report.findings:
+        if f.family == "primary":  # the declared family's Holm-corrected verdicts; the table has every finding
+            summary.update({f"{prefix}/primary/{f.member}/{key}": getattr(f, key) for key in ("difference", "verdict")})
     summary.update({f"{prefix}/references/{name}": v for name, v in report.references.items()})
     summary.update({f"{prefix}/hit_rate/k{k}": v for k, v in report.hit_rates.items()})
     for s in report.scalars:
@@ -455,21 +466,27 @@ def log_wandb(run: Any, payload: WandbPayload) -> None:
 
 
 def findings_table(report: Report) -> Any:
-    """A rich Table of the findings: claim, both values, the difference with its 95 % interval, the verdict."""
+    """A rich Table of the findings, the primary family first: family, claim, both values, the difference with its
+    interval (at the Holm level for the primary family, 95 % otherwise), the verdict."""
     from rich.table import Table
 
     resamples = report.meta.get("bootstrap", {}).get("resamples")
-    title = f"Findings on {report.split} ({report.num_samples} samples): a - b with 95 % paired-bootstrap intervals"
+    title = f"Findings on {report.reported_on} ({report.num_samples} samples): a - b with paired-bootstrap intervals"
     table = Table(title=title + (f" ({resamples} resamples)" if resamples else ""))
-    table.caption = "holds: the interval excludes 0 in the claimed direction; fails: it excludes 0 the other way"
-    for c in ("group", "claim", "a", "b", "difference [95 % interval]", "verdict"):
+    table.caption = (
+        f"primary: the declared family (k={report.family.k}, offload {report.family.offload:.0%}), Holm-corrected at "
+        f"alpha {report.family.alpha}; exploratory: uncorrected 95 %. holds: the interval excludes 0 in the claimed "
+        "direction; fails: it excludes 0 the other way"
+    )
+    for c in ("family", "group", "claim", "a", "b", "difference [interval, level]", "verdict"):
         table.add_column(c, justify="right" if c.startswith("difference") else "left", overflow="fold")
     colours = {"holds": "green", "fails": "red"}
 
-    for f in report.findings:
-        interval = f"[{points_text(f.low, f.unit)}, {points_text(f.high, f.unit)}]"
+    for f in sorted(report.findings, key=lambda f: f.family != "primary"):
+        interval = f"[{points_text(f.low, f.unit)}, {points_text(f.high, f.unit)}] {100 * f.level:.1f} %"
         colour = colours.get(f.verdict, "yellow")
         table.add_row(
+            f.family,
             f.group,
             f.claim,
             f"{f.a_label}: {value_text(f.a, f.unit)}",
@@ -486,14 +503,15 @@ def rich_table(report: Report) -> Any:
 
     profile = report.profiles[0].name if report.profiles else ""
     points = {(p["policy"], p["k"], p["confidence"]): p for p in report.operating_points if p["profile"] == profile}
-    title = f"Collaborative inference on {report.split} ({report.num_samples} samples)"
+    title = f"Collaborative inference on {report.reported_on} ({report.num_samples} samples)"
     table = Table(title=title + (f", costs: {profile}" if profile else ""))
     columns = ["policy", "k", "conf", "acc G", "acc all-off", "acc@10%", "acc@20%", "acc@30%", "acc@50%"]
     columns += ["area gain", "area norm", "op tau", "op off", "op acc", "lat red.*", "edge E red.*"]
     table.caption = (
         "area gain: mean accuracy over offload 0..100 % minus G's, in points; area norm: on the scale shared by all "
-        "policies (0 = G alone, 1 = oracle all offloaded); op = operating point chosen on val; red.* = reduction vs "
-        "the edge-only medium model"
+        f"policies (0 = G alone, 1 = oracle all offloaded); op = operating point chosen on "
+        f"{report.protocol.get('chosen_on', 'val')}, its values on {report.reported_on}; red.* = reduction vs the "
+        "edge-only medium model"
     )
     for c in columns:
         table.add_column(c, justify="left" if c in ("policy", "conf") else "right", no_wrap=True)

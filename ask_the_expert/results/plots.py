@@ -10,10 +10,10 @@ Design of the accuracy charts (``acc_vs_offload`` and, per profile, ``acc_vs_{la
 - one colour per policy family (``family_colour``: the registered policies of ask_the_expert.method.policies in
   order, on ``POLICY_PALETTE``) and one line style per k (``k_linestyle``: the k's position among the evaluation's
   k values; k = 0 is solid);
-- so that four k values stay readable, ``routed`` is drawn at every k and every other family only at its best k
-  (largest area gain under the primary confidence measure; ``random`` at routed's best k);
-- the ``learned`` deferral variant of a policy that has one is drawn at that family's best k, in the family colour
-  with round markers and "learned deferral" in its label;
+- so that several k values stay readable, ``routed`` is drawn at every k and every other family only at the primary
+  family's k (declared before the run, never picked from the data drawn; primary confidence measure);
+- the ``learned`` deferral variant of a policy that has one is drawn at that k, in the family colour with round
+  markers and "learned deferral" in its label;
 - reference levels are labelled dotted horizontal lines (generalist only, the base model on every sample when it
   was evaluated, the oracle all offloaded); on cost axes the three baseline deployments are labelled markers at
   (their cost, their accuracy), or labelled vertical lines when their accuracy was not evaluated;
@@ -107,32 +107,21 @@ def curve_style(key: tuple[str, int, str], k_values: Sequence[int]) -> LineStyle
     return LineStyle(family_colour(policy), k_linestyle(k, k_values), "o" if learned else None, name)
 
 
-def best_k(report: Report, policy: str, measure: str) -> int | None:
-    """The k with the largest area gain for ``policy`` under ``measure`` (None when the policy has no curve)."""
-    rows = [s for s in report.scalars if s["policy"] == policy and s["confidence"] == measure]
-    if not rows:
-        return None
-    return int(max(rows, key=lambda s: s["area_gain_pts"] if math.isfinite(s["area_gain_pts"]) else -math.inf)["k"])
-
-
 def shown_curves(report: Report) -> list[tuple[str, int, str]]:
-    """The curves the accuracy charts draw: routed at every k and the other families at their best k (primary
-    measure), the learned variant of a family at its best k, random offload at routed's best k."""
-    primary = report.measures[0]
-    keys: list[tuple[str, int, str]] = [("routed", k, primary) for k in report.k_values]
-    routed_best = best_k(report, "routed", primary)
+    """The curves the accuracy charts draw: routed at every k and the other families at the primary family's k
+    (declared before the run, so a chart never picks its k from the data it draws), primary measure; the learned
+    variant of a family and random offload at that k."""
+    primary, k = report.measures[0], report.family.k
+    keys: list[tuple[str, int, str]] = [("routed", kk, primary) for kk in report.k_values]
     for policy in POLICIES.values():
+        kk = k if policy.per_k else 0
         if policy.random_offload:
-            if routed_best is not None:
-                keys.append((policy.name, routed_best if policy.per_k else 0, RANDOM))
-            continue
-        k = best_k(report, policy.name, primary)
-        if k is None:
+            keys.append((policy.name, kk, RANDOM))
             continue
         if policy.name != "routed":
-            keys.append((policy.name, k, primary))
+            keys.append((policy.name, kk, primary))
         if policy.learned:
-            keys.append((policy.name, k, LEARNED))
+            keys.append((policy.name, kk, LEARNED))
     return [key for key in keys if key in report.curves]
 
 
@@ -235,8 +224,8 @@ def plot_accuracy(report: Report, x: str, profile: Profile | None, path: Path) -
         percent_axis(ax.xaxis)
         ax.set_xlim(0.0, 1.0)
     what = "offload ratio" if profile is None else f"{COST_NAMES[x]} ({profile.name})"
-    title = f"{report.split} ({report.num_samples} samples): accuracy vs {what}\n"
-    title += f"confidence {report.measures[0]}; routed at every k, other policies at their best k"
+    title = f"{report.reported_on} ({report.num_samples} samples): accuracy vs {what}\n"
+    title += f"confidence {report.measures[0]}; routed at every k, other policies at the primary k={report.family.k}"
     return _finish(fig, ax, title, path)
 
 
@@ -274,7 +263,9 @@ def plot_reliability(report: Report, records: Mapping[str, np.ndarray], path: Pa
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     # report.meta does not say whether T was fitted (on val) or fixed by the user, so the title gives T only.
     t_text = f"temperature T = {temperature:.3g}" if math.isfinite(temperature) else "temperature unknown"
-    ax.set_title(f"{report.split} ({report.num_samples} samples): reliability of the generalist, {t_text}", fontsize=10)
+    ax.set_title(
+        f"{report.reported_on} ({report.num_samples} samples): reliability of the generalist, {t_text}", fontsize=10
+    )
     return _save(fig, path)
 
 
@@ -317,7 +308,8 @@ def plot_expert_load(report: Report, records: Mapping[str, np.ndarray], path: Pa
     percent_axis(ax.yaxis)
     pname = f", costs {report.profiles[0].name}" if report.profiles else ""
     ax.set_title(
-        f"{report.split} ({report.num_samples} samples): expert load at each k's val operating point\n"
+        f"{report.reported_on} ({report.num_samples} samples): expert load at each k's operating point (chosen on "
+        f"{report.protocol.get('chosen_on', 'val')})\n"
         f"routed policy, confidence {report.measures[0]}{pname}",
         fontsize=10,
     )
@@ -347,7 +339,7 @@ def plot_superclass_confusion(report: Report, records: Mapping[str, np.ndarray],
     ax.set_xlabel("generalist's top-1 superclass")
     ax.set_ylabel("true superclass")
     ax.set_title(
-        f"{report.split} ({report.num_samples} samples): generalist's superclass confusion (row-normalised); "
+        f"{report.reported_on} ({report.num_samples} samples): generalist's superclass confusion (row-normalised); "
         f"superclass accuracy {_pct(coarse_acc)}",
         fontsize=10,
     )
@@ -380,7 +372,9 @@ def plot_hit_rate(report: Report, records: Mapping[str, np.ndarray], path: Path)
     percent_axis(ax.yaxis)
     ax.set_xlabel(AXIS_LABELS["offload_ratio"])
     ax.set_ylabel("hit rate among the offloaded (%)")
-    title = f"{report.split} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
+    title = (
+        f"{report.reported_on} ({report.num_samples} samples): routing hit rate (chosen expert owns the true class)\n"
+    )
     return _finish(fig, ax, title + f"among the offloaded samples, confidence {primary}", path)
 
 
@@ -453,7 +447,7 @@ def plot_break_even(report: Report, entry: Mapping[str, Any], path: Path) -> Pat
     )
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=9, frameon=False)
     fig.suptitle(
-        f"{report.split} ({report.num_samples} samples): cheapest deployment with accuracy >= "
+        f"{report.reported_on} ({report.num_samples} samples): cheapest deployment with accuracy >= "
         f"{_pct(float(entry['target_accuracy']))}, profile {entry['profile']}",
         fontsize=11,
     )
