@@ -12,7 +12,6 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from rich.console import Console
 
 from ask_the_expert.method.costs import Profile, load_profile
 from ask_the_expert.method.findings import PrimaryFamily
@@ -30,6 +29,7 @@ from ask_the_expert.results.evaluation_outputs import (
 from ask_the_expert.results.plots import write_plots
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.log_output import log_console
 from lightning_modules.distributed import all_gather_objects
 
 
@@ -193,9 +193,7 @@ class CollaborativeInferenceCallback(Callback):
                 for run in runs:
                     log_wandb(run, payload)
         if self.print_table:
-            console = Console()
-            # Logs and pipes get rich's 80 columns by default, too narrow for the table.
-            console = console if console.is_terminal else Console(width=200)
+            console = log_console()  # a log file's width, not rich's 80 columns
             console.print(rich_table(report))
             if report.findings:
                 console.print(findings_table(report))

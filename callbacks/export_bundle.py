@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Literal
 
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 
 from ask_the_expert.deploy.export import export_bundle
 from ask_the_expert.method.router import FIT, RouterSpec
 from ask_the_expert.tracking.artifacts import log_bundle_artifact
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.options import DataOptions
+from callbacks.wandb_logging import wandb_runs
 from datamodules.cifar100 import CIFAR100DataModule, labelled_images
 
 
@@ -47,7 +47,7 @@ class ExportBundleCallback(Callback):
         gap, torch_export, force: as ``ask_the_expert.deploy.export.export_bundle``.
         use_val: evaluate on the datamodule's val split (all classes, same data_dir and split) to fit the
             temperature, choose tau when not given, and record val accuracies.
-        log_artifact: log the bundle as a W&B artifact when the run logs to W&B online.
+        log_artifact: log the bundle as a W&B ``deploy-bundle`` artifact (with its files) when the run logs to W&B.
     """
 
     def __init__(
@@ -126,8 +126,5 @@ class ExportBundleCallback(Callback):
         self.manifest = export_bundle(
             generalist, experts, self.out_dir, routing=self.routing, data=data, **self.options
         )
-        if self.log_artifact:
-            for logger in trainer.loggers:
-                # Offline runs would copy the whole bundle into the run folder; it is on disk already.
-                if isinstance(logger, WandbLogger) and not logger.experiment.offline:
-                    log_bundle_artifact(logger.experiment, self.out_dir, f"bundle-{self.out_dir.name}")
+        for run in wandb_runs(trainer) if self.log_artifact else []:
+            log_bundle_artifact(run, self.out_dir)  # offline too: ``wandb sync`` uploads the files later

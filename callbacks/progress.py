@@ -3,7 +3,8 @@
 ``RichProgressBar`` redraws one live display and, without a terminal, prints nothing until an epoch ends (often
 nothing at all). ``LogProgressBar`` prints a flushed line every ``every_seconds`` while batches run, and one when
 each epoch and each validation / test / predict run starts and ends. ``progress_bar_callback`` picks the bar for
-the current stdout; ``replace_progress_bar`` swaps the bars of a callback list when stdout is not a terminal.
+the current stdout; ``plain_for_log_files`` swaps the bars (and Rich's model summary) of a callback list when stdout
+is not a terminal.
 """
 
 from __future__ import annotations
@@ -17,19 +18,12 @@ from typing import Any, TextIO
 
 import torch
 from lightning import LightningModule, Trainer
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichModelSummary, RichProgressBar, TQDMProgressBar
+
+from ask_the_expert.utils.log_output import is_terminal
 
 # The clock behind every interval, rate and ETA; tests replace it to make the intervals exact.
 _clock = time.monotonic
-
-
-def _is_terminal(stream: TextIO | None) -> bool:
-    """True if ``stream`` (None: ``sys.stdout``) is an interactive terminal; a closed or missing stream is not."""
-    stream = sys.stdout if stream is None else stream
-    try:
-        return bool(stream is not None and stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
 
 
 def _duration(seconds: float) -> str:
@@ -422,17 +416,24 @@ class LogProgressBar(ProgressBar):
 
 def progress_bar_callback(stream: TextIO | None = None) -> ProgressBar:
     """``RichProgressBar()`` when ``stream`` (default ``sys.stdout``) is a terminal, else ``LogProgressBar()``."""
-    return RichProgressBar() if _is_terminal(stream) else LogProgressBar(stream=stream)
+    return RichProgressBar() if is_terminal(stream) else LogProgressBar(stream=stream)
 
 
-def replace_progress_bar(callbacks: list[Any], stream: TextIO | None = None) -> list[Any]:
-    """A copy of ``callbacks`` in which every ``RichProgressBar`` / ``TQDMProgressBar`` (and subclass) is replaced by
-    a ``LogProgressBar`` when ``stream`` (default ``sys.stdout``) is not a terminal; other callbacks keep their place.
-    On a terminal the copy is unchanged. A list without a progress bar gets none (Lightning then adds its default,
-    a ``RichProgressBar``, unless ``enable_progress_bar=False``)."""
-    if _is_terminal(stream):
+def plain_for_log_files(callbacks: list[Any], stream: TextIO | None = None) -> list[Any]:
+    """A copy of ``callbacks`` for output that is not a terminal (``stream``, default ``sys.stdout``): every
+    ``RichProgressBar`` / ``TQDMProgressBar`` (and subclass) becomes a ``LogProgressBar``, and a
+    ``RichModelSummary`` becomes Lightning's plain ``ModelSummary`` of the same depth (a Rich table pads every line
+    to the console's width); other callbacks keep their place. On a terminal the copy is unchanged. A list without a
+    progress bar gets none (Lightning then adds its default, a ``RichProgressBar``, unless
+    ``enable_progress_bar=False``)."""
+    if is_terminal(stream):
         return list(callbacks)
-    return [
-        LogProgressBar(stream=stream) if isinstance(callback, (RichProgressBar, TQDMProgressBar)) else callback
-        for callback in callbacks
-    ]
+
+    def plain(callback: Any) -> Any:
+        if isinstance(callback, (RichProgressBar, TQDMProgressBar)):
+            return LogProgressBar(stream=stream)
+        if isinstance(callback, RichModelSummary):
+            return ModelSummary(max_depth=callback._max_depth)
+        return callback
+
+    return [plain(callback) for callback in callbacks]

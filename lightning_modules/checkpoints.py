@@ -259,3 +259,14 @@ def load_expert_set(specs: Sequence[CheckpointSpec], num_classes: int, option: s
     return ExpertSet(
         [load_module(i) for i in infos], [list(map(int, i.hparams["subset"])) for i in infos], [i.path for i in infos]
     )
+
+
+# Where callbacks.wandb_logging.SaveConfigToRun records the run's resolved config (YAML text) in a checkpoint.
+CONFIG_KEY = "suite_config"
+
+
+def checkpoint_entries(info: CheckpointInfo, keys: Sequence[str]) -> dict[str, Any]:
+    """The top-level entries ``keys`` of a checked checkpoint that it has (plain data: read with
+    ``weights_only=True``, memory-mapped, so no code runs and no weights are copied)."""
+    checkpoint = torch.load(info.path, map_location="cpu", mmap=True, weights_only=True)
+    return {key: checkpoint[key] for key in keys if key in checkpoint}

@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from test_collaborative_system import Checkpoints, shared_checkpoints
+from test_pipeline_wandb import offline_run_list
 
 from ask_the_expert.commands import evaluate
 from ask_the_expert.deploy.export import evaluate_for_export, load_export_models
@@ -113,7 +115,21 @@ def test_evaluate_val_in_process_then_refuses_to_overwrite(
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
     assert "already holds results" in err and "--force" in err and "Traceback" not in err
-    assert evaluate.main([*args, "--force", "true"]) == 0
+    # Replaced by an evaluation of another expert set (the static experts routed to).
+    assert evaluate.main([*args, "--experts", f"[{collab_checkpoints.static}]", "--force", "true"]) == 0
+
+    # Two evaluations of different expert sets, read back from their offline W&B files: distinct names and groups
+    # (split, partition size, a hash of the expert set), job type evaluate, both in OUT/wandb.
+    runs = offline_run_list(out)
+    assert [r["run"].job_type for r in runs] == ["evaluate", "evaluate"]
+    names = [r["run"].display_name for r in runs]
+    groups = [r["run"].run_group for r in runs]
+    assert len(set(names)) == 2 and len(set(groups)) == 2
+    for r in runs:
+        assert re.fullmatch(r"evaluate-val-4experts-[0-9a-f]{6}", r["run"].run_group)
+        assert r["run"].display_name == f"{r['run'].run_group}-{r['run'].run_id}"
+        assert {"evaluate", "val"} <= set(r["run"].tags)
+    assert {p.parent for p in out.rglob("offline-run-*")} == {out / "wandb"}
 
 
 def _empty_test_split(root: Path, source: Path) -> Path:

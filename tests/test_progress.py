@@ -12,7 +12,9 @@ import torch
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
+    ModelSummary,
     ProgressBar,
+    RichModelSummary,
     RichProgressBar,
     TQDMProgressBar,
 )
@@ -20,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import progress
-from callbacks.progress import LogProgressBar, progress_bar_callback, replace_progress_bar
+from callbacks.progress import LogProgressBar, plain_for_log_files, progress_bar_callback
 
 STEP_SECONDS = 7.0  # fake seconds each training / evaluation step takes
 BATCH = 4
@@ -204,7 +206,9 @@ def test_progress_bar_callback_follows_the_stream(capsys: pytest.CaptureFixture[
     assert type(progress_bar_callback()) is LogProgressBar  # capsys: stdout is not a terminal
 
 
-def test_replace_progress_bar_swaps_exactly_the_progress_bars(capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_for_log_files_swaps_exactly_the_progress_bars_and_rich_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     class CustomRich(RichProgressBar):
         pass
 
@@ -213,9 +217,10 @@ def test_replace_progress_bar_swaps_exactly_the_progress_bars(capsys: pytest.Cap
 
     checkpoint, monitor, own, log_bar = ModelCheckpoint(), LearningRateMonitor(), OwnBar(), LogProgressBar()
     callbacks = [checkpoint, RichProgressBar(), monitor, TQDMProgressBar(), CustomRich(), own, log_bar]
+    callbacks.append(RichModelSummary(max_depth=3))
     before = list(callbacks)
 
-    swapped = replace_progress_bar(callbacks)  # stdout is captured, so not a terminal
+    swapped = plain_for_log_files(callbacks)  # stdout is captured, so not a terminal
     assert callbacks == before  # the given list is left alone
     assert [type(callback) for callback in swapped] == [
         ModelCheckpoint,
@@ -225,9 +230,11 @@ def test_replace_progress_bar_swaps_exactly_the_progress_bars(capsys: pytest.Cap
         LogProgressBar,
         OwnBar,
         LogProgressBar,
+        ModelSummary,  # Rich's summary pads every line to the console's width
     ]
+    assert swapped[-1]._max_depth == 3
     assert swapped[0] is checkpoint and swapped[2] is monitor and swapped[5] is own and swapped[6] is log_bar
 
-    on_terminal = replace_progress_bar(callbacks, stream=FakeTerminal())
+    on_terminal = plain_for_log_files(callbacks, stream=FakeTerminal())
     assert on_terminal == before and on_terminal is not callbacks
-    assert replace_progress_bar([checkpoint]) == [checkpoint]  # no bar: none added
+    assert plain_for_log_files([checkpoint]) == [checkpoint]  # no bar: none added

@@ -14,8 +14,10 @@ import torch
 import yaml
 from conftest import CONFIG_DIR, REPO_ROOT, TrainedRun
 from fake_cifar100 import write_fake_cifar100
+from test_pipeline_wandb import offline_run_list
 
 from ask_the_expert.commands import train
+from ask_the_expert.utils.hashing import file_sha256
 from lightning_modules.classifier import ClassifierModule
 
 GENERALIST = str(CONFIG_DIR / "generalist.yaml")
@@ -54,6 +56,24 @@ def test_fit_writes_checkpoints_and_offline_wandb_run(tiny_generalist_run: Train
     run = tiny_generalist_run
     assert run.last_ckpt.is_file() and run.best_ckpt.is_file()
     saved = yaml.safe_load((run.wandb_run_dir / "files" / "cli_config.yaml").read_text())
+    # The same resolved config beside the checkpoints and inside each of them.
+    beside = yaml.safe_load((run.last_ckpt.parent / "config.yaml").read_text())
+    assert beside["model"] == saved["model"] and beside["data"] == saved["data"]
+    inside = torch.load(run.last_ckpt, map_location="cpu", weights_only=True)["suite_config"]
+    assert yaml.safe_load(inside)["model"] == saved["model"]
+    # The fit logged its best and last checkpoints as model artifacts that carry the files.
+    [fit] = offline_run_list(run.wandb_run_dir.parent)
+    assert re.fullmatch(rf"generalist-seed42-{fit['run'].run_id}", fit["run"].display_name)
+    assert re.fullmatch(r"generalist-[0-9a-f]{6}", fit["run"].run_group) and fit["run"].job_type == "train-generalist"
+    artifacts = {a["name"]: a for a in fit["artifacts"]}
+    assert artifacts == {
+        f"generalist-{file_sha256(run.best_ckpt)[:12]}": artifacts[f"generalist-{file_sha256(run.best_ckpt)[:12]}"],
+        f"generalist-{file_sha256(run.last_ckpt)[:12]}": artifacts[f"generalist-{file_sha256(run.last_ckpt)[:12]}"],
+    }
+    assert "best" in artifacts[f"generalist-{file_sha256(run.best_ckpt)[:12]}"]["aliases"]
+    assert set(artifacts[f"generalist-{file_sha256(run.last_ckpt)[:12]}"]["files"]) == {"last.ckpt"}
+    for a in artifacts.values():
+        assert a["type"] == "model" and all(ref == "" and size > 0 for ref, size, _ in a["files"].values())
     # --data.data_dir / --data.check_integrity are the CLI names (the fit read the re-packed fake folder).
     assert saved["data"]["init_args"]["data_dir"] == str(fake_cifar_root)
     assert saved["data"]["init_args"]["check_integrity"] is False
@@ -83,6 +103,38 @@ def test_validate_reproduces_the_best_checkpoints_val_acc(tiny_generalist_run: T
     recorded = float(re.search(r"acc([0-9.]+)\.ckpt$", tiny_generalist_run.best_ckpt.name).group(1))
     assert printed_metric(out, "val/acc") == pytest.approx(recorded, abs=5e-5)
     assert 0 <= printed_metric(out, "val/ece") <= 1
+
+
+def test_validate_rebuilds_the_run_from_the_checkpoint_alone_and_each_run_is_its_own(
+    tiny_generalist_run: TrainedRun, tmp_path: Path, capsys
+):
+    best = tiny_generalist_run.best_ckpt
+    recorded = float(re.search(r"acc([0-9.]+)\.ckpt$", best.name).group(1))
+    for _ in range(2):  # no config: model, data and trainer come from the checkpoint
+        argv = ["validate", "--ckpt_path", str(best), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+        code, out, err = run_cli(capsys, argv)
+        assert code == 0, err[-2000:]
+        assert printed_metric(out, "val/acc") == pytest.approx(recorded, abs=5e-5)  # the same model on the same split
+
+    # Two validate runs of one checkpoint, read back from their offline W&B files: two runs with their own names,
+    # one group named after the checkpoint (its sha256 prefix), job type validate-generalist, not the fit's run.
+    runs = offline_run_list(tmp_path)
+    assert [r["run"].job_type for r in runs] == ["validate-generalist", "validate-generalist"]
+    sha = file_sha256(best)
+    assert {r["run"].run_group for r in runs} == {f"validate-generalist-{sha[:6]}"}
+    assert len({r["run"].display_name for r in runs}) == 2
+    assert all(r["run"].display_name == f"validate-generalist-{sha[:6]}-{r['run'].run_id}" for r in runs)
+    fit_id = tiny_generalist_run.wandb_run_dir.name.rsplit("-", 1)[1]
+    assert fit_id not in {r["run"].run_id for r in runs}
+    assert all({"validate", "generalist", "e16-d1-h2"} <= set(r["run"].tags) for r in runs)
+
+
+def test_validate_without_a_model_needs_a_checkpoint_that_records_one(tmp_path: Path, capsys):
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"role": "generalist"}}, plain)  # no class recorded
+    code, out, err = run_cli(capsys, ["validate", "--ckpt_path", str(plain)])
+    assert_clean_error(code, out, err, "does not record which model class", "-c configs/")
+    assert not list(tmp_path.rglob("offline-run-*"))
 
 
 def test_test_subcommand_reports_test_acc(tiny_generalist_run: TrainedRun, tmp_path: Path, capsys):

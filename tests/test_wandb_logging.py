@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ask_the_expert.tracking import wandb_logger
 from ask_the_expert.tracking.wandb_logger import (
     SuiteWandbLogger,
     has_wandb_credentials,
@@ -87,8 +88,8 @@ def fit(logger: SuiteWandbLogger, max_epochs: int = 1, ckpt_path: str | None = N
 
 @pytest.fixture
 def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """No WANDB_* variables, HOME and NETRC in tmp_path (no credentials), wandb set up afresh; yields the output
-    folder for the run."""
+    """No WANDB_* variables, HOME and NETRC in tmp_path (no credentials), wandb set up afresh, as in a new process;
+    yields the output folder for the run."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -98,6 +99,7 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     for name in [name for name in os.environ if name.startswith("WANDB_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    monkeypatch.setattr(wandb_logger, "_online_failure", None)  # a fresh process: no online start failed yet
     wandb.teardown()  # forget the settings read from the environment of earlier tests
     yield tmp_path / "out"
     if wandb.run is not None:
@@ -145,6 +147,33 @@ def test_online_without_network_falls_back_to_offline_in_bounded_time(
     assert wandb_run_id_from_checkpoint(last) == run_id
 
 
+def test_the_offline_fallback_is_decided_once_per_process(
+    wandb_env: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # a key, but no network
+    init_timeout = 3.0
+    first = SuiteWandbLogger(save_dir=str(wandb_env), mode="online", init_timeout=init_timeout)
+    first.experiment.log({"x": 1.0})
+    wandb.finish()  # the first run of the process (say, stage 0 of ate-train-experts) ends
+    started = time.monotonic()
+    second = SuiteWandbLogger(save_dir=str(wandb_env), mode="online", init_timeout=init_timeout)
+    second.experiment.log({"x": 2.0})
+    took = time.monotonic() - started
+    err = capfd.readouterr().err
+
+    assert first.run_mode == second.run_mode == "offline" and first.version != second.version
+    assert took < init_timeout, took  # the second run did not wait for the server again
+    [line] = fallback_lines(err)  # only the first run tried and gave up
+    assert "gave up after" in line
+    [again] = [x for x in err.splitlines() if "an online start failed earlier in this process" in x]
+    assert "CommError" in again and "logging offline into" in again
+    assert len(offline_runs(wandb_env)) == 2
+    wandb.finish()
+    # require_online still asks the server itself, and fails with its own reason.
+    with pytest.raises(SuiteError, match="require_online is set"):
+        _ = SuiteWandbLogger(save_dir=str(wandb_env), mode="online", init_timeout=1.0, require_online=True).experiment
+
+
 def test_online_without_key_falls_back_to_offline(wandb_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not has_wandb_credentials()
     logger = SuiteWandbLogger(save_dir=str(wandb_env), mode="online", init_timeout=3.0)
@@ -153,6 +182,17 @@ def test_online_without_key_falls_back_to_offline(wandb_env: Path, capsys: pytes
     assert "No API key configured" in line, line
     assert logger.run_mode == "offline"
     assert [path.name.split("-")[-1] for path in offline_runs(wandb_env)] == [logger.version]
+
+
+def test_an_offline_run_says_one_line_and_no_wandb_banner(wandb_env: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    logger = SuiteWandbLogger(save_dir=str(wandb_env), mode="offline")
+    fit(logger)
+    logger.experiment.finish()
+    out, err = capfd.readouterr()
+    # The logger's own line says where the run is and how to upload it; wandb's banner and summary would repeat it.
+    assert [line for line in err.splitlines() if line.startswith("W&B: logging offline")], err
+    assert not [line for line in (out + err).splitlines() if line.startswith("wandb: ") and "WARNING" not in line]
+    assert len(offline_runs(wandb_env)) == 1
 
 
 def test_require_online_is_a_suite_error_and_writes_nothing(

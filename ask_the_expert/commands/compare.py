@@ -81,6 +81,7 @@ from ask_the_expert.utils.atomic import atomic_folder
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.log_output import log_console
 from ask_the_expert.utils.outputs import check_output_path, check_replaceable, output_lock
 
 Key = tuple[str, int, str]
@@ -643,9 +644,9 @@ def compare(
             )
         check_replaceable(out_dir, MARKER, "--out", "comparison results")
         rows, loaded = _compare(out_dir, runs, names, policies, bootstrap, seed, random_seed, wandb_runs, family, alpha)
-    console = Console()
+    console = log_console()
     for table in rich_comparison(rows, loaded, alpha):
-        (console if console.is_terminal else Console(width=200)).print(table)
+        console.print(table)
     Console(stderr=True).print(f"Comparison written to {out_dir}", highlight=False)
     return rows
 

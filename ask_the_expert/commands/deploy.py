@@ -107,29 +107,25 @@ def export(
 
 
 def log_export_run(options: WandbOptions, out: str, manifest: dict) -> None:
-    """A W&B run (job type export) with lineage: the checkpoints it read in, the bundle it wrote out."""
+    """A W&B run (job type export) with lineage: the checkpoints it read in, the bundle it wrote out. Its folder is
+    the bundle's parent (the bundle holds only its own files); named and grouped by the number of experts and a
+    hash of the checkpoints and the routing (ask_the_expert.tracking.run_identity)."""
     from ask_the_expert.tracking.artifacts import log_bundle_artifact, use_checkpoints
-    from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
+    from ask_the_expert.tracking.run_identity import command_identity, new_run_id
+    from ask_the_expert.tracking.wandb_logger import command_logger
 
-    if resolve_wandb_mode(options.mode) == "disabled":
+    folder, sources, run_id = Path(out), manifest["sources"], new_run_id()
+    checkpoints = [sources["generalist"]["checkpoint"], *(e["checkpoint"] for e in sources["experts"])]
+    shas = [sources["generalist"]["sha256"], *(e["sha256"] for e in sources["experts"])]
+    words = ["export", f"{len(sources['experts'])}experts"]
+    identity = command_identity(words, [shas, manifest["routing"]], run_id, options.preset)
+    logger = command_logger(options, folder.resolve().parent, identity, run_id, job_type="export", tags=["export"])
+    if logger is None:
         return
-    folder = Path(out)
-    logger = SuiteWandbLogger(
-        project=options.project,
-        save_dir=str(folder.parent),
-        name=options.name or f"export-{folder.name}",
-        group=options.group or "export",
-        job_type="export",
-        tags=["export", *options.tags],
-        mode=options.mode,
-        require_online=options.require_online,
-    )
     run = logger.experiment
-    sources = manifest["sources"]
     run.config.update({"used": {"routing": manifest["routing"], "sources": sources}}, allow_val_change=True)
-    use_checkpoints(run, {"generalist": sources["generalist"]["checkpoint"],
-                          "experts": [e["checkpoint"] for e in sources["experts"]]})  # fmt: skip
-    log_bundle_artifact(run, folder, f"bundle-{folder.name}")
+    use_checkpoints(run, {"generalist": checkpoints[0], "experts": checkpoints[1:]})
+    log_bundle_artifact(run, folder)
     run.finish()
 
 

@@ -13,7 +13,9 @@ that is assessed; with ``--split test`` test is assessed. The findings open with
 ``--primary.*`` (Holm-corrected); every other comparison is exploratory. Outputs: ``OUT/<split>/curves.csv``,
 ``summary.json``, ``records.csv`` (every sample, with its ``part``) and ``plots/*.png`` for each evaluated split (each
 folder written under a temporary name and renamed when complete, ``complete.json`` inside it last), plus the W&B run
-under ``OUT/wandb``. Bad input ends with a one-paragraph message and exit code 2.
+under ``OUT/wandb`` (``--wandb.dir`` or ``WANDB_DIR`` elsewhere), named and grouped by the split, the number of experts
+and a hash of the checkpoints and options (ask_the_expert.tracking.run_identity). Bad input ends with a one-paragraph
+message and exit code 2.
 """
 
 from __future__ import annotations
@@ -38,14 +40,17 @@ from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.stats import MIN_RESAMPLES
 from ask_the_expert.results.evaluation_outputs import COMPLETE_FILE, is_complete
 from ask_the_expert.tracking.artifacts import use_checkpoints
-from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
+from ask_the_expert.tracking.run_identity import command_identity, new_run_id
+from ask_the_expert.tracking.wandb_logger import command_logger
 from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.fingerprint import fingerprint
+from ask_the_expert.utils.hashing import file_sha256
 from ask_the_expert.utils.options import DataOptions, WandbOptions
 from ask_the_expert.utils.outputs import check_output_path, check_replaceable, output_lock
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
+from callbacks.progress import progress_bar_callback
 from datamodules.cifar100 import evaluation_datamodule
 from lightning_modules.collaborative import CollaborativeSystem
 from lightning_modules.precision import resolve_precision
@@ -184,7 +189,7 @@ def evaluate(
         selection: how val is split, stratified by fine class: the assessment share (val-only evaluations), the
             share that fits the learned deferral rule, the seed; the rest of val chooses.
         force: replace the results already in --out.
-        wandb: the W&B run (mode, project, name, group, tags, require_online).
+        wandb: the W&B run (mode, project, name, group, tags, require_online, preset, dir).
         accelerator: Lightning accelerator: auto, cpu, gpu, ...
         devices: Lightning devices (e.g. 4 or -1 for DDP).
         precision: Lightning precision, e.g. bf16-mixed.
@@ -243,25 +248,29 @@ def evaluate(
         holdout=selection,
         assess_on_val=split == "val",
     )
-    logger = None
-    if resolve_wandb_mode(wandb.mode) != "disabled":
-        logger = SuiteWandbLogger(
-            project=wandb.project,
-            save_dir=str(out_dir),
-            name=wandb.name or f"evaluate-{split}",
-            group=wandb.group or "evaluate",
-            job_type="evaluate",
-            tags=["evaluate", split, *wandb.tags],
-            mode=wandb.mode,
-            require_online=wandb.require_online,
-        )
+    run_id = new_run_id()
+    options = {
+        "split": split, "k": k_values, "confidence": measures, "temperature": temperature, "rule": rule, "gap": gap,
+        "budget": budget, "profiles": [p.name for p in loaded_profiles], "random_seed": random_seed,
+        "reference": reference, "val_size": data.val_size, "split_seed": data.split_seed,
+    }  # fmt: skip
+    hashes = sorted(file_sha256(path) for paths in checkpoints.values() for path in paths)
+    words = ["evaluate", split, f"{len(checkpoints['experts'])}experts"]
+    logger = command_logger(
+        wandb,
+        out_dir,
+        command_identity(words, [hashes, options], run_id, wandb.preset),
+        run_id,
+        job_type="evaluate",
+        tags=["evaluate", split],
+    )
     with refused_trainer_settings("--accelerator, --devices and --precision"):
         trainer = Trainer(
             accelerator=accelerator,
             devices=devices,
             precision=resolve_precision(precision, accelerator),
             logger=logger or False,
-            callbacks=[callback],
+            callbacks=[callback, progress_bar_callback()],
             default_root_dir=str(out_dir),
             enable_checkpointing=False,
             enable_model_summary=False,

@@ -25,11 +25,12 @@ reruns named steps. Per seed ``s`` the training seed and the train/val split see
     OUT/seed_<s>/bundle/                                                        (ate-deploy export)
     OUT/report.md, OUT/summary.json, OUT/plots/                                 (across seeds)
 
-The report step also logs a W&B run of its own (job type ``pipeline``, group the preset): the configuration and,
-per policy, k and confidence measure, every scalar of the evaluation as the mean across seeds, keyed
-``<split>/<policy>/k<k>/<measure>/<scalar>``, and the findings. Under a W&B sweep agent this run is the sweep's
-trial (configs/sweeps/), each trial writes under ``OUT/sweep-<sweep id>/<run id>``, and the steps' own runs do not
-take the trial's id.
+The report step also logs a W&B run of its own (job type ``pipeline``, group ``<preset>-pipeline-<configuration
+hash>``): the configuration and, per policy, k and confidence measure, every scalar of the evaluation as the mean
+across seeds, under the evaluation runs' own names (``collab_<split>/<policy>/k<k>/<measure>/<scalar>``,
+ask_the_expert.results.evaluation_outputs.scalar_metric), and the findings. Under a W&B sweep agent this run is the
+sweep's trial (configs/sweeps/), each trial writes under ``OUT/sweep-<sweep id>/<run id>``, and the steps' own runs do
+not take the trial's id. Every W&B run of the pipeline (all seeds, all steps) is under ``OUT/wandb``.
 
 Bad input or a missing step input ends with a one-paragraph message and exit code 2, before anything is written.
 """
@@ -44,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -54,13 +56,14 @@ from rich.console import Console
 
 from ask_the_expert.commands import evaluate
 from ask_the_expert.commands.deploy import export as export_command
-from ask_the_expert.commands.pipeline_steps import STEPS, SeedRun, data_file_names
+from ask_the_expert.commands.pipeline_steps import CONFIGURATION_KEYS, STEPS, SeedRun, data_file_names, pipeline_hash
 from ask_the_expert.commands.train import TrainingRun
 from ask_the_expert.method.costs import load_profile
 from ask_the_expert.method.stages import BASELINE_VARIANTS, Variant
-from ask_the_expert.results.evaluation_outputs import SCALAR_KEY, pipeline_scalar_metric, plot_files
+from ask_the_expert.results.evaluation_outputs import SCALAR_KEY, plot_files, scalar_metric
 from ask_the_expert.results.report_markdown import render_markdown, report_summary
-from ask_the_expert.tracking.wandb_logger import SuiteWandbLogger, resolve_wandb_mode
+from ask_the_expert.tracking.run_identity import command_identity, new_run_id
+from ask_the_expert.tracking.wandb_logger import command_logger
 from ask_the_expert.utils.atomic import atomic_folder, write_json_atomic, write_text_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
 from ask_the_expert.utils.config_files import find_config
@@ -157,7 +160,8 @@ def write_report(opts: Namespace, runs: list[SeedRun], argv: Sequence[str], swee
 
 
 def mean_scalars(results: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Every evaluation scalar as the mean across seeds, by ``pipeline_scalar_metric``."""
+    """Every evaluation scalar as the mean across seeds, under the name the evaluation runs log it with
+    (ask_the_expert.results.evaluation_outputs.scalar_metric), so that both share a W&B panel."""
     values: dict[str, list[float]] = {}
     for r in results:
         evaluation = r["evaluation"]
@@ -165,7 +169,7 @@ def mean_scalars(results: Sequence[dict[str, Any]]) -> dict[str, float]:
             curve = (evaluation["split"], *(row[c] for c in SCALAR_KEY))
             for key, value in row.items():
                 if key not in SCALAR_KEY and isinstance(value, int | float):
-                    values.setdefault(pipeline_scalar_metric(*curve, key), []).append(float(value))
+                    values.setdefault(scalar_metric(*curve, key), []).append(float(value))
     return {key: float(np.mean(v)) for key, v in values.items() if len(v) == len(results)}
 
 
@@ -173,26 +177,20 @@ def log_summary_run(
     opts: Namespace, results: Sequence[dict[str, Any]], summary: dict[str, Any], sweep: dict[str, str]
 ) -> None:
     """The pipeline's own W&B run: its configuration, the mean scalars and the findings (the module docstring)."""
-    options = opts.wandb
-    if resolve_wandb_mode(options.mode) == "disabled":
-        return
     # Under a sweep agent this run is the trial. The ids go in explicitly: wandb read its environment when the
     # steps' runs started (without them) and ignores later changes to it in this process.
     trial = {"sweep_id": sweep.get("WANDB_SWEEP_ID"), "sweep_param_path": sweep.get("WANDB_SWEEP_PARAM_PATH")}
-    logger = SuiteWandbLogger(
-        id=sweep.get("WANDB_RUN_ID"),
+    run_id = sweep.get("WANDB_RUN_ID") or new_run_id()
+    options = replace(opts.wandb, preset=opts.wandb.preset or opts.preset)
+    identity = command_identity(["pipeline"], pipeline_hash(opts), run_id, options.preset)
+    logger = command_logger(
+        options, opts.out, identity, run_id, job_type="pipeline", tags=["pipeline", opts.preset, opts.split],
         settings={k: v for k, v in trial.items() if v},
-        project=options.project,
-        save_dir=str(opts.out),
-        name=options.name or f"pipeline-{opts.preset}",
-        group=options.group or opts.preset,
-        job_type="pipeline",
-        tags=["pipeline", opts.preset, opts.split, *options.tags],
-        mode=options.mode,
-        require_online=options.require_online,
-    )
+    )  # fmt: skip
+    if logger is None:
+        return
     run = logger.experiment
-    keys = ("preset", "seeds", "split", "generalist", "common", "experts_config", "variants", "progressive_overrides")
+    keys = ("seeds", *CONFIGURATION_KEYS)
     settings = {k: vars(v) if isinstance(v, TrainingRun) else v for k, v in ((k, opts[k]) for k in keys)}
     run.config.update(settings | {"header": summary["header"]}, allow_val_change=True)
     run.summary.update(mean_scalars(results))

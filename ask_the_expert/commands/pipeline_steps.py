@@ -26,6 +26,8 @@ from ask_the_expert.commands.train import TrainingRun, data_overrides, finished_
 from ask_the_expert.method.cifar100_classes import NUM_CLASSES
 from ask_the_expert.method.stages import BASELINE_VARIANTS
 from ask_the_expert.results.evaluation_outputs import is_complete, read_summary
+from ask_the_expert.tracking.run_identity import short_hash
+from ask_the_expert.tracking.wandb_logger import wandb_dir
 from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.fingerprint import fingerprint
@@ -46,6 +48,20 @@ TRAINING_CODE = (
     "datamodules.expert_data",
     "ask_the_expert.tracking.wandb_logger",
 )
+
+# What a pipeline is, for the W&B groups of its steps and of its summary run: every option but the seeds, the folders
+# and the W&B options (and the evaluate and export options, in pipeline_hash).
+CONFIGURATION_KEYS = (
+    "preset", "split", "generalist", "common", "experts_config", "variants", "progressive_overrides",
+)  # fmt: skip
+
+
+def pipeline_hash(opts: Namespace) -> str:
+    """A short hash of the pipeline's configuration (CONFIGURATION_KEYS and the evaluate and export options but
+    their W&B options): the seeds of one configuration share it, another configuration (a sweep trial) does not."""
+    steps = {c: {k: v for k, v in vars(opts[c]).items() if k != "wandb"} for c in ("evaluate", "export")}
+    settings = {k: vars(v) if isinstance(v, TrainingRun) else v for k, v in ((k, opts[k]) for k in CONFIGURATION_KEYS)}
+    return short_hash({**settings, **steps})
 
 
 def data_file_names(split: str) -> list[str]:
@@ -91,8 +107,8 @@ class SeedRun:
         own = {
             "seed_everything": self.seed,
             **data_overrides(self.data),
-            "trainer.logger.init_args.save_dir": str(self.root),
-            "trainer.logger.init_args.group": f"{self.opts.preset}-seed{self.seed}",
+            "trainer.logger.init_args.save_dir": wandb_dir(self.opts.out),
+            "trainer.logger.init_args.preset": self.opts.preset,
         }
         return TrainingRun(overrides=own).then(self.opts.common)
 
@@ -115,10 +131,14 @@ class SeedRun:
         return job
 
     def command_kwargs(self, command: str) -> dict[str, Any]:
-        """The ``--<command>.*`` options, with the W&B run named and grouped by preset and seed unless set."""
+        """The ``--<command>.*`` options; the W&B run in the pipeline's folder, its name starting with the preset,
+        and grouped across the seeds by the step and the pipeline's configuration (unless set)."""
         kwargs = dict(vars(self.opts[command]))
-        wandb, group = kwargs["wandb"], f"{self.opts.preset}-seed{self.seed}"
-        kwargs["wandb"] = replace(wandb, name=wandb.name or f"{command}-{group}", group=wandb.group or group)
+        wandb = kwargs["wandb"]
+        group = wandb.group or f"{self.opts.preset}-{command}-{pipeline_hash(self.opts)}"
+        kwargs["wandb"] = replace(
+            wandb, group=group, preset=wandb.preset or self.opts.preset, dir=wandb.dir or wandb_dir(self.opts.out)
+        )
         return kwargs
 
     def check_training_arguments(self) -> None:

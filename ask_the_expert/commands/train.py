@@ -4,6 +4,12 @@ checkout).
     ate-train fit -c configs/generalist.yaml
     ate-train fit -c configs/generalist.yaml -c configs/trainer/gpu.yaml --data.data_dir data
     ate-train validate -c configs/generalist.yaml --ckpt_path runs/.../checkpoints/last.ckpt
+    ate-train validate --ckpt_path runs/.../checkpoints/last.ckpt [--data.data_dir data]
+
+Without a model config (no ``-c`` file with a ``model:`` section, no ``--model.*``), ``validate`` and ``test``
+rebuild the run from the checkpoint alone: the model and data from the hyperparameters Lightning recorded in it,
+the trainer from the resolved config the fit recorded in it (callbacks.wandb_logging.SaveConfigToRun; the same
+config is ``config.yaml`` beside a fit's checkpoints); later ``-c`` files and options still apply.
 
 A ``-c configs/...`` file that is not in the working directory is the suite's own (ask_the_expert.utils.config_files).
 
@@ -28,27 +34,33 @@ from pathlib import Path
 from typing import Any
 
 import wandb
+import yaml
 from jsonargparse import ActionConfigFile
 from lightning import Callback, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import WandbLogger
 
 from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.tracking.artifacts import log_checkpoint
-from ask_the_expert.tracking.run_identity import run_identity
-from ask_the_expert.tracking.wandb_logger import wandb_run_from_checkpoint
-from ask_the_expert.utils.atomic import remove_abandoned, temporary_sibling, write_json_atomic
+from ask_the_expert.tracking.run_identity import new_run_id, training_identity
+from ask_the_expert.tracking.wandb_logger import wandb_dir, wandb_run_from_checkpoint
+from ask_the_expert.utils.atomic import remove_abandoned, temporary_sibling, write_json_atomic, write_text_atomic
 from ask_the_expert.utils.cli import run_command
 from ask_the_expert.utils.config_files import SuiteConfigFile, find_config
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.fingerprint import cached_sha256, fingerprint
 from ask_the_expert.utils.hashing import file_sha256
 from ask_the_expert.utils.options import DataOptions
-from callbacks.progress import replace_progress_bar
-from callbacks.wandb_logging import SaveConfigToRun
-from lightning_modules.checkpoints import read_checkpoint, require_architecture, require_split
+from callbacks.progress import plain_for_log_files
+from callbacks.wandb_logging import LogCheckpointArtifacts, SaveConfigToRun, config_beside, wandb_runs
+from lightning_modules.checkpoints import (
+    CONFIG_KEY,
+    checkpoint_entries,
+    read_checkpoint,
+    require_architecture,
+    require_split,
+)
 from lightning_modules.precision import resolve_precision
 
 
@@ -77,13 +89,23 @@ class SuiteCLI(LightningCLI):
     """LightningCLI with the suite's config saving and input checks; model and data are chosen by ``class_path``.
 
     Also: a bf16 precision on a CPU without native bf16 trains in fp32 (lightning_modules/precision.py); the W&B
-    run's name, group, job type and tags are derived from the model when the config leaves them unset
-    (ask_the_expert.tracking.run_identity); a fit resumed with ``--ckpt_path`` continues the checkpoint's W&B run; and
-    when the output is a log file rather than a terminal, the rich progress bar becomes plain periodic progress lines.
+    run's name, group, job type and tags are derived from the subcommand and the model when the config leaves them
+    unset (ask_the_expert.tracking.run_identity), and its folder is ``wandb_folder`` or the trainer's
+    ``default_root_dir`` (ask_the_expert.tracking.wandb_logger.wandb_dir); a fit resumed with ``--ckpt_path``
+    continues the checkpoint's W&B run and logs its best and last checkpoints as model artifacts; validate and test
+    without a model config rebuild the run from the checkpoint; and when the output is a log file rather than a
+    terminal, the rich progress bar becomes plain periodic progress lines.
     """
 
-    def __init__(self, args: list[str] | None = None, run: bool = True, exit_on_error: bool = True) -> None:
+    def __init__(
+        self,
+        args: list[str] | None = None,
+        run: bool = True,
+        exit_on_error: bool = True,
+        wandb_folder: str | None = None,
+    ) -> None:
         # exit_on_error=False: a bad argument raises (for commands that check the runs they will start).
+        self.wandb_folder = wandb_folder
         super().__init__(
             parser_kwargs={"exit_on_error": exit_on_error, "prog": "ate-train"},
             parser_class=SuiteArgumentParser,
@@ -95,6 +117,17 @@ class SuiteCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        given = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        recorded = config_from_checkpoint(given)
+        if recorded is None:
+            super().parse_arguments(parser, args)
+            return
+        with warnings.catch_warnings():  # Lightning warns that sys.argv is ignored for ``args``: they are the same
+            warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+            # The checkpoint's run first: every -c file and option after it still applies.
+            super().parse_arguments(parser, [given[0], "--config", recorded, *given[1:]])
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would replace the --model.* values with the checkpoint's hyperparameters, silently ignoring
@@ -113,16 +146,27 @@ class SuiteCLI(LightningCLI):
         logger = trainer.get("logger")
         if not (hasattr(logger, "class_path") and logger.class_path.endswith("SuiteWandbLogger")):
             return
-        args, model = logger.init_args, config.model
-        derived = run_identity(model.class_path, vars(model.init_args), config.get("seed_everything"))
+        args, model, data = logger.init_args, config.model, config.get("data")
+        subcommand = self.subcommand or "fit"  # run=False: ate-train-experts' fits
+        ckpt_path = config.get("ckpt_path")
+        readable = ckpt_path is not None and Path(ckpt_path).is_file()
+        if args.get("id") is None:
+            resumed = wandb_run_from_checkpoint(ckpt_path) if subcommand == "fit" and readable else None
+            args["id"] = resumed["run_id"] if resumed else new_run_id()
+        derived = training_identity(
+            subcommand,
+            vars(model.init_args),
+            vars(data.init_args) if data is not None and data.get("init_args") else {},
+            config.get("seed_everything"),
+            args["id"],
+            args.get("preset"),
+            file_sha256(ckpt_path) if subcommand != "fit" and readable else None,
+        )
         for key, value in derived.items():
             if args.get(key) is None:
                 args[key] = value
-        ckpt_path = config.get("ckpt_path")
-        if self.subcommand == "fit" and ckpt_path and args.get("id") is None:
-            run = wandb_run_from_checkpoint(ckpt_path)
-            if run is not None:
-                args["id"] = run["run_id"]
+        if args.get("save_dir") is None:
+            args["save_dir"] = self.wandb_folder or wandb_dir(trainer.get("default_root_dir") or ".")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Lightning settles on a progress bar in the Trainer's constructor, so the swap happens here; with
@@ -130,7 +174,9 @@ class SuiteCLI(LightningCLI):
         every = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar") is False:
             every = [c for c in every if not isinstance(c, ProgressBar)]
-        config["callbacks"] = replace_progress_bar(every)
+        if self.subcommand == "fit":
+            every.append(LogCheckpointArtifacts())
+        config["callbacks"] = plain_for_log_files(every)
         with refused_trainer_settings("the --trainer.* settings"):
             return super()._instantiate_trainer(config, [])
 
@@ -171,6 +217,61 @@ class SuiteCLI(LightningCLI):
         self.check_inputs()
 
 
+def config_from_checkpoint(args: list[str]) -> str | None:
+    """For ``validate`` / ``test`` with ``--ckpt_path`` and no model configured (no ``--model*`` option, no ``-c``
+    file with a ``model`` section): the run the checkpoint records, as a YAML config (model and data from the
+    hyperparameters Lightning saved, the trainer from the config the fit recorded, its W&B identity left to be
+    derived anew); else None."""
+    if not args or args[0] not in ("validate", "test"):
+        return None
+    options = dict(_option_values(args[1:]))
+    configs = [value for name, value in _option_values(args[1:]) if name in ("-c", "--config")]
+    if "--ckpt_path" not in options or any(name.startswith("--model") for name in options):
+        return None
+    if any("model" in (_read_yaml(find_config(c)) or {}) for c in configs):
+        return None
+    ckpt_path = options["--ckpt_path"]
+    if ckpt_path in ("last", "best", "hpc") or not Path(ckpt_path).is_file():
+        return None  # Lightning's names and missing files: the usual checks say what is wrong
+    info = read_checkpoint(ckpt_path, "--ckpt_path")
+    entries = checkpoint_entries(info, ["datamodule_hyper_parameters", CONFIG_KEY])
+    recorded = yaml.safe_load(entries.get(CONFIG_KEY) or "{}") or {}
+    out: dict[str, Any] = {key: recorded[key] for key in ("seed_everything",) if key in recorded}
+    if isinstance(recorded.get("trainer"), dict):
+        out["trainer"] = recorded["trainer"]
+        logger = out["trainer"].get("logger")
+        if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
+            for key in ("name", "group", "job_type", "tags", "id"):  # this run's own, derived again
+                logger["init_args"].pop(key, None)
+    for key, hparams in (("model", info.hparams), ("data", entries.get("datamodule_hyper_parameters"))):
+        hparams = {k: v for k, v in dict(hparams or {}).items() if k != "_instantiator"}
+        if "_class_path" in hparams:
+            out[key] = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
+    if "model" not in out:
+        raise SuiteError(
+            f"--ckpt_path {ckpt_path!r} does not record which model class it holds (it was not written by ate-train), "
+            "and no model is configured. Pass the config it was trained with: -c configs/... or --model.* options."
+        )
+    return yaml.safe_dump(out, sort_keys=False)
+
+
+def _option_values(args: list[str]) -> list[tuple[str, str]]:
+    """(option, value) pairs of ``--name value`` and ``--name=value`` arguments."""
+    pairs = []
+    for i, arg in enumerate(args):
+        if arg.startswith("-"):
+            name, eq, value = arg.partition("=")
+            pairs.append((name, value if eq else (args[i + 1] if i + 1 < len(args) else "")))
+    return pairs
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # the parser reports an unreadable config file itself
+
+
 # ---------------------------------------------------------------------------------- runs built by other commands
 @dataclass
 class TrainingRun:
@@ -206,14 +307,14 @@ def data_overrides(data: DataOptions) -> dict[str, Any]:
     return {f"data.{name}": getattr(data, name) for name in ("data_dir", "check_integrity", "val_size", "split_seed")}
 
 
-def suite_cli(cli_args: list[str], what: str = "this run") -> SuiteCLI:
-    """This CLI, configured from ``cli_args`` and instantiated, without running a subcommand: a bad argument is a
-    SuiteError naming ``what``."""
+def suite_cli(cli_args: list[str], what: str = "this run", wandb_folder: str | None = None) -> SuiteCLI:
+    """This CLI, configured from ``cli_args`` and instantiated, without running a subcommand (its W&B runs in
+    ``wandb_folder`` unless the arguments name one): a bad argument is a SuiteError naming ``what``."""
     with warnings.catch_warnings():
         # LightningCLI warns that sys.argv is ignored in favour of ``args``, which is the point here.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         try:
-            return SuiteCLI(args=cli_args, run=False, exit_on_error=False)
+            return SuiteCLI(args=cli_args, run=False, exit_on_error=False, wandb_folder=wandb_folder)
         except argparse.ArgumentError as err:
             raise SuiteError(
                 f"The arguments of {what} are not accepted: {' '.join(str(err).split())} Fix the config or the "
@@ -251,13 +352,18 @@ def reusable(target: Path, record: Mapping[str, Any]) -> str | None:
 
 
 def run_training(
-    cli_args: list[str], target: Path, test: bool, inputs: Mapping[str, Path] | None = None
+    cli_args: list[str],
+    target: Path,
+    test: bool,
+    inputs: Mapping[str, Path] | None = None,
+    wandb_folder: str | None = None,
 ) -> dict[str, float]:
     """Fit (and test) one model through SuiteCLI; its final checkpoint lands at ``target`` only when complete, with
     its metrics beside it (``target`` with ``.json``, also holding ``run``: the ``run_record`` of ``cli_args`` and
-    ``inputs`` and the checkpoint's sha256) and, when logged to W&B, as the run's model artifact."""
+    ``inputs`` and the checkpoint's sha256), its resolved config (``<name>.config.yaml``) and, when logged to W&B,
+    as the run's ``model`` artifact."""
     record = run_record(cli_args, test, inputs or {})
-    cli = suite_cli(cli_args)
+    cli = suite_cli(cli_args, wandb_folder=wandb_folder)
     cli.check_inputs()
     trainer = cli.trainer
     began = time.perf_counter()
@@ -278,10 +384,10 @@ def run_training(
         if trainer.is_global_zero:
             metrics["run"] = {"fingerprint": record["fingerprint"], "checkpoint_sha256": file_sha256(tmp)}
             write_json_atomic(target.with_suffix(".json"), metrics, sort_keys=True)
+            write_text_atomic(config_beside(target), cli.parser.dump(cli.config, skip_none=False))
             os.replace(tmp, target)  # last: the checkpoint's presence means the run is complete
-            for logger in trainer.loggers:  # the checkpoint as the run's model artifact (a reference, not a copy)
-                if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
-                    log_checkpoint(logger.experiment, target, cli.model.hparams)
+            for run in wandb_runs(trainer):
+                log_checkpoint(run, target, cli.model.hparams)
     finally:
         tmp.unlink(missing_ok=True)
     if wandb.run is not None:  # the next run in this process must start its own W&B run

@@ -66,6 +66,7 @@ from ask_the_expert.commands.train import (
 from ask_the_expert.method.splits import DataSplit
 from ask_the_expert.method.stages import EXPERT_VARIANTS, Variant, schedule_steps, static_step_budget
 from ask_the_expert.method.subsets import parse_partition_spec, save_partition
+from ask_the_expert.tracking.wandb_logger import wandb_dir
 from ask_the_expert.utils.atomic import write_json_atomic
 from ask_the_expert.utils.cli import SuiteParser, run_command
 from ask_the_expert.utils.errors import SuiteError
@@ -158,6 +159,7 @@ class Job:
         self.job = job
         self.data = data
         self.out = Path(job.out)
+        self.wandb_folder = wandb_dir(self.out)  # every run of the job logs under <out>/wandb
         self.subsets = parse_partition_spec(job.partition)
         self.partition_file = self.out / "partition.json"
         self.base_checkpoint = self.out / "base" / "base.ckpt"
@@ -279,7 +281,7 @@ class Job:
         args = self.run_args(kind, j)
         for budget in (a.split("=", 1)[1] for a in args if a.startswith("--model.static_steps=")):
             console.print(f"{kind} expert {j}: budget {budget} optimizer steps")
-        run_training(args, target, self.job.test, self.inputs(kind))
+        run_training(args, target, self.job.test, self.inputs(kind), self.wandb_folder)
 
     def train_base(self) -> None:
         if self.pending("base", 0, "stage 0"):

@@ -302,6 +302,10 @@ def read_evaluation(folder: Path) -> EvaluationResults:
 
 # ------------------------------------------------------------------------------------------------ W&B metric names
 # Every name an evaluation logs is built here, from what it is; readers build the names they look for the same way.
+# One scheme for every writer: the evaluation callback and ate-evaluate (wandb_payload), the pipeline's summary run
+# (the mean across seeds under the same scalar_metric names), a sweep's objective (configs/sweeps/) and
+# ate-compare --wandb_runs; so one metric shares a W&B panel across all of them. Apart from the training runs' own
+# val/... metrics and the forward counts, every name starts with collab_<split>/.
 def metric_prefix(split: str) -> str:
     """The namespace of one evaluated split: ``collab_<split>``."""
     return f"collab_{split}"
@@ -340,12 +344,6 @@ def operating_point_metric(split: str, point: Mapping[str, Any], column: str) ->
     ``collab_<split>/operating_point/<policy>/k<k>/<measure>/<profile or no_profile>/<column>``."""
     where = f"{point['policy']}/k{point['k']}/{point['confidence']}/{point['profile'] or 'no_profile'}"
     return f"{metric_prefix(split)}/operating_point/{where}/{column}"
-
-
-def pipeline_scalar_metric(split: str, policy: str, k: int, measure: str, scalar: str) -> str:
-    """A scalar of the pipeline's summary run (mean across seeds): ``<split>/<policy>/k<k>/<measure>/<scalar>``
-    (the objective of the W&B sweeps, configs/sweeps/)."""
-    return f"{split}/{policy}/k{k}/{measure}/{scalar}"
 
 
 # W&B curves: every curve resampled on offload levels 0, 1, ..., 100 % (history rows against this step metric).

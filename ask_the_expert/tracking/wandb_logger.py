@@ -5,6 +5,13 @@
   line on stderr that says why and how to upload the run later, unless ``require_online`` asks for an error.
 - Empty or unparsable ``WANDB_*`` environment variables are removed before wandb reads them (see
   ``sanitize_wandb_environment``), so a bad variable never ends a run with a wandb traceback.
+- The fallback is decided once per process: after one online start failed, every later run of the process (the
+  experts of ate-train-experts, the steps of ate-pipeline) logs offline at once instead of waiting out
+  ``init_timeout`` again.
+- Where the runs go (one rule, ``wandb_dir``): ``<output folder>/wandb``, the output folder being the command's
+  ``--out`` (``ate-train``: ``--trainer.default_root_dir``; ``ate-deploy export``: the folder that holds the bundle,
+  which holds only its own files; commands run by ate-train-experts or ate-pipeline: their caller's ``--out``),
+  unless the logger's ``save_dir`` or ``WANDB_DIR`` names another.
 - ``wandb_run_id_from_checkpoint`` reads back the run that callbacks.wandb_logging.WandbRunInCheckpoint stored in a
   checkpoint, so that a fit resumed from that checkpoint continues the same W&B run (``SuiteWandbLogger(id=...)``).
 """
@@ -16,7 +23,7 @@ import os
 import sys
 import time
 import typing
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -26,6 +33,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.options import WandbOptions
 from lightning_modules.checkpoints import load_checkpoint_file
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
@@ -39,6 +47,14 @@ _ONLINE_MODES = ("online", "shared")
 _WANDB_HOST_MARKERS = ("wandb", "forge.coreweave.com")
 # Where callbacks.wandb_logging.WandbRunInCheckpoint puts the run in a checkpoint.
 CHECKPOINT_KEY = "wandb_run"
+# Why an online start failed earlier in this process (None: none failed); later runs then start offline at once.
+_online_failure: str | None = None
+
+
+def wandb_dir(output_folder: str | Path) -> str:
+    """The folder whose ``wandb/`` holds a command's runs: ``WANDB_DIR`` when set, else the command's output
+    folder (see the module docstring for which folder that is)."""
+    return os.environ.get("WANDB_DIR") or str(output_folder)
 
 
 def _valid_wandb_modes() -> tuple[str, ...]:
@@ -136,8 +152,16 @@ def _warn(message: str) -> None:
 _warn_rank_zero = rank_zero_only(_warn)
 
 
+# The folders _announce_offline has named in this process: the checks that build a run's logger without starting it
+# (ate-train-experts, ate-pipeline) would repeat the line for every run.
+_announced: set[str] = set()
+
+
 @rank_zero_only
 def _announce_offline(save_dir: str) -> None:
+    if save_dir in _announced:
+        return
+    _announced.add(save_dir)
     _warn(
         f"W&B: logging offline into '{save_dir}/wandb' (no credentials, or offline requested). "
         f"Upload later with: wandb sync {save_dir}/wandb/offline-run-*"
@@ -168,8 +192,12 @@ class SuiteWandbLogger(WandbLogger):
     """WandbLogger that never fails a run: an online start that fails falls back to offline and says so.
 
     Args:
-        project, group, job_type, tags, name: the W&B run's fields.
-        save_dir: where the ``wandb/`` run folders and (through Lightning) checkpoints go.
+        project, group, job_type, tags, name: the W&B run's fields (ate-train derives those left unset:
+            ask_the_expert.tracking.run_identity).
+        preset: the preset or experiment the run belongs to (ate-pipeline sets it); the derived name and group
+            start with it.
+        save_dir: where the ``wandb/`` run folders and (through Lightning) checkpoints go (default: ``wandb_dir``
+            of the working directory; ate-train sets ``--trainer.default_root_dir``).
         mode: ``auto`` (default), ``online``, ``offline`` or ``disabled``; see ``resolve_wandb_mode``.
         log_model: Lightning's checkpoint upload (kept as artifacts in an offline run until it is synced).
         id: the W&B run id to continue (``resume="allow"``, Lightning's default): pass
@@ -180,15 +208,16 @@ class SuiteWandbLogger(WandbLogger):
             credentials.
         kwargs: passed to ``WandbLogger`` and on to ``wandb.init``.
 
-    The run is created lazily on rank zero by ``experiment`` (Lightning asks for it before ``setup``), which is
-    where the fallback happens; everything else (hyperparameters, metrics, ``watch``, checkpoint artifacts,
-    ``SaveConfigToRun``) goes through ``experiment`` and so uses the offline run after a fallback.
+    An offline run is quiet (``silent``: no wandb banner, no end-of-run summary): the logger says in one line where it
+    is and how to upload it. The run is created lazily on rank zero by ``experiment`` (Lightning asks for it before
+    ``setup``), which is where the fallback happens; everything else (hyperparameters, metrics, ``watch``, checkpoint
+    artifacts, ``SaveConfigToRun``) goes through ``experiment`` and so uses the offline run after a fallback.
     """
 
     def __init__(
         self,
         project: str = "ask-the-expert",
-        save_dir: str = "runs",
+        save_dir: str | None = None,
         name: str | None = None,
         group: str | None = None,
         job_type: str | None = None,
@@ -198,8 +227,11 @@ class SuiteWandbLogger(WandbLogger):
         id: str | None = None,
         init_timeout: float = 15.0,
         require_online: bool = False,
+        preset: str | None = None,
         **kwargs: Any,
     ) -> None:
+        import wandb
+
         if not init_timeout > 0:
             raise SuiteError(f"SuiteWandbLogger: init_timeout must be positive (seconds), got {init_timeout}.")
         sanitize_wandb_environment()
@@ -218,8 +250,14 @@ class SuiteWandbLogger(WandbLogger):
                 "with `wandb login` or set WANDB_API_KEY, unset WANDB_MODE or set mode online, or drop "
                 "require_online to log offline."
             )
+        save_dir = save_dir or wandb_dir(".")
         if resolved == "offline":
             _announce_offline(save_dir)
+        # Only the settings that are set: a whole wandb.Settings object would reset the process's own (the
+        # skipped identity lookup) and makes an offline start several seconds slower.
+        given = kwargs.pop("settings", None)
+        given = given.model_dump(exclude_unset=True) if isinstance(given, wandb.Settings) else dict(given or {})
+        settings = given
         super().__init__(
             project=project,
             save_dir=save_dir,
@@ -230,12 +268,14 @@ class SuiteWandbLogger(WandbLogger):
             mode=resolved,
             log_model=log_model,
             id=id,
+            settings=settings,
             **kwargs,
         )
         if self._wandb_init.get("resume") is None:  # LightningCLI passes every wandb.init argument, resume=None too
             self._wandb_init["resume"] = "allow"  # WandbLogger's default: continue the run ``id`` names, if any
         self._init_timeout = float(init_timeout)
         self._require_online = require_online
+        self.preset = preset
 
     @property
     def run_mode(self) -> str:
@@ -258,27 +298,29 @@ class SuiteWandbLogger(WandbLogger):
                     self._experiment.define_metric("*", step_metric="trainer/global_step", step_sync=True)
         return WandbLogger.experiment.fget(self)  # reuse of a running run, attach after spawn
 
-    def _online_settings(self) -> Any:
-        """The caller's ``settings`` (if any) with our ``init_timeout``."""
-        import wandb
+    def _offline_init(self) -> dict[str, Any]:
+        """``wandb.init``'s arguments for an offline run: quiet (no banner, no end-of-run summary; the logger says
+        in one line where the run is and how to upload it)."""
+        return {**self._wandb_init, "settings": {**self._wandb_init["settings"], "silent": True}}
 
-        given = self._wandb_init.get("settings")
-        if isinstance(given, wandb.Settings):
-            settings = given.model_copy()
-            settings.init_timeout = self._init_timeout
-            return settings
-        return wandb.Settings(**dict(given or {}), init_timeout=self._init_timeout)
+    def _online_settings(self) -> dict[str, Any]:
+        """The run's ``settings`` with our ``init_timeout``."""
+        return {**self._wandb_init["settings"], "init_timeout": self._init_timeout}
 
     def _start_run(self) -> Any:
         """``wandb.init``; an online start that fails becomes an offline run (or a SuiteError)."""
         import wandb
+
+        global _online_failure
 
         sanitize_wandb_environment()
         Path(self._save_dir or ".").mkdir(parents=True, exist_ok=True)
         if self._wandb_init.get("anonymous") is None:  # WandbLogger passes None, which wandb 0.31 warns about
             self._wandb_init.pop("anonymous", None)
         if self._wandb_init.get("mode") not in _ONLINE_MODES:
-            return wandb.init(**self._wandb_init)
+            return wandb.init(**self._offline_init())
+        if _online_failure is not None and not self._require_online:
+            return self._start_offline(f"an online start failed earlier in this process ({_online_failure})")
         _skip_identity_lookup()
         started = time.monotonic()
         try:
@@ -294,12 +336,19 @@ class SuiteWandbLogger(WandbLogger):
                     "or WANDB_API_KEY), raise init_timeout for a slow server, or drop require_online to log "
                     "offline and upload the run later with `wandb sync`."
                 ) from err
+        _online_failure = reason
+        return self._start_offline(f"could not start an online run ({reason}; gave up after {waited:.1f} s)")
+
+    def _start_offline(self, why: str) -> Any:
+        """The offline run that replaces an online start, with one line on stderr that says why and where."""
+        import wandb
+
         self._wandb_init["mode"] = "offline"  # later re-creations (spawn, attach) must not try online again
-        run = wandb.init(**self._wandb_init)
+        run = wandb.init(**self._offline_init())
         folder = Path(run.dir).parent if getattr(run, "dir", None) else Path(self._save_dir or ".") / "wandb"
         _warn(
-            f"W&B: could not start an online run ({reason}; gave up after {waited:.1f} s), logging offline into "
-            f"'{folder}' instead. Upload later with: wandb sync {self._save_dir}/wandb/offline-run-*"
+            f"W&B: {why}, logging offline into '{folder}' instead. Upload later with: wandb sync "
+            f"{self._save_dir}/wandb/offline-run-*"
         )
         return run
 
@@ -319,3 +368,32 @@ def wandb_run_id_from_checkpoint(path: str | Path) -> str | None:
     """The W&B run id stored in the checkpoint at ``path`` (see ``wandb_run_from_checkpoint``), or None."""
     run_id = (wandb_run_from_checkpoint(path) or {}).get("run_id")
     return run_id if isinstance(run_id, str) and run_id else None
+
+
+def command_logger(
+    options: WandbOptions,
+    output_folder: str | Path,
+    identity: Mapping[str, str],
+    run_id: str,
+    job_type: str,
+    tags: Sequence[str],
+    **kwargs: Any,
+) -> SuiteWandbLogger | None:
+    """The W&B logger of a command other than ate-train (evaluate, export, the pipeline's summary), or None with
+    ``mode: disabled``: ``identity``'s name and group (ask_the_expert.tracking.run_identity) unless ``options`` set
+    them, the run ``run_id`` (the one the derived name ends with), the folder ``options.dir`` or ``wandb_dir``."""
+    if resolve_wandb_mode(options.mode) == "disabled":
+        return None
+    return SuiteWandbLogger(
+        project=options.project,
+        save_dir=options.dir or wandb_dir(output_folder),
+        name=options.name or identity["name"],
+        group=options.group or identity["group"],
+        job_type=job_type,
+        tags=[*tags, *options.tags],
+        mode=options.mode,
+        require_online=options.require_online,
+        id=run_id,
+        preset=options.preset,
+        **kwargs,
+    )

@@ -15,6 +15,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, auto_cli
 
 from ask_the_expert.utils.config_files import SuiteConfigFile
 from ask_the_expert.utils.errors import SuiteError
+from ask_the_expert.utils.log_output import quiet_known_noise
 
 BAD_INPUT = 2
 # Failures to write an output that the user fixes (space, permissions, a path in the way), reported like bad input.
@@ -82,7 +83,9 @@ def stop_on_signals(received: list[int]) -> Iterator[None]:
 def run_command(command: Callable[[], Any]) -> int:
     """Run ``command``; return its result if that is an exit code (an int), else 0. On bad input print the
     message and return 2; stopped by SIGINT or SIGTERM, say how to resume and return 128 + the signal number. Any
-    other exception is a bug and keeps its traceback."""
+    other exception is a bug and keeps its traceback. Known noise is filtered first
+    (ask_the_expert.utils.log_output)."""
+    quiet_known_noise()
     received: list[int] = []
     try:
         with stop_on_signals(received):

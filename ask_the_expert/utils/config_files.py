@@ -30,7 +30,8 @@ def find_config(path: str) -> str:
     """``path`` itself when it exists or is not a ``configs/...`` path; else the suite's own file of that name (when
     there is one; otherwise ``path`` unchanged, so that the reader's error names what the user wrote)."""
     parts = Path(path).parts
-    if Path(path).exists() or len(parts) < 2 or parts[0] != PREFIX:
+    # The prefix first: a config given as YAML text is no path (and may be too long to ask the file system about).
+    if len(parts) < 2 or parts[0] != PREFIX or Path(path).exists():
         return path
     folder = config_dir()
     own = folder.joinpath(*parts[1:]) if folder is not None else None

@@ -59,13 +59,14 @@ class WandbOptions:
     Attributes:
         mode: ``auto`` (online with credentials, else offline), ``online``, ``offline`` or ``disabled``.
         project: the W&B project.
-        name: the run name (default: derived from what the run is: ``expert-progressive-03-seed0`` for training,
-            ``evaluate-mini-seed0`` in a pipeline, ``evaluate-<split>`` for a standalone evaluation,
-            ``export-<bundle folder>`` for an export).
-        group: the run group (default: the preset or experiment and its seed, so seeds group together;
-            ``evaluate`` or ``export`` for a standalone evaluation or export).
+        name: the run name (default: derived from what the run is and ending with its run id, e.g.
+            ``evaluate-val-4experts-<hash of the expert set>-<run id>``; ask_the_expert.tracking.run_identity).
+        group: the run group (default: the name without the run id, so repeats on the same inputs group together;
+            ate-pipeline groups each step across its seeds).
         tags: extra tags besides those derived from the run.
         require_online: fail instead of falling back to offline when an online run cannot start.
+        preset: the preset or experiment the run belongs to; the derived name and group start with it.
+        dir: the folder whose ``wandb/`` holds the run (default: the command's output folder, or ``WANDB_DIR``).
     """
 
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
@@ -74,3 +75,5 @@ class WandbOptions:
     group: str | None = None
     tags: tuple[str, ...] = ()
     require_online: bool = False
+    preset: str | None = None
+    dir: str | None = None
