@@ -19,7 +19,7 @@ def test_gpu_check_fake_run_writes_report_timings_and_throughput(tmp_path: Path)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "## Findings (val)" in (out / "report.md").read_text()
+    assert "## Primary family (val assessment part)" in (out / "report.md").read_text()
     timings = json.loads((out / "timings.json").read_text())
     assert timings["fake_cpu_smoke_run"] is True and timings["target_seconds"] == 600
     assert {"seed_0/generalist", "seed_0/experts", "seed_0/evaluate", "seed_0/export"} <= set(timings["steps"])

@@ -69,7 +69,7 @@ def test_pipeline_runs_reuses_fresh_steps_and_reruns_exactly_what_changed(fake_c
         assert sorted(p.name for p in (seed / "experts" / variant).glob("*.ckpt")) == ["expert_0.ckpt", "expert_1.ckpt"]
     assert (seed / "eval" / "val" / "complete.json").is_file() and (seed / "bundle" / "manifest.json").is_file()
     report = (out / "report.md").read_text()
-    assert "ate-pipeline --config" in report and "one seed only" in report and "## Findings (val)" in report
+    assert "ate-pipeline --config" in report and "one seed only" in report and "## Primary family (val assessment part)" in report
     assert "progressive vs static-from-base" in report and "collaboration vs base model" in report
     assert "| **fails** |" in report or "| holds |" in report or "| not established |" in report
 
@@ -79,14 +79,14 @@ def test_pipeline_runs_reuses_fresh_steps_and_reruns_exactly_what_changed(fake_c
     assert finished_at(out) == stamps
 
     # An evaluation argument changed: the evaluation reruns; training and export (which do not read it) do not.
-    assert run(fake_cifar_root, out, "--evaluate.k", "[1]") == 0
+    assert run(fake_cifar_root, out, "--evaluate.k", "[2]") == 0
     after = finished_at(out)
     assert [k for k in after if after[k] != stamps[k]] == ["seed_0/eval"]
     summary = json.loads((seed / "eval" / "val" / "summary.json").read_text())
-    assert summary["k_values"] == [1]
+    assert summary["k_values"] == [2]
 
     # A generalist argument changed: the generalist reruns ...
-    changed = ["--evaluate.k", "[1]", "--generalist.overrides", "{model.lr: 5.0e-4}"]
+    changed = ["--evaluate.k", "[2]", "--generalist.overrides", "{model.lr: 5.0e-4}"]
     assert run(fake_cifar_root, out, *changed, "--steps", "[generalist]") == 0
     again = finished_at(out)
     assert [k for k in again if again[k] != after[k]] == ["seed_0/generalist"]

@@ -45,6 +45,6 @@ class SuiteConfigFile(ActionConfigFile):
     def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
         if isinstance(values, str):
             values = find_config(values)
-            if Path(values).is_file():
+            if "\n" not in values and Path(values).is_file():  # YAML text (a checkpoint's config) is no path
                 read_text(values, "The config file", "Pass a YAML config file to -c/--config.")
         super().__call__(parser, cfg, values, option_string)
