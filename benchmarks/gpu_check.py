@@ -83,7 +83,7 @@ def main(*, out: str, data: DataOptions = DataOptions(), fake: bool = False, for
     if fake:
         # Tiny models: a second thread only adds synchronisation, and on a busy machine it makes every step wait.
         torch.set_num_threads(1)
-        data = DataOptions(data_dir=fake_data_dir(6), check_integrity=False, val_size=100, num_workers=0)
+        data = DataOptions(data_dir=fake_data_dir(3), check_integrity=False, val_size=100, num_workers=0)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     argv = ["--config", str(PRESET), "--out", str(folder / "pipeline"), "--data.data_dir", data.data_dir]

@@ -19,11 +19,21 @@ from typing import Any, TextIO
 import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichModelSummary, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.trainer.states import RunningStage
 
 from ask_the_expert.utils.log_output import is_terminal
 
 # The clock behind every interval, rate and ETA; tests replace it to make the intervals exact.
 _clock = time.monotonic
+
+
+# Each evaluation loop's label in the log lines and the trainer attribute holding its batch count.
+_EVAL_LOOPS = {
+    RunningStage.SANITY_CHECKING: ("sanity check", "num_sanity_val_batches"),
+    RunningStage.VALIDATING: ("val", "num_val_batches"),
+    RunningStage.TESTING: ("test", "num_test_batches"),
+    RunningStage.PREDICTING: ("predict", "num_predict_batches"),
+}
 
 
 def _duration(seconds: float) -> str:
@@ -314,13 +324,20 @@ class LogProgressBar(ProgressBar):
 
     # --- validation, test, predict ---------------------------------------------------------------------------------
 
-    def _eval_start(self, trainer: Trainer, pl_module: LightningModule, label: str, batches: Any) -> None:
+    def _eval_loop(self, trainer: Trainer) -> tuple[str, Any]:
+        label, batches = _EVAL_LOOPS[trainer.state.stage]
+        return label, getattr(trainer, batches)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        label, batches = self._eval_loop(trainer)
         self._eval = _Meter(_clock())
         self._eval_total = _total(batches)
         self._eval_metrics = self._metrics(trainer, pl_module)
         self._emit(f"{label} start: {_batches(self._eval_total)}")
 
-    def _eval_batch(self, trainer: Trainer, label: str, batch: Any) -> None:
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *indices: int
+    ) -> None:
         if self._eval is None:
             return
         now = _clock()
@@ -331,17 +348,18 @@ class LogProgressBar(ProgressBar):
                 left = max(self._eval_total - self._eval.batches, 0)
                 eta = f"ETA {_duration(self._eval.busy / self._eval.batches * left)}"
             self._emit(
-                f"{label} batch {self._eval.batches}/{_count(self._eval_total)}",
+                f"{self._eval_loop(trainer)[0]} batch {self._eval.batches}/{_count(self._eval_total)}",
                 self._eval.rate(since_line=True, world_size=trainer.world_size),
                 f"elapsed {_duration(now - self._eval.start)}",
                 eta,
             )
             self._eval.printed(now)
 
-    def _eval_end(self, trainer: Trainer, pl_module: LightningModule, label: str) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._eval is None:
             return
         now = _clock()
+        label = self._eval_loop(trainer)[0]
         # What this run produced: new or changed values, and those named after the stage (an unchanged val/acc).
         stem, before = label.split()[0].replace("sanity", "val"), self._eval_metrics
         produced = {
@@ -358,60 +376,10 @@ class LogProgressBar(ProgressBar):
         if self._epoch is not None:  # validation inside an epoch: its time is not training time
             self._epoch.mark = now
 
-    def _val_label(self, trainer: Trainer) -> str:
-        return "sanity check" if trainer.sanity_checking else "val"
-
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        batches = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
-        self._eval_start(trainer, pl_module, self._val_label(trainer), batches)
-
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch(trainer, self._val_label(trainer), batch)
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_end(trainer, pl_module, self._val_label(trainer))
-
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_start(trainer, pl_module, "test", trainer.num_test_batches)
-
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch(trainer, "test", batch)
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_end(trainer, pl_module, "test")
-
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_start(trainer, pl_module, "predict", trainer.num_predict_batches)
-
-    def on_predict_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch(trainer, "predict", batch)
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_end(trainer, pl_module, "predict")
+    # Test and predict are reported like validation; the trainer's stage names the lines.
+    on_test_start = on_predict_start = on_validation_start
+    on_test_batch_end = on_predict_batch_end = on_validation_batch_end
+    on_test_end = on_predict_end = on_validation_end
 
 
 def progress_bar_callback(stream: TextIO | None = None) -> ProgressBar:

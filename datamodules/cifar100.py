@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -263,15 +263,7 @@ def eval_tensors(images: np.ndarray) -> torch.Tensor:
 
 def evaluation_datamodule(options: DataOptions) -> CIFAR100DataModule:
     """An evaluation datamodule (no augmentation, all classes) from the shared ``--data.*`` options."""
-    return CIFAR100DataModule(
-        data_dir=options.data_dir,
-        check_integrity=options.check_integrity,
-        val_size=options.val_size,
-        split_seed=options.split_seed,
-        batch_size=options.batch_size,
-        num_workers=options.num_workers,
-        augmentation="none",
-    )
+    return CIFAR100DataModule(**asdict(options), augmentation="none")  # its fields are --data.* names
 
 
 def labelled_images(options: DataOptions, split: str = "val", limit: int | None = None) -> LabelledImages:

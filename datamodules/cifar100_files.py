@@ -87,6 +87,11 @@ def require_file(root: str | Path, name: str, purpose: str, download: str = "--d
     return path
 
 
+# Re-packed copies already announced by this process: a pipeline loads the same files in every run, and one warning
+# per file says it all.
+_WARNED_COPIES: set[tuple[Path, str]] = set()
+
+
 def _check_md5(path: Path, name: str, check_integrity: bool) -> None:
     actual = file_md5(path)
     if actual == PUBLISHED_MD5[name]:
@@ -97,6 +102,9 @@ def _check_md5(path: Path, name: str, check_integrity: bool) -> None:
             f"with the original pixels and labels, pass --data.check_integrity false to load it anyway; "
             f"otherwise delete it and download again with --data.download true."
         )
+    if (path, actual) in _WARNED_COPIES:
+        return
+    _WARNED_COPIES.add((path, actual))
     warnings.warn(
         f"'{path}' differs from the published CIFAR-100 file (md5 {actual}); loading it because "
         f"check_integrity is off. Results are only comparable if its pixels and labels are the original ones.",

@@ -115,6 +115,15 @@ def pipeline_args(i: Inputs, w: Path, *extra: str) -> list[str]:
             "--out", str(w / "out"), *extra]  # fmt: skip
 
 
+def partition_args(i: Inputs, out: Path, *extra: str, generalist: Path | None = None) -> list[str]:
+    return ["--generalist", str(generalist or i.generalist), "--num_experts", "4", "--out", str(out), *extra]
+
+
+def profile_args(i: Inputs, out: Path, *extra: str) -> list[str]:
+    return ["profile", "--bundle", str(i.bundle), "--base", "configs/profiles/edge_arm_wifi.yaml", "--out", str(out),
+            *extra]  # fmt: skip
+
+
 def compare_args(w: Path, *extra: str) -> list[str]:
     return ["--runs", f"[{w / 'a'}, {w / 'b'}]", "--out", str(w / "out"), *extra]
 
@@ -196,6 +205,14 @@ def held(path: Path) -> Iterator[None]:
 
 # A progressive run of one short stage whose Trainer stops early: the static budget would no longer match it.
 CUT_SHORT = json.dumps({"model.stages": [{"epochs": 1, "rho": 0.5}], "trainer.limit_train_batches": 2})
+# Trainer settings Lightning refuses (no GPU here): evaluate must say so in one line.
+REFUSED_BY_LIGHTNING = [
+    ("--devices", "0"),
+    ("--accelerator", "gpu"),
+    ("--accelerator", "bogus"),
+    ("--precision", "bogus"),
+]
+NO_TRAINER = "Lightning cannot build a Trainer"
 TRAINED_SPLIT = "trained with the train/val split --data.val_size 100 --data.split_seed 0, but this run uses"
 PROBES = [
     # --- received files that are not what they claim
@@ -259,35 +276,10 @@ PROBES = [
     ),
     Probe("--model.lr -1", "ate-train", lambda i, w: fit(i, w, "--model.lr", "-1"), "--model.lr is -1"),
     Probe("--trainer.max_epochs -2", "ate-train", lambda i, w: fit(i, w, "--trainer.max_epochs", "-2"), "max_epochs"),
-    Probe(
-        "--trainer.devices 0",
-        "ate-train",
-        lambda i, w: fit(i, w, "--trainer.devices", "0"),
-        "Lightning cannot build a Trainer",
-    ),
-    Probe(
-        "--devices 0",
-        "ate-evaluate",
-        lambda i, w: evaluate_args(i, w, "--devices", "0"),
-        "Lightning cannot build a Trainer",
-    ),
-    Probe(
-        "--accelerator gpu (no GPU here)",
-        "ate-evaluate",
-        lambda i, w: evaluate_args(i, w, "--accelerator", "gpu"),
-        "Lightning cannot build a Trainer",
-    ),
-    Probe(
-        "--accelerator bogus",
-        "ate-evaluate",
-        lambda i, w: evaluate_args(i, w, "--accelerator", "bogus"),
-        "Lightning cannot build a Trainer",
-    ),
-    Probe(
-        "--precision bogus",
-        "ate-evaluate",
-        lambda i, w: evaluate_args(i, w, "--precision", "bogus"),
-        "Lightning cannot build a Trainer",
+    Probe("--trainer.devices 0", "ate-train", lambda i, w: fit(i, w, "--trainer.devices", "0"), NO_TRAINER),
+    *(
+        Probe(f"{flag} {value}", "ate-evaluate", lambda i, w, a=(flag, value): evaluate_args(i, w, *a), NO_TRAINER)
+        for flag, value in REFUSED_BY_LIGHTNING
     ),
     Probe(
         "--weights_only false",
@@ -317,15 +309,7 @@ PROBES = [
     Probe(
         "partition: --data.split_seed 1, generalist trained with 0",
         "ate-partition",
-        lambda i, w: [
-            "--generalist",
-            str(i.trained),
-            "--num_experts",
-            "4",
-            "--out",
-            str(w / "p.json"),
-            *data(i, "--data.split_seed", "1"),
-        ],
+        lambda i, w: partition_args(i, w / "p.json", *data(i, "--data.split_seed", "1"), generalist=i.trained),
         TRAINED_SPLIT,
     ),
     Probe(
@@ -397,7 +381,7 @@ PROBES = [
     Probe(
         "partition --out: an existing folder",
         "ate-partition",
-        lambda i, w: ["--generalist", str(i.generalist), "--num_experts", "4", "--out", str(w), *data(i)],
+        lambda i, w: partition_args(i, w, *data(i)),
         "is a folder",
     ),
     Probe(
@@ -445,34 +429,14 @@ PROBES = [
     Probe(
         "partition --force: --out is not a partition file",
         "ate-partition",
-        lambda i, w: [
-            "--generalist",
-            str(i.generalist),
-            "--num_experts",
-            "4",
-            "--out",
-            str(w / "notes.json"),
-            "--force",
-            "true",
-            *data(i),
-        ],
+        lambda i, w: partition_args(i, w / "notes.json", "--force", "true", *data(i)),
         "not a partition file",
         a_file("notes.json"),
     ),
     Probe(
         "profile --force: --out is not a profile",
         "ate-deploy",
-        lambda i, w: [
-            "profile",
-            "--bundle",
-            str(i.bundle),
-            "--base",
-            "configs/profiles/edge_arm_wifi.yaml",
-            "--out",
-            str(w / "notes.txt"),
-            "--force",
-            "true",
-        ],
+        lambda i, w: profile_args(i, w / "notes.txt", "--force", "true"),
         "not a cost profile",
         a_file("notes.txt"),
     ),
@@ -493,38 +457,14 @@ PROBES = [
     Probe(
         "profile: no space left while writing (ENOSPC)",
         "ate-deploy",
-        lambda i, w: [
-            "profile",
-            "--bundle",
-            str(i.bundle),
-            "--base",
-            "configs/profiles/edge_arm_wifi.yaml",
-            "--out",
-            str(w / "p.yaml"),
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-        ],
+        lambda i, w: profile_args(i, w / "p.yaml", "--repeats", "1", "--warmup", "0"),
         "No space left on device (ENOSPC)",
         fault=lambda w: write_fails(errno.ENOSPC, w),
     ),
     Probe(
         "profile: a read-only output folder (EROFS)",
         "ate-deploy",
-        lambda i, w: [
-            "profile",
-            "--bundle",
-            str(i.bundle),
-            "--base",
-            "configs/profiles/edge_arm_wifi.yaml",
-            "--out",
-            str(w / "p.yaml"),
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-        ],
+        lambda i, w: profile_args(i, w / "p.yaml", "--repeats", "1", "--warmup", "0"),
         "Read-only file system (EROFS)",
         fault=lambda w: write_fails(errno.EROFS, w),
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from fake_cifar100 import write_fake_cifar100
 from ask_the_expert.method.cifar100_classes import FINE_CLASSES, FINE_TO_COARSE, NUM_CLASSES, SUPERCLASSES
 from ask_the_expert.method.splits import stratified_split
 from ask_the_expert.utils.errors import SuiteError
+from datamodules import cifar100_files
 from datamodules.cifar100 import CIFAR100DataModule
 from datamodules.cifar100_files import DataError, load_meta, load_split
 
-# The fake folders are re-packed copies: each load with check_integrity off warns (tested once below).
+# The fake folders are re-packed copies: loading one with check_integrity off warns once per process (tested below).
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the published CIFAR-100 file")
 
 # Imbalanced classes, so that proportional quotas are fractional.
@@ -63,10 +65,15 @@ def test_split_refuses_val_size_that_does_not_fit(val_size: int):
         stratified_split(LABELS, val_size, seed=0)
 
 
-def test_datamodule_splits_the_training_file(fake_cifar_root: Path):
+def test_datamodule_splits_the_training_file(fake_cifar_root: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(cifar100_files, "_WARNED_COPIES", set())  # as in a new process
     with pytest.warns(UserWarning, match="differs from the published"):
         dm = make_datamodule(fake_cifar_root)
         dm.setup("fit")
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        make_datamodule(fake_cifar_root).setup("fit")
+    assert not [w for w in again if "differs from the published" in str(w.message)]  # once per process is enough
     labels = dm.train_file.fine_labels
     assert len(dm.train_file) == TRAIN_PER_CLASS * NUM_CLASSES
     assert len(dm.val_indices) == 100 and len(dm.train_indices) == len(labels) - 100

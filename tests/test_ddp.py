@@ -73,24 +73,37 @@ def test_ddp_trains_on_disjoint_shares_of_the_epoch(ddp_fit: Path):
     assert checkpoint["global_step"] == train_size // (BATCH * 2)
 
 
-def test_ddp_val_metrics_equal_a_single_process_validate(ddp_fit: Path, fake_cifar_root: Path, tmp_path: Path):
+def _validate_args(ddp_fit: Path, data: Path, out: Path, devices: int) -> list[str]:
     (last,) = ddp_fit.glob("lightning_logs/version_*/checkpoints/last.ckpt")
-    out = tmp_path / "single"
-    code = train.main([
+    return [
         "validate", "-c", str(CONFIG_DIR / "generalist.yaml"),
-        *cli_overrides(fake_cifar_root, out, val_size=VAL_SIZE, batch_size=BATCH), *TINY_MODEL_ARGS,
-        "--data.eval_batch_size", str(EVAL_BATCH),
+        *cli_overrides(data, out, val_size=VAL_SIZE, batch_size=BATCH), *TINY_MODEL_ARGS,
+        "--data.eval_batch_size", str(EVAL_BATCH), "--trainer.devices", str(devices),
         *CSV_LOGGER, "--trainer.logger.save_dir", str(out), "--ckpt_path", str(last),
-    ])  # fmt: skip
-    assert code == 0
-    ddp, single = _val_metrics(ddp_fit), _val_metrics(out)
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single_process_validate(ddp_fit: Path, fake_cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The val metrics of the DDP-trained checkpoint, validated in this one process."""
+    out = tmp_path_factory.mktemp("validate_single")
+    assert train.main(_validate_args(ddp_fit, fake_cifar_root, out, 1)) == 0
+    return _val_metrics(out)
+
+
+def _assert_same_val_metrics(ddp: dict[str, float], single: dict[str, float]) -> None:
     # Counts-based metrics are exact; ECE sums the same confidences in another order.
     exact = [k for k in single if k.startswith(("val/acc", "val/superclass_acc/"))]
     assert "val/acc" in exact and "val/acc_top5" in exact and len(exact) > 2
     assert {k: ddp[k] for k in exact} == {k: single[k] for k in exact}
     assert ddp["val/ece"] == pytest.approx(single["val/ece"], abs=1e-6)
+
+
+def test_ddp_val_metrics_equal_a_single_process_validate(ddp_fit: Path, single_process_validate: dict[str, float]):
+    ddp = _val_metrics(ddp_fit)
+    _assert_same_val_metrics(ddp, single_process_validate)
     # The loss is a mean of per-rank batch means, not a per-sample mean, so it is only close.
-    assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-2)
+    assert ddp["val/loss"] == pytest.approx(single_process_validate["val/loss"], rel=1e-2)
 
 
 def _evaluate(args: list[str], out: Path, devices: int) -> subprocess.CompletedProcess:
@@ -125,11 +138,10 @@ def single_process_evaluation(fake_cifar_root: Path, tmp_path_factory: pytest.Te
     return args, out / "val"
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_ddp_evaluation_on_uneven_shards_equals_one_process(single_process_evaluation, tmp_path: Path, world: int):
-    """val 101 on 2 or 3 ranks: shards of 51/50 and 34/34/33; the temperature fit gathers unequal shards."""
+def test_ddp_evaluation_on_uneven_shards_equals_one_process(single_process_evaluation, tmp_path: Path):
+    """val 101 on 3 ranks: shards of 34/34/33; the temperature fit gathers unequal shards."""
     args, single = single_process_evaluation
-    result = _evaluate(args, tmp_path / "out", world)
+    result = _evaluate(args, tmp_path / "out", 3)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = tmp_path / "out" / "val"
     a, b = json.loads((single / "summary.json").read_text()), json.loads((ddp / "summary.json").read_text())
@@ -149,23 +161,11 @@ def test_ddp_evaluation_on_uneven_shards_equals_one_process(single_process_evalu
         assert s["acc@30%"] == sa[s["policy"], s["k"], s["confidence"]]["acc@30%"]
 
 
-@pytest.mark.parametrize("world", [3])
 def test_ddp_validate_on_three_ranks_equals_a_single_process(
-    ddp_fit: Path, fake_cifar_root: Path, tmp_path: Path, world
+    ddp_fit: Path, single_process_validate: dict[str, float], fake_cifar_root: Path, tmp_path: Path
 ):
-    (last,) = ddp_fit.glob("lightning_logs/version_*/checkpoints/last.ckpt")
-    metrics = {}
-    for devices in (1, world):
-        out = tmp_path / f"validate{devices}"
-        cmd = [
-            sys.executable, str(REPO_ROOT / "train.py"), "validate", "-c", str(CONFIG_DIR / "generalist.yaml"),
-            *cli_overrides(fake_cifar_root, out, val_size=VAL_SIZE, batch_size=BATCH), *TINY_MODEL_ARGS,
-            "--data.eval_batch_size", str(EVAL_BATCH), "--trainer.devices", str(devices),
-            *CSV_LOGGER, "--trainer.logger.save_dir", str(out), "--ckpt_path", str(last),
-        ]  # fmt: skip
-        result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        metrics[devices] = _val_metrics(out)
-    exact = [k for k in metrics[1] if k.startswith(("val/acc", "val/superclass_acc/"))]
-    assert {k: metrics[world][k] for k in exact} == {k: metrics[1][k] for k in exact}
-    assert metrics[world]["val/ece"] == pytest.approx(metrics[1]["val/ece"], abs=1e-6)
+    """val 101 on 3 ranks of a validate run: shards of 34/34/33, uneven batch counts."""
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *_validate_args(ddp_fit, fake_cifar_root, tmp_path, 3)]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_val_metrics(_val_metrics(tmp_path), single_process_validate)

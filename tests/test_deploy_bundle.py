@@ -19,7 +19,7 @@ from ask_the_expert.commands.deploy import main
 from ask_the_expert.deploy.bundle_format import MANIFEST_FILE, MODEL_CARD_FILE, ROUTER_FILE, BundleError
 from ask_the_expert.deploy.export import ExportError, export_bundle, load_export_models, torch_logits
 from ask_the_expert.deploy.model_card import profile_status
-from ask_the_expert.deploy.profile_bundle import profile_bundle, write_profile
+from ask_the_expert.deploy.profile_bundle import BundleTiming, profile_bundle, write_profile
 from ask_the_expert.deploy.runtime import Bundle, EdgeRuntime, ImageError, NearEdgeRuntime, combine, preprocess
 from ask_the_expert.deploy.triton_repo import TRITON_FOLDER
 from ask_the_expert.deploy.verify import verify_bundle
@@ -523,7 +523,7 @@ def test_generalist_only_bundle_answers_everything_locally(checkpoints, images, 
 # ------------------------------------------------------------------------------------------- profiling
 def test_profiler_writes_a_profile_that_load_profile_accepts(bundle_dir, tmp_path):
     base = load_profile(BUNDLE_PROFILE)
-    profile = profile_bundle(bundle_dir, base, batch_size=4, warmup=1, repeats=3)
+    profile = profile_bundle(bundle_dir, base, timing=BundleTiming(batch_size=4, warmup=1, repeats=3))
     path = write_profile(profile, tmp_path / "measured.yaml")
     loaded = load_profile(path)
     timings = loaded.meta["measured_both"]["models"]

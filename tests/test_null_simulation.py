@@ -4,7 +4,7 @@ with one real difference planted. The primary family's family-wise rate of a fal
 power stated here. Every repetition runs the real path: the val records are split, every choice is made on the
 selection part and the findings are assessed on the assessment part (ask_the_expert.method.policies).
 
-    pytest -s tests/test_null_simulation.py   # prints the rates with their binomial 95 % intervals
+    pytest -n 0 -s tests/test_null_simulation.py   # prints the rates with their binomial 95 % intervals
 """
 
 from __future__ import annotations

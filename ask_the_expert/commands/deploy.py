@@ -199,14 +199,13 @@ def profile(
         threads: onnxruntime intra-op threads.
         name: profile name (default: <base name>_measured).
     """
-    from ask_the_expert.deploy.profile_bundle import check_profile_output, profile_bundle, write_profile
+    from ask_the_expert.deploy.profile_bundle import BundleTiming, check_profile_output, profile_bundle, write_profile
     from ask_the_expert.method.costs import load_profile
 
+    timing = BundleTiming(batch_size, warmup, repeats, max_experts, threads)
     check_profile_output(out, force)
     with output_lock(out):
-        measured = profile_bundle(
-            bundle, load_profile(base), section, batch_size, warmup, repeats, max_experts, threads, name
-        )
+        measured = profile_bundle(bundle, load_profile(base), section, timing, name)
         path = write_profile(measured, out, force)
     print(f"Wrote {path}: edge {measured.edge.latency_ms} ms, near edge {measured.near_edge.latency_ms} ms")
     return 0

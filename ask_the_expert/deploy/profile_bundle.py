@@ -21,7 +21,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,21 +51,36 @@ def time_session(session: ort.InferenceSession, inputs: np.ndarray, warmup: int,
     return statistics.median(times)
 
 
-def measure_bundle(
-    bundle: Bundle, batch_size: int = 32, warmup: int = 5, repeats: int = 20, max_experts: int | None = None
-) -> dict[str, dict[str, float]]:
+@dataclass(frozen=True)
+class BundleTiming:
+    """How the bundle's models are timed: ``warmup`` untimed runs, then the median of ``repeats`` timed runs at
+    batch 1 and at ``batch_size``; only the first ``max_experts`` experts (all when None); ``threads``
+    onnxruntime intra-op threads (onnxruntime's default when None)."""
+
+    batch_size: int = 32
+    warmup: int = 5
+    repeats: int = 20
+    max_experts: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.warmup < 0 or self.repeats < 1:
+            raise ProfileError(
+                "Need batch_size >= 1, warmup >= 0 and repeats >= 1, "
+                f"got {self.batch_size}, {self.warmup}, {self.repeats}."
+            )
+
+
+def measure_bundle(bundle: Bundle, timing: BundleTiming = BundleTiming()) -> dict[str, dict[str, float]]:
     """{model file: {"batch1_ms", "batch<B>_ms", "per_image_ms_at_batch<B>"}} for the generalist and experts."""
-    if batch_size < 1 or warmup < 0 or repeats < 1:
-        raise ProfileError(
-            f"Need batch_size >= 1, warmup >= 0 and repeats >= 1, got {batch_size}, {warmup}, {repeats}."
-        )
+    batch_size, warmup, repeats = timing.batch_size, timing.warmup, timing.repeats
     router = bundle.router
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(batch_size, router.image_size, router.image_size, 3), dtype=np.uint8)
     x = preprocess(images, router)
     sessions = {router.generalist_file: bundle.edge.session}
     if router.num_experts:
-        experts = bundle.near_edge.sessions[:max_experts]
+        experts = bundle.near_edge.sessions[: timing.max_experts]
         sessions.update(zip(router.expert_files, experts, strict=False))
     out = {}
     for name, session in sessions.items():
@@ -83,18 +98,14 @@ def profile_bundle(
     folder: str | Path,
     base: Profile,
     section: Section = "both",
-    batch_size: int = 32,
-    warmup: int = 5,
-    repeats: int = 20,
-    max_experts: int | None = None,
-    threads: int | None = None,
+    timing: BundleTiming = BundleTiming(),
     name: str | None = None,
 ) -> Profile:
     """A copy of ``base`` whose ``section`` latencies are measured here (batch-1 medians, ms)."""
     if section not in ("edge", "near_edge", "both"):
         raise ProfileError(f"section must be edge, near_edge or both, got {section!r}.")
-    bundle = Bundle.load(folder, threads=threads)
-    timings = measure_bundle(bundle, batch_size, warmup, repeats, max_experts)
+    bundle = Bundle.load(folder, threads=timing.threads)
+    timings = measure_bundle(bundle, timing)
     router = bundle.router
     g_ms = timings[router.generalist_file]["batch1_ms"]
     expert_ms = [t["batch1_ms"] for f, t in timings.items() if f != router.generalist_file]
@@ -117,10 +128,10 @@ def profile_bundle(
         "cpu_count": os.cpu_count(),
         "onnxruntime": ort.__version__,
         "providers": list(bundle.edge.session.get_providers()),
-        "intra_op_threads": threads or "onnxruntime default",
+        "intra_op_threads": timing.threads or "onnxruntime default",
     }
-    measured = {"section": section, "host": host, "batch_size": batch_size, "warmup": warmup}
-    measured.update({"repeats": repeats, "models": timings, "notes": notes, "base_profile": base.name})
+    measured = {"section": section, "host": host, "batch_size": timing.batch_size, "warmup": timing.warmup}
+    measured.update({"repeats": timing.repeats, "models": timings, "notes": notes, "base_profile": base.name})
     meta: dict[str, Any] = {**base.meta, f"measured_{section}": measured}
     return Profile(
         name=name or f"{base.name}_measured",
