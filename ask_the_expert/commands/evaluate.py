@@ -47,6 +47,7 @@ from ask_the_expert.utils.cli import run_cli
 from ask_the_expert.utils.errors import SuiteError
 from ask_the_expert.utils.fingerprint import fingerprint
 from ask_the_expert.utils.hashing import file_sha256
+from ask_the_expert.utils.log_output import is_terminal
 from ask_the_expert.utils.options import DataOptions, WandbOptions
 from ask_the_expert.utils.outputs import check_output_path, check_replaceable, output_lock
 from callbacks.collaborative_eval import CollaborativeInferenceCallback
@@ -295,9 +296,11 @@ def evaluate(
         if trainer.is_global_zero:
             write_json_atomic(out_dir / INPUTS_FILE, inputs)
         try:
-            trainer.validate(system, datamodule=datamodule)
+            # Lightning's table of the forward counts only on a terminal: in a log it is box drawing, and
+            # summary.json holds the counts.
+            trainer.validate(system, datamodule=datamodule, verbose=is_terminal())
             if split == "test":
-                trainer.test(system, datamodule=datamodule)
+                trainer.test(system, datamodule=datamodule, verbose=is_terminal())
             if logger is not None and trainer.is_global_zero:
                 record_what_was_used(logger.experiment, callback.reports, system, k_values, measures, loaded_profiles)
         finally:
