@@ -298,9 +298,10 @@ def evaluate(
         try:
             # Lightning's table of the forward counts only on a terminal: in a log it is box drawing, and
             # summary.json holds the counts.
-            trainer.validate(system, datamodule=datamodule, verbose=is_terminal())
+            verbose = is_terminal()
+            trainer.validate(system, datamodule=datamodule, verbose=verbose)
             if split == "test":
-                trainer.test(system, datamodule=datamodule, verbose=is_terminal())
+                trainer.test(system, datamodule=datamodule, verbose=verbose)
             if logger is not None and trainer.is_global_zero:
                 record_what_was_used(logger.experiment, callback.reports, system, k_values, measures, loaded_profiles)
         finally:
